@@ -1,0 +1,1 @@
+"""The Rich terminal dashboard (a ZeroMQ subscriber like any other)."""

@@ -1,0 +1,1 @@
+"""Networks, datasets, training and export (later issues)."""

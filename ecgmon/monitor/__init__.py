@@ -1,0 +1,1 @@
+"""The daemon: sources, signal processing, stream pipelines, publisher and wiring."""

@@ -1,0 +1,1 @@
+"""Sources that turn records, simulators and devices into Chunks."""

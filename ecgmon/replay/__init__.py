@@ -1,0 +1,1 @@
+"""Recorded signals as live streams: record resolution, paced replay, device simulators."""

@@ -28,6 +28,7 @@ class StatefulSOS:
         self.sos = np.asarray(sos, dtype=np.float64)
         self._zi = np.zeros((self.sos.shape[0], 2, channels))
         self._primed = False
+        self._last = np.zeros(channels)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -36,6 +37,7 @@ class StatefulSOS:
             x = x[:, None]
         if x.shape[0] == 0:
             return x[:, 0] if squeeze else x
+        x = self._hold_finite(x)
         if not self._primed:
             # Start from the steady state for the first sample's level so that a DC
             # offset does not ring through the first seconds.
@@ -43,6 +45,22 @@ class StatefulSOS:
             self._primed = True
         y, self._zi = signal.sosfilt(self.sos, x, axis=0, zi=self._zi)
         return y[:, 0] if squeeze else y
+
+    def _hold_finite(self, x: np.ndarray) -> np.ndarray:
+        """Replace NaN/inf by the last finite input: one NaN would poison the state for good."""
+        bad = ~np.isfinite(x)
+        if bad.any():
+            x = x.copy()
+            for ch in np.flatnonzero(bad.any(axis=0)):
+                col = x[:, ch]
+                idx = np.where(bad[:, ch], 0, np.arange(col.size))
+                np.maximum.accumulate(idx, out=idx)
+                filled = col[idx]
+                # Samples before the first finite one in this chunk take the last finite input.
+                filled[~np.isfinite(filled)] = self._last[ch]
+                x[:, ch] = filled
+        self._last = x[-1].copy()
+        return x
 
 
 class ECGFilter:

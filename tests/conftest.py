@@ -1,0 +1,29 @@
+"""Shared fixtures: the real recordings in $ECGMON_DATA (../shared/data by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _data_dir() -> Path:
+    return Path(os.environ.get("ECGMON_DATA") or REPO.parent / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    path = _data_dir()
+    assert (path / "mitdb" / "100.hea").is_file(), (
+        f"real recordings not found in {path}: set ECGMON_DATA to the shared data folder"
+    )
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _ecgmon_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test (and every subprocess it starts) finds the recordings the same way."""
+    monkeypatch.setenv("ECGMON_DATA", str(_data_dir()))

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.ndimage import maximum_filter1d
 
 from ecgmon.config import DetectorConfig
 from ecgmon.monitor.dsp.filters import StatefulSOS, bandpass_sos
@@ -146,20 +147,16 @@ class QRSDetector:
         first = max(self._next_peak, h.base + 1)
         if last < first:
             return []
-        f = h.feature
-        i = np.arange(first, last + 1) - h.base
-        local = (f[i] > f[i - 1]) & (f[i] >= f[i + 1]) & (f[i] > FEATURE_FLOOR)
-        found = []
-        for j in i[local]:
-            p = int(j + h.base)
-            height = f[j]
-            if f[max(0, j - self._back) : j].max(initial=0.0) >= height:
-                continue
-            if f[j + 1 : j + 1 + self._ahead].max(initial=0.0) > height:
-                continue
-            found.append(self._candidate(p, float(height)))
         self._next_peak = last + 1
-        return found
+        # Zeros before the stream began: the feature is never negative.
+        f = np.concatenate([np.zeros(self._back), h.feature])
+        i = np.arange(first, last + 1) - h.base + self._back
+        before = maximum_filter1d(f, self._back, mode="constant")[i - self._back + self._back // 2]
+        after = maximum_filter1d(f, self._ahead, mode="constant")[i + 1 + self._ahead // 2]
+        peak = (f[i] > before) & (f[i] >= after) & (f[i] > FEATURE_FLOOR)
+        return [
+            self._candidate(int(j) - self._back + h.base, float(f[j])) for j in i[peak]
+        ]
 
     def _candidate(self, p: int, height: float) -> _Candidate:
         h = self._hist
@@ -174,12 +171,12 @@ class QRSDetector:
 
     @property
     def threshold(self) -> float:
-        qrs = float(np.mean(self._qrs_heights)) if self._qrs_heights else 0.0
-        noise = float(np.mean(self._noise_heights)) if self._noise_heights else 0.0
+        qrs = sum(self._qrs_heights) / len(self._qrs_heights) if self._qrs_heights else 0.0
+        noise = sum(self._noise_heights) / len(self._noise_heights) if self._noise_heights else 0.0
         return noise + THRESHOLD_FRACTION * (qrs - noise)
 
     def _rr_mean(self) -> float:
-        return float(np.mean(self._rr)) if self._rr else self.fs
+        return sum(self._rr) / len(self._rr) if self._rr else self.fs
 
     def _accept(self, c: _Candidate, at: int, beats: list[Beat]) -> None:
         if self._last_peak is not None:

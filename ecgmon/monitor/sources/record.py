@@ -1,0 +1,75 @@
+"""A WFDB record replayed as a live stream: one channel, paced to the monotonic clock."""
+
+from __future__ import annotations
+
+import re
+from typing import AsyncIterator
+
+from ecgmon.chunk import Chunk
+from ecgmon.config import Config
+from ecgmon.monitor.sources.base import SourceError
+from ecgmon.replay.pacing import Pacer
+from ecgmon.replay.records import Record, RecordError, load_record, record_stream_id
+
+_STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class RecordSource:
+    """Replays channel ``config.replay.channel`` of record ``spec`` in chunks of ``chunk_s``.
+
+    The record is loaded (and downloaded if need be) in the constructor, so a bad spec is
+    reported before anything starts. ``record`` keeps the reference annotations for the
+    evaluator; the chunks carry samples only, so the detector never sees them.
+    """
+
+    def __init__(
+        self,
+        spec: str,
+        config: Config,
+        stream: str | None = None,
+        record: Record | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config = config
+        try:
+            self.record = record if record is not None else load_record(spec, config.data)
+            self.channel = self.record.channel_index(config.replay.channel)
+        except RecordError as err:
+            raise SourceError(str(err)) from None
+        self.stream = stream if stream is not None else record_stream_id(spec)
+        if not _STREAM_ID.match(self.stream):
+            raise SourceError(
+                f"stream id '{self.stream}' may hold only letters, digits, '-' and '_'"
+            )
+        if self.record.n_samples == 0:
+            raise SourceError(f"record {spec} has no samples to replay")
+        self.fs = self.record.fs
+        self.lead = self.record.channels[self.channel]
+        # One contiguous column, so each chunk is a cheap slice of it.
+        self._samples = self.record.signal[:, self.channel : self.channel + 1].copy()
+
+    @property
+    def chunk_samples(self) -> int:
+        return max(1, round(self.config.replay.chunk_s * self.fs))
+
+    async def chunks(self) -> AsyncIterator[Chunk]:
+        """Chunks until the record ends, or forever with ``replay.loop``.
+
+        ``start`` keeps counting across loops, so the stream never jumps back in time.
+        Each chunk is yielded once its last sample is due at ``replay.speed``.
+        """
+        pacer = Pacer(self.fs, self.config.replay.speed)
+        step = self.chunk_samples
+        total = self._samples.shape[0]
+        channels = (self.lead,)
+        offset = 0
+        while True:
+            for pos in range(0, total, step):
+                block = self._samples[pos : pos + step]
+                start = offset + pos
+                await pacer.wait_until(start + block.shape[0])
+                # A copy: consumers own their chunk and may not alter the record.
+                yield Chunk(self.stream, self.fs, channels, start, block.copy())
+            if not self.config.replay.loop:
+                return
+            offset += total

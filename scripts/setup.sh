@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Creates .venv and installs ecgmon into it (editable) with the extras named in $ECGMON_EXTRAS.
+# Re-runs pip only when pyproject.toml or the extras changed, so repeated runs start fast.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+extras=${ECGMON_EXTRAS:-}
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "ecgmon needs Python 3.11 or newer as '$PYTHON' (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+stamp=".venv/.ecgmon-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras]"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    spec="."
+    [ -n "$extras" ] && spec=".[$extras]"
+    .venv/bin/python -m pip install --quiet -e "$spec"
+    echo "$want" > "$stamp"
+fi

@@ -27,3 +27,23 @@ def data_dir() -> Path:
 def _ecgmon_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test (and every subprocess it starts) finds the recordings the same way."""
     monkeypatch.setenv("ECGMON_DATA", str(_data_dir()))
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port nobody listens on right now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    return free_tcp_port()
+
+
+@pytest.fixture
+def endpoint(free_port: int) -> str:
+    """A fresh tcp://127.0.0.1:PORT endpoint for a publisher under test."""
+    return f"tcp://127.0.0.1:{free_port}"

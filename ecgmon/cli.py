@@ -1,0 +1,299 @@
+"""The ``ecgmon`` command: one function per subcommand, registered in ``build_parser``.
+
+Errors a user can fix (config, source, endpoint) are one red line on stderr and exit 2;
+Ctrl-C is a clean stop with exit 130, SIGTERM a clean stop with exit 0, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from typing import Callable
+
+from rich.console import Console
+from rich.text import Text
+
+from ecgmon.config import Config, ConfigError, load_config, parse_config
+from ecgmon.monitor.publisher import PublisherError
+from ecgmon.monitor.sources.base import SourceError
+
+log = logging.getLogger("ecgmon")
+
+EXIT_USAGE = 2
+EXIT_SIGINT = 130
+
+
+class CommandError(Exception):
+    """A user-fixable problem found by a command; printed as one line, exit 2."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_error(text: str) -> None:
+    # soft_wrap: one line whatever the terminal width, so logs and tests see it whole.
+    _stderr().print(Text(f"error: {text}", style="bold red"), soft_wrap=True)
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        handler: logging.Handler = RichHandler(console=_stderr(), show_path=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        # Plain single lines for journals and pipes.
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("ecgmon")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def connect_endpoint(endpoint: str) -> str:
+    """The address a subscriber connects to for a bind endpoint (``tcp://*:5555`` → loopback)."""
+    return re.sub(r"^tcp://(\*|0\.0\.0\.0)(?=:)", "tcp://127.0.0.1", endpoint)
+
+
+def _override(config: Config, changes: list[tuple[str, str, str, object]]) -> Config:
+    """Apply CLI flags over the config, validated like the file; errors name flag and key."""
+    data = config.model_dump()
+    for flag, section, key, value in changes:
+        if value is None:
+            continue
+        data[section][key] = value
+        config = parse_config(data, f"{flag} {value}")
+    return config
+
+
+def _channel(text: str) -> int | str:
+    return int(text) if text.strip().isdigit() else text
+
+
+# --------------------------------------------------------------------------- run
+
+
+def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "run", parents=[common], help="run the daemon: sources → pipeline → ZeroMQ",
+        description="Run the monitoring daemon until Ctrl-C or until every source has ended.",
+    )
+    p.add_argument("--source", action="append", metavar="SPEC",
+                   help="sim, sim?hr=110, mitdb:100, path/to/rec.hea or NAME=SPEC; repeatable "
+                        "(default: [run] sources of the config)")
+    p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
+    p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
+    p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
+    p.add_argument("--channel", type=_channel, help="channel index or name (e.g. MLII)")
+    p.add_argument("--endpoint", help="ZeroMQ PUB endpoint to bind (e.g. tcp://127.0.0.1:5555)")
+    p.add_argument("--headless", action="store_true", help="no live table, even on a terminal")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.monitor.daemon import Daemon
+    from ecgmon.monitor.publisher import Publisher
+    from ecgmon.monitor.sources.factory import open_sources
+
+    config = _override(config, [
+        ("--speed", "replay", "speed", args.speed),
+        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
+        ("--loop", "replay", "loop", args.loop),
+        ("--channel", "replay", "channel", args.channel),
+        ("--endpoint", "publisher", "endpoint", args.endpoint),
+    ])
+    specs = args.source or config.run.sources
+    sources = open_sources(specs, config)
+    pc = config.publisher
+    publisher = Publisher(pc.endpoint, pc.send_hwm)
+    daemon = Daemon(config, sources, publisher)
+    names = ", ".join(f"{s.stream} ({s.spec}, {s.fs:g} Hz, {s.lead})" for s in sources)
+    log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
+             names, publisher.endpoint, connect_endpoint(publisher.endpoint))
+    live = sys.stdout.isatty() and not args.headless
+    code = run_until_signal(lambda: _serve(daemon, connect_endpoint(publisher.endpoint) if live else None))
+    if code == 0 and any(s.state == "failed" for s in daemon.streams):
+        return 1
+    return code
+
+
+async def _serve(daemon, live_endpoint: str | None) -> None:
+    live = None
+    if live_endpoint:
+        from ecgmon.dashboard.live_table import run_live_table
+
+        live = asyncio.create_task(run_live_table(live_endpoint))
+    try:
+        await daemon.run()
+        if live:
+            await asyncio.sleep(0.5)  # let the table show the final status
+    finally:
+        if live:
+            live.cancel()
+            await asyncio.gather(live, return_exceptions=True)
+
+
+def run_until_signal(make: Callable[[], object]) -> int:
+    """Run the coroutine ``make()`` until it returns (0) or SIGINT (130) / SIGTERM (0) stop it;
+    the coroutine is cancelled so that it shuts down cleanly."""
+
+    async def runner() -> int:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(make())
+        stopped: list[int] = []
+
+        def stop(sig: int) -> None:
+            stopped.append(sig)
+            task.cancel()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop, sig)
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not stopped:
+                raise
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        if stopped:
+            log.info("stopped by %s", signal.Signals(stopped[0]).name)
+            return EXIT_SIGINT if stopped[0] == signal.SIGINT else 0
+        return 0
+
+    return asyncio.run(runner())
+
+
+# --------------------------------------------------------------------------- subscribe
+
+
+def add_subscribe(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "subscribe", parents=[common], help="print published messages as JSON lines",
+        description="Connect to a daemon and print each message (its JSON frame) on one line.",
+    )
+    p.add_argument("prefix", nargs="?", default="", metavar="PREFIX",
+                   help="topic prefix, e.g. beat. or vitals.bed3 (default: everything)")
+    p.add_argument("--endpoint", help="daemon endpoint (default: [publisher] endpoint)")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    p.set_defaults(func=cmd_subscribe)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
+    import zmq
+
+    endpoint = connect_endpoint(args.endpoint or config.publisher.endpoint)
+    if args.count is not None and args.count < 1:
+        raise CommandError(f"--count must be at least 1, not {args.count}")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as err:
+        sock.close()
+        ctx.term()
+        raise CommandError(f"cannot connect to {endpoint}: {err.strerror}") from None
+    sock.setsockopt_string(zmq.SUBSCRIBE, args.prefix)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    out = sys.stdout.buffer
+    last_seq: dict[tuple[str, str], int] = {}
+    missed = received = 0
+    code = 0
+    try:
+        while args.count is None or received < args.count:
+            frames = sock.recv_multipart()
+            payload = frames[-1]
+            out.write(payload + b"\n")
+            out.flush()
+            received += 1
+            missed += _gap(last_seq, frames[0], payload)
+    except KeyboardInterrupt:
+        code = EXIT_SIGINT
+    except _Terminated:
+        code = 0
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly; stdout must not be flushed again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    if missed:
+        _stderr().print(f"missed {missed} messages (gaps in seq)", soft_wrap=True)
+    return code
+
+
+def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> int:
+    """Messages missed on this topic since the last one seen from the same publisher."""
+    try:
+        msg = json.loads(payload)
+        key, seq = (msg["pub"], topic.decode()), int(msg["seq"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+    prev = last_seq.get(key)
+    last_seq[key] = seq
+    return max(0, seq - prev - 1) if prev is not None else 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _global_options(parser: argparse.ArgumentParser, default_config, default_verbose) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default_config,
+                        help="config file (default: $ECGMON_CONFIG, ./config.toml, built-in)")
+    parser.add_argument("-v", "--verbose", action="count", default=default_verbose,
+                        help="more log detail (debug)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecgmon",
+        description="Real-time ECG monitoring daemon: streaming ECG, online R-peaks, ZeroMQ out.",
+    )
+    _global_options(parser, None, 0)
+    # Global options are accepted after the subcommand too (ecgmon run -v); SUPPRESS keeps
+    # a subcommand from resetting what was given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_run(sub, common)
+    add_subscribe(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        setup_logging(args.verbose)
+        config = load_config(args.config)
+        return args.func(args, config)
+    except (ConfigError, SourceError, PublisherError, CommandError) as err:
+        print_error(str(err))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_SIGINT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

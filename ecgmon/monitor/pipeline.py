@@ -1,0 +1,192 @@
+"""The per-stream pipeline: fed Chunks, it filters, detects beats, measures heart rate and
+cuts display frames, returning the messages to publish. It never blocks and never sleeps.
+
+Every output is placed on the signal clock (sample indices), so the messages do not depend
+on how the stream was chunked.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ecgmon.chunk import Chunk
+from ecgmon.config import Config
+from ecgmon.monitor.dsp.filters import ECGFilter
+from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
+from ecgmon.monitor.dsp.qrs import Beat, QRSDetector
+from ecgmon.schema import (
+    BeatMessage,
+    EventMessage,
+    Message,
+    StreamStatus,
+    VitalsMessage,
+    WaveMessage,
+)
+
+# Wave samples are rounded to 0.1 µV: far below ECG noise, and it keeps the JSON short.
+WAVE_DECIMALS = 4
+
+
+class StreamPipeline:
+    """All per-stream state of one ECG stream: display filter, detector, heart rate, counters."""
+
+    def __init__(self, stream: str, fs: float, lead: str, config: Config) -> None:
+        self.stream = stream
+        self.fs = float(fs)
+        self.lead = lead
+        self.config = config
+        dsp = config.dsp
+        self._filter = ECGFilter(
+            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
+        )
+        self._detector = QRSDetector(self.fs, config.detector)
+        self._hr = HeartRateMeter(config.heart_rate)
+        # Vitals fall due every `_vitals_every` samples, counted from the stream's start.
+        self._vitals_every = max(1, round(config.heart_rate.update_s * self.fs))
+        self._next_vitals = self._vitals_every
+        # Wave frames: every k-th filtered sample (the bandpass already stops at 40 Hz),
+        # `_frame_len` decimated samples per frame; indices are absolute, so phase survives chunks.
+        self._k = max(1, round(self.fs / config.publisher.wave_fs))
+        self.wave_fs = self.fs / self._k
+        self._frame_len = max(1, round(config.publisher.wave_period_s * self.wave_fs))
+        self._frame_start = 0  # decimated index of the frame being filled
+        self._frame: list[np.ndarray] = []
+        self._frame_n = 0
+        self.samples = 0  # samples fed so far; the detector counts from the same origin
+        self._expected_start: int | None = None
+        self.beats = 0
+        self.hr_bpm: float | None = None
+        self.last_beat: BeatMessage | None = None
+        self._last_beat_sample: int | None = None
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def feed(self, chunk: Chunk) -> list[Message]:
+        """Process one chunk; the messages come out in signal-time order of when they were known."""
+        if chunk.n == 0:
+            return []
+        timed: list[tuple[int, int, Message]] = []  # (known at sample, tie order, message)
+        if self._expected_start is not None and chunk.start != self._expected_start:
+            # Sources deliver contiguous chunks; a jump is reported, never silently bridged.
+            timed.append((self.samples, 0, self._gap_event(chunk)))
+        self._expected_start = chunk.end
+        x = chunk.samples[:, 0]
+        start = self.samples
+        end = start + chunk.n
+        filtered = self._filter(x)
+        beats = self._detector.process(x)  # the detector filters raw samples itself
+        self.samples = end
+
+        timed.extend(self._beats_and_vitals(beats, end, chunk.received))
+        timed.extend(self._wave_frames(filtered, start))
+        timed.sort(key=lambda t: (t[0], t[1]))
+        return [m for _, _, m in timed]
+
+    def _beats_and_vitals(
+        self, beats: list[Beat], end: int, received: float
+    ) -> list[tuple[int, int, Message]]:
+        """Beat messages, and vitals at each due sample counting only beats known by then."""
+        out: list[tuple[int, int, Message]] = []
+        i = 0
+        while True:
+            due = self._next_vitals if self._next_vitals <= end else None
+            # A beat is known once sample `detected_at` has arrived, i.e. at index detected_at + 1.
+            while i < len(beats) and (due is None or beats[i].detected_at + 1 <= due):
+                out.append((beats[i].detected_at + 1, 1, self._beat(beats[i], received)))
+                i += 1
+            if due is None:
+                return out
+            out.append((due, 2, self._vitals(due)))
+            self._next_vitals += self._vitals_every
+
+    def _beat(self, beat: Beat, received: float) -> BeatMessage:
+        rr_ms = None
+        if self._last_beat_sample is not None:
+            rr_ms = (beat.sample - self._last_beat_sample) / self.fs * 1000.0
+        self._last_beat_sample = beat.sample
+        time_s = beat.sample / self.fs
+        if self._hr.last_beat_s is None or time_s > self._hr.last_beat_s:
+            self._hr.add_beat(time_s)
+        self.beats += 1
+        msg = BeatMessage(
+            stream=self.stream,
+            sample=beat.sample,
+            time_s=time_s,
+            fs=self.fs,
+            delay_ms=(beat.detected_at - beat.sample) / self.fs * 1000.0,
+            rr_ms=rr_ms,
+            amplitude_mv=float(beat.amplitude),
+            latency_ms=(time.time() - received) * 1000.0,
+        )
+        self.last_beat = msg
+        return msg
+
+    def _vitals(self, due: int) -> VitalsMessage:
+        now_s = due / self.fs
+        self.hr_bpm = self._hr.rate(now_s)
+        return VitalsMessage(
+            stream=self.stream,
+            time_s=now_s,
+            hr_bpm=self.hr_bpm,
+            hr_method=self._hr.method,
+            beats=self.beats,
+        )
+
+    def _wave_frames(self, filtered: np.ndarray, start: int) -> list[tuple[int, int, Message]]:
+        """Append every k-th filtered sample (absolute index multiple of k); emit full frames."""
+        first = (-start) % self._k
+        picked = filtered[first :: self._k]
+        out: list[tuple[int, int, Message]] = []
+        while picked.size:
+            take = min(picked.size, self._frame_len - self._frame_n)
+            self._frame.append(picked[:take])
+            self._frame_n += take
+            picked = picked[take:]
+            if self._frame_n == self._frame_len:
+                out.append(self._emit_frame())
+        return out
+
+    def _emit_frame(self) -> tuple[int, int, Message]:
+        samples = np.round(np.concatenate(self._frame), WAVE_DECIMALS)
+        first = self._frame_start
+        last_raw = (first + self._frame_len - 1) * self._k  # raw index of the frame's last sample
+        msg = WaveMessage(
+            stream=self.stream,
+            fs=self.wave_fs,
+            start=first,
+            time_s=first * self._k / self.fs,
+            lead=self.lead,
+            samples_mv=samples.tolist(),
+        )
+        self._frame_start += self._frame_len
+        self._frame = []
+        self._frame_n = 0
+        return (last_raw + 1, 0, msg)
+
+    def _gap_event(self, chunk: Chunk) -> EventMessage:
+        return EventMessage(
+            stream=self.stream,
+            level="warning",
+            code="discontinuity",
+            text=(
+                f"{self.stream}: chunk starts at sample {chunk.start}, expected "
+                f"{self._expected_start}; the signal is treated as continuous"
+            ),
+        )
+
+    # -- status -------------------------------------------------------------------------
+
+    def status(self, source_spec: str, state: str) -> StreamStatus:
+        return StreamStatus(
+            stream=self.stream,
+            source=source_spec,
+            fs=self.fs,
+            lead=self.lead,
+            state=state,
+            samples=self.samples,
+            time_s=self.samples / self.fs,
+            beats=self.beats,
+            hr_bpm=self.hr_bpm,
+        )

@@ -1,0 +1,80 @@
+"""Source specs from the command line or config.toml (``sim``, ``mitdb:100``, ``bed3=...``)
+turned into Sources, with their stream ids checked before anything is opened."""
+
+from __future__ import annotations
+
+import re
+
+from ecgmon.config import Config
+from ecgmon.monitor.sources.base import Source, SourceError
+from ecgmon.monitor.sources.record import RecordSource
+from ecgmon.monitor.sources.simulator import SimulatorSource, parse_sim_spec
+from ecgmon.replay.records import record_stream_id
+
+SPEC_FORMS = (
+    "sim, sim?hr=110&noise=0.05 (built-in simulator), DB:RECORD (mitdb:100), "
+    "path/to/record.hea, or NAME=SPEC to name the stream (bed3=mitdb:100)"
+)
+# Stream ids become topic suffixes (beat.<stream>), so no dots or separators in them.
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_DB_RECORD = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*:[^:]+$")
+
+
+def split_spec(spec: str) -> tuple[str | None, str]:
+    """``bed3=mitdb:100`` → ``('bed3', 'mitdb:100')``; a spec without a name → ``(None, spec)``.
+
+    Only a plain name before the first '=' counts, so ``sim?hr=110`` or a path holding '='
+    is not mistaken for a named spec.
+    """
+    name, sep, rest = spec.partition("=")
+    if sep and _NAME.match(name):
+        if not rest.strip():
+            raise SourceError(f"source '{spec}': nothing after '{name}='; use {SPEC_FORMS}")
+        return name, rest.strip()
+    return None, spec.strip()
+
+
+def _kind(spec: str) -> str:
+    if spec == "sim" or spec.startswith("sim?"):
+        return "sim"
+    if spec.endswith(".hea") or _DB_RECORD.match(spec):
+        return "record"
+    raise SourceError(f"unknown source '{spec}': use {SPEC_FORMS}")
+
+
+def stream_id(spec: str) -> str:
+    """The stream id ``spec`` will publish under, without opening anything."""
+    name, inner = split_spec(spec)
+    if name is not None:
+        return name
+    return "sim" if _kind(inner) == "sim" else record_stream_id(inner)
+
+
+def open_source(spec: str, config: Config) -> Source:
+    """Open one source; SourceError with a clear message for a bad or unavailable spec."""
+    name, inner = split_spec(spec)
+    if _kind(inner) == "sim":
+        sim = parse_sim_spec(inner, config.simulator)
+        return SimulatorSource(sim, config.replay, stream=name or "sim", spec=inner)
+    return RecordSource(inner, config, stream=name)
+
+
+def check_unique(specs: list[str]) -> None:
+    """SourceError if two specs would publish under the same stream id."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        sid = stream_id(spec)
+        if sid in seen:
+            raise SourceError(
+                f"sources '{seen[sid]}' and '{spec}' would both publish as stream '{sid}'; "
+                f"name them apart, e.g. a={split_spec(seen[sid])[1]} b={split_spec(spec)[1]}"
+            )
+        seen[sid] = spec
+
+
+def open_sources(specs: list[str], config: Config) -> list[Source]:
+    """Open every spec after checking the stream ids are unique (before any download)."""
+    if not specs:
+        raise SourceError(f"no source given; use {SPEC_FORMS}")
+    check_unique(specs)
+    return [open_source(spec, config) for spec in specs]

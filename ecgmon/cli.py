@@ -216,6 +216,10 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"cannot connect to {endpoint}: {err.strerror}") from None
     sock.setsockopt_string(zmq.SUBSCRIBE, args.prefix)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.stderr.isatty():
+        # ZeroMQ connects lazily: without a daemon this just waits, so say what it waits for.
+        what = f"'{args.prefix}'" if args.prefix else "all topics"
+        _stderr().print(f"subscribed to {what} on {endpoint}; Ctrl-C to stop", style="dim")
     out = sys.stdout.buffer
     last_seq: dict[tuple[str, str], int] = {}
     missed = received = 0

@@ -260,6 +260,75 @@ def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> 
     return max(0, seq - prev - 1) if prev is not None else 0
 
 
+# --------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", parents=[common], help="score ecgmon against reference annotations")
+    kinds = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = kinds.add_parser(
+        "qrs", parents=[common], help="EC57 beat detection statistics (Se, +P, delay)",
+        description="Replay records through the streaming pipeline at --speed 0 and score the "
+                    "detected beats against the reference 'atr' annotations (ANSI/AAMI EC57: "
+                    "150 ms match window, ventricular flutter/fibrillation episodes excluded).",
+    )
+    q.add_argument("records", nargs="*", metavar="RECORD",
+                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
+    q.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
+                                "file, else PhysioNet's list)")
+    q.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+    q.add_argument("--chunk-s", type=float, default=10.0,
+                   help="chunk length of the replay (results do not depend on it; default 10)")
+    q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    q.set_defaults(func=cmd_evaluate_qrs)
+
+
+def _database_records(db: str, config: Config) -> list[str]:
+    from ecgmon.replay.records import RecordError, database_record_names
+
+    try:
+        return [f"{db}:{name}" for name in database_record_names(db, config.data)]
+    except RecordError as err:
+        raise CommandError(str(err)) from None
+
+
+def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
+    from rich.progress import Progress
+
+    from ecgmon.monitor.qrs_evaluation import evaluate_record, render, summary
+
+    config = _override(config, [
+        ("--speed", "replay", "speed", 0.0),
+        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
+        ("--loop", "replay", "loop", False),
+        ("--channel", "replay", "channel", args.channel),
+    ])
+    specs = [r if (":" in r or r.endswith(".hea") or not args.db) else f"{args.db}:{r}" for r in args.records]
+    if args.db and not args.records:
+        specs = _database_records(args.db, config)
+    if not specs:
+        raise CommandError("name the records to evaluate, or a database with --db (e.g. --db mitdb)")
+    results, failed = [], 0
+    with Progress(console=_stderr(), transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"evaluating {spec}")
+            try:
+                results.append(evaluate_record(spec, config))
+            except SourceError as err:
+                failed += 1
+                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
+            progress.advance(task)
+    result = summary(results)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        console = Console()
+        for part in render(result):
+            console.print(part)
+    return 1 if failed else 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -283,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub, common)
     add_subscribe(sub, common)
+    add_evaluate(sub, common)
     return parser
 
 

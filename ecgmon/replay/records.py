@@ -114,6 +114,27 @@ def resolve_record(spec: str, data: DataConfig) -> Path:
     return cache_db / record
 
 
+def database_record_names(db: str, data: DataConfig) -> list[str]:
+    """The records of a database: its local ``RECORDS`` file, else PhysioNet's list."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", db):
+        raise RecordError(f"'{db}' is not a PhysioNet database name (such as mitdb)")
+    looked = []
+    for label, root in _candidate_dirs(data):
+        if root is None:
+            continue
+        listing = root / db / "RECORDS"
+        if listing.is_file():
+            return listing.read_text().split()
+        looked.append(f"{label} {listing}")
+    try:
+        return list(wfdb.io.get_record_list(db))
+    except Exception as err:  # offline or unknown database: requests/HTTP errors
+        raise RecordError(
+            f"cannot list the records of {db}: no RECORDS file (looked in {'; '.join(looked)}) "
+            f"and PhysioNet is not reachable ({_describe_download_error(err)}); name the records instead"
+        ) from None
+
+
 def _resolve_path(spec: str) -> Path:
     path = Path(spec).expanduser()
     if path.suffix == ".dat":

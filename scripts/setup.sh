@@ -14,8 +14,9 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-stamp=".venv/.ecgmon-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1) [$extras]"
+# One stamp per set of extras, holding the pyproject.toml it was installed from.
+stamp=".venv/.ecgmon-installed-${extras:-base}"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --upgrade pip
     spec="."

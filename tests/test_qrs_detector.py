@@ -101,3 +101,32 @@ def test_nan_samples_do_not_stop_detection(data_dir):
 def test_rejects_rates_it_was_not_built_for():
     with pytest.raises(ValueError, match="sample rate"):
         QRSDetector(50.0)
+
+
+def _with_pause(x: np.ndarray, fs: float, at_s: float, length_s: float, noise_mv: float) -> np.ndarray:
+    y = x.copy()
+    a, b = int(at_s * fs), int((at_s + length_s) * fs)
+    y[a:b] = np.median(x) + noise_mv * np.random.default_rng(1).standard_normal(b - a)
+    return y
+
+
+@pytest.mark.parametrize("noise_mv", [0.0, 0.02])
+def test_no_false_beats_in_an_8_second_pause(data_dir, noise_mv):
+    """Asystole with a little noise must stay beat-free, or it would mask the alarm."""
+    x, fs, _ = _read(data_dir, "100", seconds=90)
+    y = _with_pause(x, fs, 30, 8, noise_mv)
+    beats = _detect(y, fs, 36)
+    inside = [b for b in beats if 30.1 * fs < b.sample < 37.9 * fs]
+    assert inside == []
+    assert len([b for b in beats if b.sample > 39 * fs]) >= 60  # and beats come back after it
+
+
+def test_recovers_after_the_signal_shrinks_tenfold(data_dir):
+    x, fs, ref = _read(data_dir, "100", seconds=120)
+    y = x.copy()
+    y[int(60 * fs) :] = (y[int(60 * fs) :] - np.median(x)) / 10
+    beats = np.array([b.sample for b in _detect(y, fs, 36)])
+    late = ref.samples[ref.samples > 70 * fs]
+    late_beats = beats[beats > 70 * fs]
+    score = score_beats(ReferenceBeats(late, [], []), late_beats, fs)
+    assert score.se >= 0.99 and score.ppv >= 0.99, score

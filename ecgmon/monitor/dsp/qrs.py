@@ -35,6 +35,8 @@ SEARCHBACK_FRACTION = 0.5
 T_WAVE_SLOPE_RATIO = 0.5
 LEARN_S = 2.0
 RELEARN_S = 4.0
+RELEARN_DECAY = 0.5
+RELEARN_MIN = 0.125
 HISTORY = 8
 # Feature peaks below this are not QRS complexes whatever the gain (input is in mV).
 FEATURE_FLOOR = 0.002
@@ -124,6 +126,7 @@ class QRSDetector:
         self._last_slope = 0.0
         self._searched = False
         self._last_relearn: int | None = None
+        self._beat_level = 0.0  # QRS level when the last beat was accepted
 
     # -- feature signal -------------------------------------------------------------
 
@@ -171,9 +174,11 @@ class QRSDetector:
 
     @property
     def threshold(self) -> float:
-        qrs = sum(self._qrs_heights) / len(self._qrs_heights) if self._qrs_heights else 0.0
         noise = sum(self._noise_heights) / len(self._noise_heights) if self._noise_heights else 0.0
-        return noise + THRESHOLD_FRACTION * (qrs - noise)
+        return noise + THRESHOLD_FRACTION * (self._qrs_level() - noise)
+
+    def _qrs_level(self) -> float:
+        return sum(self._qrs_heights) / len(self._qrs_heights) if self._qrs_heights else 0.0
 
     def _rr_mean(self) -> float:
         return sum(self._rr) / len(self._rr) if self._rr else self.fs
@@ -184,6 +189,7 @@ class QRSDetector:
             if rr < 3 * self.fs:
                 self._rr.append(rr)
         self._qrs_heights.append(c.height)
+        self._beat_level = self._qrs_level()
         self._last_peak = c.peak
         self._last_slope = c.slope
         self._since_beat = []
@@ -223,9 +229,9 @@ class QRSDetector:
         self._last_relearn = due
         recent = [c.height for c in self._since_beat if c.peak > due - RELEARN_S * self.fs]
         if recent:
+            level = max(max(recent), RELEARN_DECAY * self._qrs_level(), RELEARN_MIN * self._beat_level)
             self._qrs_heights.clear()
-            self._qrs_heights.append(max(recent))
-            self._noise_heights.clear()
+            self._qrs_heights.append(level)
             self._searched = False
 
     def _run_timers(self, now: int, beats: list[Beat]) -> None:

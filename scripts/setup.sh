@@ -18,9 +18,16 @@ fi
 stamp=".venv/.ecgmon-installed-${extras:-base}"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
     spec="."
     [ -n "$extras" ] && spec=".[$extras]"
-    .venv/bin/python -m pip install --quiet -e "$spec"
+    echo "installing ecgmon ($spec) into .venv ..." >&2
+    # Build-backend chatter goes to a log that is shown only when the install fails.
+    log=.venv/install.log
+    if ! { .venv/bin/python -m pip install --quiet --upgrade pip &&
+           .venv/bin/python -m pip install --quiet -e "$spec"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        echo "ecgmon: installing into .venv failed (log above, also in $log)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi

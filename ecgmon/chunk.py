@@ -1,9 +1,11 @@
-"""The Chunk: a block of samples of one stream, the unit every source produces."""
+"""What sources produce: Chunks (blocks of samples of one stream) and SourceEvents
+(technical events of a stream: corrupt input, signal loss, disconnects, reconnects)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 import time
+from typing import Literal
 
 import numpy as np
 
@@ -39,3 +41,19 @@ class Chunk:
     def end(self) -> int:
         """Index one past the last sample."""
         return self.start + self.n
+
+
+@dataclass(frozen=True, slots=True)
+class SourceEvent:
+    """A technical event of stream ``stream`` that a source reports between its chunks.
+
+    ``code`` is machine-readable (``corrupt_input``, ``signal_loss``, ``disconnected``,
+    ``reconnected``); ``counts`` holds the stream's cumulative fault counters at that moment
+    (e.g. ``{"crc_errors": 3, "garbage_bytes": 120}``), which status messages then carry.
+    """
+
+    stream: str
+    level: Literal["info", "warning", "error"]
+    code: str
+    text: str
+    counts: dict[str, int] = field(default_factory=dict)

@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     pc = config.publisher
     publisher = Publisher(pc.endpoint, pc.send_hwm)
     daemon = Daemon(config, sources, publisher)
-    names = ", ".join(f"{s.stream} ({s.spec}, {s.fs:g} Hz, {s.lead})" for s in sources)
+    names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
              names, publisher.endpoint, connect_endpoint(publisher.endpoint))
     live = sys.stdout.isatty() and not args.headless

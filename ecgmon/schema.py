@@ -73,6 +73,9 @@ class StreamStatus(BaseModel):
     time_s: float
     beats: int
     hr_bpm: float | None
+    faults: dict[str, int] = Field(
+        default_factory=dict, description="cumulative fault counters of the stream's source"
+    )
 
 
 class StatusMessage(Message):
@@ -91,6 +94,9 @@ class EventMessage(Message):
     level: Literal["info", "warning", "error"]
     code: str = Field(description="machine-readable event name, e.g. source_ended, source_failed")
     text: str
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="the stream's cumulative fault counters, if any"
+    )
 
 
 AnyMessage = Annotated[

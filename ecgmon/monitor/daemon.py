@@ -1,5 +1,6 @@
-"""The daemon wiring: one task per source feeding its stream pipeline into the publisher,
-plus periodic status; a stream that fails or ends never stops the others."""
+"""The daemon wiring: one task per source, one pipeline per stream (made from the stream's
+first chunk, so one source may carry many streams), the publisher, and periodic status; a
+stream or source that fails or ends never stops the others."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import time
 
+from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.publisher import Publisher
@@ -20,26 +22,26 @@ CLOSE_LINGER_MS = 250
 
 
 class _Stream:
-    """One source, its pipeline and its state as status reports it."""
+    """One stream's pipeline (made from its first chunk), its state and its fault counters."""
 
-    def __init__(self, source: Source, config: Config) -> None:
+    def __init__(self, stream: str, source: Source) -> None:
+        self.stream = stream
         self.source = source
         self.state = "starting"
-        self.error: str | None = None
         self.pipeline: StreamPipeline | None = None
-        try:
-            self.pipeline = StreamPipeline(source.stream, source.fs, source.lead, config)
-        except ValueError as err:  # e.g. a sample rate the detector cannot handle
-            self.error = f"{source.spec}: {err}"
+        self.faults: dict[str, int] = {}
 
     def status(self) -> StreamStatus:
         if self.pipeline is not None:
-            return self.pipeline.status(self.source.spec, self.state)
-        s = self.source
-        return StreamStatus(
-            stream=s.stream, source=s.spec, fs=s.fs, lead=s.lead, state=self.state,
-            samples=0, time_s=0.0, beats=0, hr_bpm=None,
-        )
+            status = self.pipeline.status(self.source.spec, self.state)
+        else:
+            status = StreamStatus(
+                stream=self.stream, source=self.source.spec, fs=getattr(self.source, "fs", 0.0),
+                lead=getattr(self.source, "lead", ""), state=self.state, samples=0, time_s=0.0,
+                beats=0, hr_bpm=None,
+            )
+        status.faults = dict(self.faults)
+        return status
 
 
 class Daemon:
@@ -54,52 +56,93 @@ class Daemon:
         self, config: Config, sources: list[Source], publisher: Publisher | None = None
     ) -> None:
         self.config = config
-        self.streams = [_Stream(s, config) for s in sources]
+        self.sources = sources
         self.publisher = publisher
+        # Streams by id, in the order they appeared; a source announces its own id first.
+        self._streams: dict[str, _Stream] = {s.stream: _Stream(s.stream, s) for s in sources}
         self._t0 = time.monotonic()
+
+    @property
+    def streams(self) -> list[_Stream]:
+        return list(self._streams.values())
 
     def _publish(self, msg: Message) -> None:
         assert self.publisher is not None
         self.publisher.publish(msg)
 
-    def _event(self, stream: str, level: str, code: str, text: str) -> None:
-        self._publish(EventMessage(stream=stream, level=level, code=code, text=text))
+    def _event(self, stream: str, level: str, code: str, text: str, counts: dict | None = None) -> None:
+        self._publish(EventMessage(stream=stream, level=level, code=code, text=text, counts=counts or {}))
 
     def status_message(self) -> StatusMessage:
         pub = self.publisher
         return StatusMessage(
             uptime_s=time.monotonic() - self._t0,
-            streams=[s.status() for s in self.streams],
+            streams=[s.status() for s in self._streams.values()],
             dropped=pub.dropped if pub else 0,
             sent=pub.sent if pub else 0,
         )
 
-    async def _run_stream(self, st: _Stream) -> None:
-        sid, spec = st.source.stream, st.source.spec
-        pipeline = st.pipeline
-        if pipeline is None:
-            st.state = "failed"
-            log.error("%s: %s", sid, st.error)
-            self._event(sid, "error", "source_failed", st.error or "cannot start")
+    def _stream_of(self, chunk: Chunk, source: Source) -> _Stream:
+        st = self._streams.get(chunk.stream)
+        if st is None:
+            st = self._streams[chunk.stream] = _Stream(chunk.stream, source)
+            if chunk.stream != source.stream:
+                self._event(chunk.stream, "info", "stream_started", f"{chunk.stream}: first data from {source.spec}")
+        if st.pipeline is not None and st.pipeline.fs != chunk.fs:
+            self._event(chunk.stream, "warning", "rate_changed",
+                        f"{chunk.stream}: sample rate changed from {st.pipeline.fs:g} to {chunk.fs:g} Hz; "
+                        f"detection starts again")
+            st.pipeline = None
+        if st.pipeline is None and st.state != "failed":
+            try:
+                st.pipeline = StreamPipeline(chunk.stream, chunk.fs, chunk.channels[0], self.config)
+            except ValueError as err:  # e.g. a sample rate the detector cannot handle
+                st.state = "failed"
+                log.error("%s: %s: %s", chunk.stream, source.spec, err)
+                self._event(chunk.stream, "error", "source_failed", f"{source.spec}: {err}")
+        return st
+
+    def _feed(self, chunk: Chunk, source: Source) -> None:
+        st = self._stream_of(chunk, source)
+        if st.pipeline is None:
             return
+        st.state = "running"
+        for msg in st.pipeline.feed(chunk):
+            self._publish(msg)
+
+    def _source_event(self, ev: SourceEvent, source: Source) -> None:
+        st = self._streams.setdefault(ev.stream, _Stream(ev.stream, source))
+        st.faults.update(ev.counts)
+        log_level = {"info": logging.INFO, "warning": logging.WARNING}.get(ev.level, logging.ERROR)
+        log.log(log_level, "%s: %s", ev.stream, ev.text)
+        self._event(ev.stream, ev.level, ev.code, ev.text, ev.counts)
+
+    def _finish(self, source: Source, state: str) -> None:
+        for st in self._streams.values():
+            if st.source is source and st.state != "failed":
+                st.state = state
+
+    async def _run_source(self, source: Source) -> None:
+        sid, spec = source.stream, source.spec
         self._event(sid, "info", "source_started", f"{sid}: started {spec}")
         try:
-            async for chunk in st.source.chunks():
-                st.state = "running"
-                for msg in pipeline.feed(chunk):
-                    self._publish(msg)
+            async for item in source.chunks():
+                if isinstance(item, SourceEvent):
+                    self._source_event(item, source)
+                else:
+                    self._feed(item, source)
         except SourceError as err:
-            st.state = "failed"
+            self._finish(source, "failed")
             log.error("%s: %s", sid, err)
             self._event(sid, "error", "source_failed", str(err))
-        except Exception as err:  # a bug in one stream must not take the others down
-            st.state = "failed"
+        except Exception as err:  # a bug in one source must not take the others down
+            self._finish(source, "failed")
             log.error("%s: internal error: %s: %s", sid, type(err).__name__, err)
             log.debug("traceback of the %s failure", sid, exc_info=True)
             self._event(sid, "error", "source_failed", f"internal error: {type(err).__name__}: {err}")
         else:
-            st.state = "ended"
-            log.info("%s: %s ended after %.1f s of signal", sid, spec, pipeline.samples / pipeline.fs)
+            self._finish(source, "ended")
+            log.info("%s: %s ended", sid, spec)
             self._event(sid, "info", "source_ended", f"{sid}: {spec} ended")
 
     async def _status_loop(self) -> None:
@@ -116,8 +159,8 @@ class Daemon:
         self._publish(self.status_message())
         status = asyncio.create_task(self._status_loop(), name="status")
         tasks = [
-            asyncio.create_task(self._run_stream(st), name=f"stream {st.source.stream}")
-            for st in self.streams
+            asyncio.create_task(self._run_source(src), name=f"source {src.stream}")
+            for src in self.sources
         ]
         try:
             await asyncio.gather(*tasks)
@@ -126,7 +169,7 @@ class Daemon:
             for t in [status, *tasks]:
                 t.cancel()
             await asyncio.gather(status, *tasks, return_exceptions=True)
-            for st in self.streams:
+            for st in self._streams.values():
                 if st.state in ("starting", "running"):
                     st.state = "ended"  # stopped by shutdown
             try:

@@ -86,6 +86,38 @@ class PublisherConfig(_Section):
     send_hwm: int = Field(10000, ge=1)
 
 
+class SerialConfig(_Section):
+    """Serial ECG devices; ``serial:PORT?fs=250&baud=115200&format=ascii`` overrides per source."""
+
+    baud: int = Field(115200, ge=300, le=4_000_000)
+    format: Literal["ascii", "binary"] = "ascii"
+    fs: float = Field(250.0, ge=50, le=2000)
+    # Physical value of one unit on the wire: mV = (value - offset) * scale_mv.
+    scale_mv: PositiveFloat = 0.001
+    offset: float = 0.0
+    # Which number of an ASCII line (or channel of a binary frame) is the ECG.
+    channel: int = Field(0, ge=0, le=15)
+    reconnect_min_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 10.0
+
+
+class MqttConfig(_Section):
+    """MQTT telemetry; ``mqtt://host:1883/ward1/+/ecg`` names broker and topic per source."""
+
+    # A fixed client id with a persistent session: the broker keeps QoS 1 messages for us
+    # while the daemon is away and delivers them on reconnect.
+    client_id: str = "ecgmon"
+    qos: Literal[0, 1, 2] = 1
+    clean_start: bool = False
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    username: str = ""
+    password: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    reconnect_min_s: PositiveFloat = 0.5
+    reconnect_max_s: PositiveFloat = 10.0
+
+
 class RunConfig(_Section):
     sources: list[str] = Field(default_factory=lambda: ["sim"])
 
@@ -99,6 +131,8 @@ class Config(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     heart_rate: HeartRateConfig = Field(default_factory=HeartRateConfig)
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
+    serial: SerialConfig = Field(default_factory=SerialConfig)
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
 
 
 def _describe(err: ValidationError) -> str:

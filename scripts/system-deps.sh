@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the system packages ecgmon's tests need (Debian/Ubuntu: apt-get), only those
+# missing: mosquitto (the MQTT broker the tests start on loopback).
+set -euo pipefail
+
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ecgmon tests need: ${missing[*]}; install them with your system's package manager" >&2
+    exit 1
+fi
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing system packages: ${missing[*]}" >&2
+$sudo apt-get update -qq >/dev/null
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

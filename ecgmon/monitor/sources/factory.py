@@ -13,7 +13,8 @@ from ecgmon.replay.records import record_stream_id
 
 SPEC_FORMS = (
     "sim, sim?hr=110&noise=0.05 (built-in simulator), DB:RECORD (mitdb:100), "
-    "path/to/record.hea, or NAME=SPEC to name the stream (bed3=mitdb:100)"
+    "path/to/record.hea, serial:/dev/ttyUSB0?fs=250, mqtt://host:1883/ward1/+/ecg, "
+    "or NAME=SPEC to name the stream (bed3=mitdb:100)"
 )
 # Stream ids become topic suffixes (beat.<stream>), so no dots or separators in them.
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -37,6 +38,10 @@ def split_spec(spec: str) -> tuple[str | None, str]:
 def _kind(spec: str) -> str:
     if spec == "sim" or spec.startswith("sim?"):
         return "sim"
+    if spec.startswith("serial:"):
+        return "serial"
+    if spec.startswith(("mqtt://", "mqtts://")):
+        return "mqtt"
     if spec.endswith(".hea") or _DB_RECORD.match(spec):
         return "record"
     raise SourceError(f"unknown source '{spec}': use {SPEC_FORMS}")
@@ -47,15 +52,31 @@ def stream_id(spec: str) -> str:
     name, inner = split_spec(spec)
     if name is not None:
         return name
-    return "sim" if _kind(inner) == "sim" else record_stream_id(inner)
+    kind = _kind(inner)
+    if kind == "sim":
+        return "sim"
+    if kind in ("serial", "mqtt"):
+        # The port or topic, made topic-safe: serial:/dev/ttyUSB0 → ttyUSB0.
+        path = inner.split("?", 1)[0].split("://", 1)[-1].removeprefix("serial:")
+        return "-".join(p for p in re.split(r"[^A-Za-z0-9_]+", path) if p and p != "dev") or kind
+    return record_stream_id(inner)
 
 
 def open_source(spec: str, config: Config) -> Source:
     """Open one source; SourceError with a clear message for a bad or unavailable spec."""
     name, inner = split_spec(spec)
-    if _kind(inner) == "sim":
+    kind = _kind(inner)
+    if kind == "sim":
         sim = parse_sim_spec(inner, config.simulator)
         return SimulatorSource(sim, config.replay, stream=name or "sim", spec=inner)
+    if kind == "serial":
+        from ecgmon.monitor.sources.serial_source import SerialSource
+
+        return SerialSource(inner, config, stream=name or stream_id(inner))
+    if kind == "mqtt":
+        from ecgmon.monitor.sources.mqtt_source import MqttSource
+
+        return MqttSource(inner, config, stream=name or stream_id(inner))
     return RecordSource(inner, config, stream=name)
 
 

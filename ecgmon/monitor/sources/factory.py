@@ -56,8 +56,10 @@ def stream_id(spec: str) -> str:
     if kind == "sim":
         return "sim"
     if kind in ("serial", "mqtt"):
-        # The port or topic, made topic-safe: serial:/dev/ttyUSB0 → ttyUSB0.
-        path = inner.split("?", 1)[0].split("://", 1)[-1].removeprefix("serial:")
+        # The port or the topic, made topic-safe: serial:/dev/ttyUSB0 → ttyUSB0,
+        # mqtt://host:1883/ward1/+/ecg → ward1-ecg.
+        path = inner.split("?", 1)[0]
+        path = path.removeprefix("serial:") if kind == "serial" else path.split("://", 1)[1].partition("/")[2]
         return "-".join(p for p in re.split(r"[^A-Za-z0-9_]+", path) if p and p != "dev") or kind
     return record_stream_id(inner)
 

@@ -1,0 +1,333 @@
+"""A serial ECG device as a live source: ASCII lines or binary frames read without blocking the
+event loop, decoded into Chunks, with corruption, signal loss and disconnects as SourceEvents."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+import errno
+import os
+import stat
+import time
+from typing import AsyncIterator, Literal
+from urllib.parse import parse_qsl
+
+import numpy as np
+from pydantic import ValidationError
+import serial
+
+from ecgmon.chunk import Chunk, SourceEvent
+from ecgmon.config import Config, SerialConfig
+from ecgmon.monitor.sources.base import SourceError
+from ecgmon.payloads.serial import AsciiDecoder, FrameDecoder, from_wire
+
+# Spec parameters and the [serial] config fields they override.
+SPEC_PARAMS = {
+    "fs": "fs",
+    "baud": "baud",
+    "format": "format",
+    "channel": "channel",
+    "scale": "scale_mv",
+    "offset": "offset",
+}
+READ_SIZE = 65536
+EVENT_PERIOD_S = 1.0  # at most one corrupt_input / signal_loss event per second and stream
+NO_DATA_S = 3.0  # an open device silent this long is reported (ECG devices send 50+ samples/s)
+# Fault counters whose increase is worth a corrupt_input event (lines and frames are not).
+_FAULTS = ("bad_lines", "overlong_lines", "garbage_bytes", "crc_errors", "bad_frames", "seq_restarts")
+
+
+def parse_serial_spec(spec: str, base: SerialConfig) -> tuple[str, SerialConfig]:
+    """``serial:PORT?fs=250&baud=115200&format=ascii&channel=0&scale=0.001&offset=0`` →
+    ``(PORT, base with those overrides)``, each parameter validated and named in errors."""
+    if not spec.startswith("serial:"):
+        raise SourceError(f"'{spec}' is not a serial spec: write serial:/dev/ttyUSB0?fs=250")
+    port, _, query = spec.removeprefix("serial:").partition("?")
+    if not port:
+        raise SourceError(f"'{spec}': no port after 'serial:'; e.g. serial:/dev/ttyUSB0?fs=250")
+    overrides: dict[str, str] = {}
+    key_of: dict[str, str] = {}
+    if query:
+        try:
+            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            raise SourceError(f"'{spec}': malformed parameters, expected key=value pairs joined by &") from None
+        for key, value in pairs:
+            if key not in SPEC_PARAMS:
+                raise SourceError(f"'{spec}': unknown serial parameter '{key}' (known: {', '.join(SPEC_PARAMS)})")
+            field = SPEC_PARAMS[key]
+            if field in overrides:
+                raise SourceError(f"'{spec}': serial parameter '{key}' given twice")
+            if value == "":
+                raise SourceError(f"'{spec}': serial parameter '{key}' has no value")
+            overrides[field] = value
+            key_of[field] = key
+    if not overrides:
+        return port, base
+    try:
+        return port, SerialConfig.model_validate({**base.model_dump(), **overrides})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        raise SourceError(
+            f"'{spec}': bad value for serial parameter '{key_of.get(field, field)}': {first['msg']}"
+        ) from None
+
+
+def _open_hint(err: Exception) -> str:
+    code = getattr(err, "errno", None)
+    if code == errno.ENOENT:
+        return "no such device: is it plugged in? (ls /dev/ttyUSB* /dev/ttyACM* /dev/serial/by-id/)"
+    if code in (errno.EACCES, errno.EPERM):
+        return "permission denied: add your user to the 'dialout' group (then log in again)"
+    if code == errno.EBUSY:
+        return "the device is busy: another program has it open"
+    return str(err)
+
+
+class _Throttle:
+    """At most one report per ``period``; a report held back stays pending until it is due."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.last = -float("inf")
+        self.pending = False
+
+    def due(self, now: float) -> bool:
+        return self.pending and now - self.last >= self.period
+
+    def deadline(self) -> float | None:
+        return self.last + self.period if self.pending else None
+
+    def sent(self, now: float) -> None:
+        self.last, self.pending = now, False
+
+
+class SerialSource:
+    """Reads ``serial:PORT?...`` and yields ``(n, 1)`` float32 mV chunks of at most
+    ``replay.chunk_s``, never holding a sample back longer than that.
+
+    Sample indices are the stream's clock: a binary sequence gap advances ``start`` by the lost
+    samples, and a disconnect by the time the device was away times ``fs`` (an estimate: a
+    serial line carries no clock). A device missing at start or gone later is retried with
+    exponential backoff between ``reconnect_min_s`` and ``reconnect_max_s``.
+    """
+
+    def __init__(self, spec: str, config: Config, stream: str) -> None:
+        self.spec = spec
+        self.stream = stream
+        self.port, self.settings = parse_serial_spec(spec, config.serial)
+        self.fs = float(self.settings.fs)
+        self.lead = "serial"
+        self.chunk_s = config.replay.chunk_s
+        self.chunk_n = max(1, round(self.chunk_s * self.fs))
+        self._check_port()
+        s = self.settings
+        self.decoder: AsciiDecoder | FrameDecoder = (
+            AsciiDecoder(s.channel) if s.format == "ascii" else FrameDecoder(s.channel)
+        )
+        self.disconnects = 0
+        self.offline_samples = 0  # samples estimated lost while the device was away
+        self._next = 0  # index of the next sample of the stream
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+        self._pending_since = 0.0
+        self._received = 0.0
+        self._corrupt = _Throttle(EVENT_PERIOD_S)
+        self._loss = _Throttle(EVENT_PERIOD_S)
+        self._faults_seen = 0
+        self._loss_since_event = (0, 0)  # (gaps, samples) not yet reported
+
+    def _check_port(self) -> None:
+        """A path that exists but is no device cannot become one: that is a spec error."""
+        try:
+            mode = os.stat(self.port).st_mode
+        except OSError:
+            return  # not there yet: wait for it
+        if not stat.S_ISCHR(mode):
+            raise SourceError(f"'{self.spec}': {self.port} is not a serial device (not a character device)")
+
+    def counts(self) -> dict[str, int]:
+        return {**self.decoder.counts(), "disconnects": self.disconnects, "offline_samples": self.offline_samples}
+
+    def _event(self, level: Literal["info", "warning", "error"], code: str, text: str) -> SourceEvent:
+        return SourceEvent(self.stream, level, code, text, self.counts())
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _open(self) -> serial.Serial:
+        self._check_port()
+        # timeout=0: pyserial keeps the descriptor non-blocking; reads are driven by the loop.
+        return serial.Serial(self.port, self.settings.baud, timeout=0)
+
+    async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
+        s = self.settings
+        backoff = s.reconnect_min_s
+        away_since: float | None = None
+        while True:
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError) as err:
+                if away_since is None:
+                    away_since = time.monotonic()
+                    self.disconnects += 1
+                    yield self._event("error", "disconnected",
+                                      f"cannot open {self.port}: {_open_hint(err)}; retrying every "
+                                      f"{s.reconnect_min_s:g} to {s.reconnect_max_s:g} s")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, s.reconnect_max_s)
+                continue
+            backoff = s.reconnect_min_s
+            if isinstance(self.decoder, AsciiDecoder):
+                self.decoder.reset(resync=True)
+            else:
+                self.decoder.reset()
+            if away_since is not None:
+                away = time.monotonic() - away_since
+                if self._next > 0:  # a device that was never there has lost nothing
+                    lost = round(away * self.fs)
+                    self._next += lost
+                    self.offline_samples += lost
+                yield self._event("info", "reconnected", f"{self.port} opened after {away:.1f} s away")
+            try:
+                async with aclosing(self._read(port)) as items:
+                    async for item in items:
+                        yield item
+            finally:
+                port.close()
+            away_since = time.monotonic()
+            self.disconnects += 1
+            for item in self._flush():
+                yield item
+            yield self._event("error", "disconnected",
+                              f"{self.port} went away (end of data or read error); reconnecting")
+            await asyncio.sleep(backoff)
+
+    async def _read(self, port: serial.Serial) -> AsyncIterator[Chunk | SourceEvent]:
+        """Chunks and events until the device reads EOF or fails."""
+        fd = port.fileno()
+        loop = asyncio.get_running_loop()
+        last_data, silent = time.monotonic(), False
+        while True:
+            if await _readable(loop, fd, self._timeout(None if silent else last_data + NO_DATA_S)):
+                try:
+                    data = os.read(fd, READ_SIZE)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    return  # EIO: the device (or the other end of a pty) is gone
+                if data == b"":
+                    return
+                if data:
+                    last_data = time.monotonic()
+                    if silent:
+                        silent = False
+                        yield self._event("info", "data_resumed", f"data from {self.port} again")
+                    for item in self._decode(data):
+                        yield item
+            for item in self._due():
+                yield item
+            if not silent and time.monotonic() - last_data >= NO_DATA_S:
+                # A device can stay open and say nothing; without samples no alarm can fire.
+                silent = True
+                yield self._event("warning", "no_data",
+                                  f"no data from {self.port} for {NO_DATA_S:g} s: is the device sending?")
+
+    def _timeout(self, silence_at: float | None) -> float | None:
+        """Seconds until the next thing falls due without new data: a chunk, a report, silence."""
+        due = [self._pending_since + self.chunk_s if self._pending else None,
+               self._corrupt.deadline(), self._loss.deadline(), silence_at]
+        deadline = min((t for t in due if t is not None), default=None)
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    # -- decoding and batching ----------------------------------------------------------
+
+    def _decode(self, data: bytes) -> list[Chunk | SourceEvent]:
+        now = time.monotonic()
+        self._received = time.time()
+        out: list[Chunk | SourceEvent] = []
+        s = self.settings
+        if isinstance(self.decoder, AsciiDecoder):
+            pieces = [(0, self.decoder.feed(data))]
+        else:
+            pieces = [(f.lost, f.samples) for f in self.decoder.feed(data)]
+        for lost, values in pieces:
+            if lost:
+                out.extend(self._flush())  # chunks stay contiguous: the gap falls between two
+                self._next += lost
+                gaps, samples = self._loss_since_event
+                self._loss_since_event = (gaps + 1, samples + lost)
+                self._loss.pending = True
+            if values.size:
+                if not self._pending:
+                    self._pending_since = now
+                self._pending.append(from_wire(values, s.scale_mv, s.offset))
+                self._pending_n += values.size
+        if self._pending_n >= self.chunk_n:
+            out.extend(self._flush(full_only=True))
+        faults = sum(self.decoder.counts().get(k, 0) for k in _FAULTS)
+        if faults > self._faults_seen:
+            self._faults_seen = faults
+            self._corrupt.pending = True
+        return out
+
+    def _flush(self, full_only: bool = False) -> list[Chunk]:
+        """Pending samples as chunks of ``chunk_n``, and the remainder too unless ``full_only``."""
+        if not self._pending_n:
+            return []
+        x = np.concatenate(self._pending)
+        end = (x.size // self.chunk_n) * self.chunk_n if full_only else x.size
+        chunks = []
+        for i in range(0, end, self.chunk_n):
+            block = x[i : min(i + self.chunk_n, end), None]
+            chunks.append(Chunk(self.stream, self.fs, (self.lead,), self._next, block, self._received))
+            self._next += block.shape[0]
+        rest = x[end:]
+        self._pending = [rest] if rest.size else []
+        self._pending_n = rest.size
+        self._pending_since = time.monotonic()
+        return chunks
+
+    def _due(self) -> list[Chunk | SourceEvent]:
+        now = time.monotonic()
+        out: list[Chunk | SourceEvent] = []
+        if self._pending and now - self._pending_since >= self.chunk_s:
+            out.extend(self._flush())
+        if self._loss.due(now):
+            gaps, samples = self._loss_since_event
+            self._loss_since_event = (0, 0)
+            self._loss.sent(now)
+            out.append(self._event("warning", "signal_loss",
+                                   f"{samples} samples ({samples / self.fs:.2f} s) lost in {gaps} "
+                                   f"sequence gap{'s' if gaps > 1 else ''}"))
+        if self._corrupt.due(now):
+            self._corrupt.sent(now)
+            c = self.decoder.counts()
+            what = ", ".join(f"{c[k]} {k.replace('_', ' ')}" for k in _FAULTS if c.get(k))
+            out.append(self._event("warning", "corrupt_input",
+                                   f"corrupt input from {self.port}: {what} so far{self._hint()}"))
+        return out
+
+    def _hint(self) -> str:
+        """The likely cause when nothing at all is usable."""
+        dec, ch = self.decoder, self.settings.channel
+        have = dec.columns if isinstance(dec, AsciiDecoder) else dec.channels
+        if have is not None and ch >= have:
+            return f" (the device sends {have} channel{'s' if have > 1 else ''}; channel={ch} selects none)"
+        good = dec.lines - dec.bad_lines if isinstance(dec, AsciiDecoder) else dec.frames
+        if good == 0:
+            return f" (nothing decodable yet: check baud={self.settings.baud} and format={self.settings.format})"
+        return ""
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float | None) -> bool:
+    """Wait until ``fd`` can be read (or has hung up), at most ``timeout`` seconds."""
+    ready = loop.create_future()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
+    try:
+        await asyncio.wait_for(ready, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)

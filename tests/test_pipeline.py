@@ -167,3 +167,53 @@ def test_a_jump_in_the_stream_is_an_event(record_100) -> None:
     msgs = pipe.feed(Chunk("t", FS, ("MLII",), 1000, x[360:]))
     events = [m for m in msgs if isinstance(m, EventMessage)]
     assert len(events) == 1 and events[0].code == "discontinuity" and events[0].level == "warning"
+    assert "bridged" in events[0].text and pipe.position == 1000 + 360
+
+
+def _chunks(x: np.ndarray, size: int, first: int = 0, lost: set[int] = frozenset()):
+    """Chunks of ``x`` with stream starts from ``first``; the chunks numbered in ``lost`` never arrive."""
+    for k, start in enumerate(range(0, x.size, size)):
+        if k not in lost:
+            yield Chunk("t", FS, ("MLII",), first + start, x[start : start + size].reshape(-1, 1))
+
+
+def test_lost_chunks_keep_beats_on_the_stream_clock(record_100) -> None:
+    x, ref = record_100
+    pipe = StreamPipeline("t", FS, "MLII", Config())
+    msgs = [m for c in _chunks(x, 36, lost={200, 201, 450, 550}) for m in pipe.feed(c)]
+    beats = np.array([m.sample for m in msgs if isinstance(m, BeatMessage)])
+    gaps = [m for m in msgs if isinstance(m, EventMessage)]
+    assert len(gaps) == 3 and all(m.code == "discontinuity" for m in gaps)
+    # Every reference beat outside the lost stretches is found at its own sample index.
+    lost = [(36 * k, 36 * k + 72) for k in (200, 450, 550)]
+    kept = [r for r in ref[ref > 2 * FS] if not any(a - 20 <= r < b + 20 for a, b in lost)]
+    assert all(np.min(np.abs(beats - r)) <= 5 for r in kept)
+    assert pipe.position == x.size
+
+
+def test_indices_follow_a_stream_that_starts_late_and_resends(record_100) -> None:
+    """A subscriber joining a device mid-stream, and a resend after a reconnect."""
+    x, _ = record_100
+    first = 1_000_000
+    pipe_a = StreamPipeline("t", FS, "MLII", Config())
+    base = [m.sample for c in _chunks(x, 360) for m in pipe_a.feed(c) if isinstance(m, BeatMessage)]
+    pipe_b = StreamPipeline("t", FS, "MLII", Config())
+    chunks = list(_chunks(x, 360, first=first))
+    replayed = chunks[:30] + chunks[25:]  # five chunks delivered twice
+    msgs = [m for c in replayed for m in pipe_b.feed(c)]
+    shifted = [m.sample - first for m in msgs if isinstance(m, BeatMessage)]
+    assert shifted == base
+    overlaps = [m for m in msgs if isinstance(m, EventMessage)]
+    assert len(overlaps) == 5 and all("overlap" in m.text for m in overlaps)
+
+
+def test_a_long_gap_is_spliced_not_filled(record_100) -> None:
+    x, _ = record_100
+    pipe = StreamPipeline("t", FS, "MLII", Config())
+    pipe.feed(Chunk("t", FS, ("MLII",), 0, x[:3600].reshape(-1, 1)))
+    later = 3600 + int(3600 * FS)  # an hour later
+    msgs = pipe.feed(Chunk("t", FS, ("MLII",), later, x[3600:].reshape(-1, 1)))
+    assert any(isinstance(m, EventMessage) and "spliced" in m.text for m in msgs)
+    beats = [m.sample for m in msgs if isinstance(m, BeatMessage)]
+    assert beats and min(beats) >= later - int(FS)  # published on the stream clock
+    assert pipe.position == later + x.size - 3600

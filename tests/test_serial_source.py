@@ -64,19 +64,11 @@ def make_config(speed: float = 0.0) -> Config:
 
 
 def beats_of(chunks: list[Chunk], config: Config) -> np.ndarray:
-    """R peaks of ``chunks`` through a StreamPipeline, as stream sample indices: the pipeline
-    counts the samples it was fed, so indices after a gap in ``start`` are mapped back."""
+    """R peaks of ``chunks`` through a StreamPipeline, as stream sample indices (the
+    pipeline keeps to the chunks' ``start`` across gaps)."""
     pipe = StreamPipeline("x", FS, "serial", config)
-    fed, starts, beats = [], [], []
-    total = 0
-    for c in chunks:
-        fed.append(total)
-        starts.append(c.start)
-        beats += [m.sample for m in pipe.feed(c) if isinstance(m, BeatMessage)]
-        total += c.n
-    b = np.array(beats, dtype=np.int64)
-    i = np.searchsorted(fed, b, side="right") - 1
-    return b - np.array(fed)[i] + np.array(starts)[i]
+    beats = [m.sample for c in chunks for m in pipe.feed(c) if isinstance(m, BeatMessage)]
+    return np.array(beats, dtype=np.int64)
 
 
 async def wait_path(path: Path, timeout: float = 10) -> None:
@@ -266,11 +258,12 @@ async def test_corrupted_stream_still_detects_beats(fmt: str, rec100, tmp_path: 
     score = score_beats(ref, beats, FS)
     # A beat whose R peak was in a destroyed frame is beyond any detector: score the rest too.
     lost = [(a.end, b.start) for a, b in zip(chunks, chunks[1:]) if b.start != a.end]
-    delivered = dataclasses.replace(ref, excluded=ref.excluded + lost)
-    keep = delivered.keep(ref.samples)
-    delivered = dataclasses.replace(delivered, samples=ref.samples[keep])
+    # (A detection next to a gap may place its R peak in the bridged stretch: it still counts.)
+    keep = dataclasses.replace(ref, excluded=lost).keep(ref.samples)
+    delivered = dataclasses.replace(ref, samples=ref.samples[keep])
     score_delivered = score_beats(delivered, beats, FS)
     print(fmt, corrupt.done, counts, score, score_delivered)
+
     assert score.se >= 0.99 and score.ppv >= 0.99
     assert score_delivered.se >= 0.995
 

@@ -25,6 +25,8 @@ from ecgmon.schema import (
     WaveMessage,
 )
 
+# Gaps in a stream up to this long are bridged so detection keeps its state; longer ones are spliced.
+MAX_FILL_S = 10.0
 # Wave samples are rounded to 0.1 µV: far below ECG noise, and it keeps the JSON short.
 WAVE_DECIMALS = 4
 
@@ -55,7 +57,8 @@ class StreamPipeline:
         self._frame: list[np.ndarray] = []
         self._frame_n = 0
         self.samples = 0  # samples fed so far; the detector counts from the same origin
-        self._expected_start: int | None = None
+        # Stream index of internal sample 0: the first chunk's start, moved on by long gaps.
+        self._offset: int | None = None
         self.beats = 0
         self.hr_bpm: float | None = None
         self.last_beat: BeatMessage | None = None
@@ -63,18 +66,39 @@ class StreamPipeline:
 
     # -- feeding ------------------------------------------------------------------------
 
+    @property
+    def position(self) -> int:
+        """Stream index of the next sample expected (the sources' sample clock)."""
+        return self.samples + (self._offset or 0)
+
     def feed(self, chunk: Chunk) -> list[Message]:
-        """Process one chunk; the messages come out in signal-time order of when they were known."""
-        if chunk.n == 0:
-            return []
+        """Process one chunk; the messages come out in signal-time order of when they were known.
+
+        Indices published are the source's (``chunk.start`` based). A gap of up to
+        ``MAX_FILL_S`` is bridged with invalid samples, which the filters hold at the last
+        value, so detection goes on in step with the stream clock; a longer gap is spliced.
+        Data that overlaps what was already fed (a resend) is dropped. Either way an event says so.
+        """
         timed: list[tuple[int, int, Message]] = []  # (known at sample, tie order, message)
-        if self._expected_start is not None and chunk.start != self._expected_start:
-            # Sources deliver contiguous chunks; a jump is reported, never silently bridged.
-            timed.append((self.samples, 0, self._gap_event(chunk)))
-        self._expected_start = chunk.end
+        if self._offset is None:
+            self._offset = chunk.start
         x = chunk.samples[:, 0]
+        gap = chunk.start - self.position
+        if gap < 0:
+            x = x[-gap:]  # already fed: keep only what is new
+            timed.append((self.samples, 0, self._gap_event(chunk, "overlap: the repeated samples were dropped")))
+        elif gap > 0:
+            if gap <= MAX_FILL_S * self.fs:
+                x = np.concatenate([np.full(gap, np.nan, dtype=x.dtype), x])
+                how = "bridged with held samples"
+            else:
+                self._offset += gap
+                how = "spliced: the gap is too long to bridge"
+            timed.append((self.samples, 0, self._gap_event(chunk, how)))
+        if x.size == 0:
+            return [m for _, _, m in timed]
         start = self.samples
-        end = start + chunk.n
+        end = start + x.size
         filtered = self._filter(x)
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end
@@ -103,16 +127,17 @@ class StreamPipeline:
 
     def _beat(self, beat: Beat, received: float) -> BeatMessage:
         rr_ms = None
+        sample = beat.sample + self._offset
         if self._last_beat_sample is not None:
-            rr_ms = (beat.sample - self._last_beat_sample) / self.fs * 1000.0
-        self._last_beat_sample = beat.sample
-        time_s = beat.sample / self.fs
+            rr_ms = (sample - self._last_beat_sample) / self.fs * 1000.0
+        self._last_beat_sample = sample
+        time_s = sample / self.fs
         if self._hr.last_beat_s is None or time_s > self._hr.last_beat_s:
             self._hr.add_beat(time_s)
         self.beats += 1
         msg = BeatMessage(
             stream=self.stream,
-            sample=beat.sample,
+            sample=sample,
             time_s=time_s,
             fs=self.fs,
             delay_ms=(beat.detected_at - beat.sample) / self.fs * 1000.0,
@@ -124,7 +149,7 @@ class StreamPipeline:
         return msg
 
     def _vitals(self, due: int) -> VitalsMessage:
-        now_s = due / self.fs
+        now_s = (due + self._offset) / self.fs
         self.hr_bpm = self._hr.rate(now_s)
         return VitalsMessage(
             stream=self.stream,
@@ -155,8 +180,8 @@ class StreamPipeline:
         msg = WaveMessage(
             stream=self.stream,
             fs=self.wave_fs,
-            start=first,
-            time_s=first * self._k / self.fs,
+            start=(first * self._k + self._offset) // self._k,
+            time_s=(first * self._k + self._offset) / self.fs,
             lead=self.lead,
             samples_mv=samples.tolist(),
         )
@@ -165,15 +190,12 @@ class StreamPipeline:
         self._frame_n = 0
         return (last_raw + 1, 0, msg)
 
-    def _gap_event(self, chunk: Chunk) -> EventMessage:
+    def _gap_event(self, chunk: Chunk, how: str) -> EventMessage:
         return EventMessage(
             stream=self.stream,
             level="warning",
             code="discontinuity",
-            text=(
-                f"{self.stream}: chunk starts at sample {chunk.start}, expected "
-                f"{self._expected_start}; the signal is treated as continuous"
-            ),
+            text=f"{self.stream}: chunk starts at sample {chunk.start}, expected {self.position}; {how}",
         )
 
     # -- status -------------------------------------------------------------------------
@@ -185,8 +207,8 @@ class StreamPipeline:
             fs=self.fs,
             lead=self.lead,
             state=state,
-            samples=self.samples,
-            time_s=self.samples / self.fs,
+            samples=self.position,
+            time_s=self.position / self.fs,
             beats=self.beats,
             hr_bpm=self.hr_bpm,
         )

@@ -1,0 +1,300 @@
+"""MQTT telemetry: the ECG payloads (JSON and compact binary, encoder and decoder side by side)
+and the ``mqtt://`` address form, shared by the daemon's source and the device simulator.
+
+JSON payload (UTF-8 object)::
+
+    {"v": 1, "seq": 42, "start": 15120, "fs": 360.0, "lead": "MLII", "units": "mV",
+     "samples": [-0.145, -0.145, ...]}
+
+``seq`` counts messages from 0; ``start`` is the device's index of the first sample (so
+consecutive messages have ``start == previous start + previous len(samples)``); ``lead`` and
+``units`` (``mV``, ``uV`` or ``V``) are optional (``ECG``, ``mV``).
+
+Binary payload, little-endian, 28-byte header then the lead name then the samples::
+
+    offset  size  type     field
+    0       4     bytes    magic b"ECG1"
+    4       1     u8       version (1)
+    5       1     u8       L, length of the lead name (0..32)
+    6       2     u16      n, number of samples (1..65535)
+    8       4     u32      seq
+    12      8     u64      start
+    20      4     f32      fs, Hz
+    24      4     f32      scale, mV per LSB (1 µV = 0.001 by default)
+    28      L     ASCII    lead name
+    28+L    2n    i16      samples: mV = value * scale
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import json
+import math
+import re
+import struct
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import numpy as np
+
+MAGIC = b"ECG1"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHIQff")
+MAX_PAYLOAD_BYTES = 1 << 20
+MAX_SAMPLES = 100_000
+MAX_LEAD_CHARS = 32
+MAX_FS = 100_000.0
+DEFAULT_SCALE_MV = 0.001
+_INT16_MAX = 32767
+_UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "µV": 1e-3, "V": 1e3}
+_MAX_INDEX = 2**63 - 1
+
+
+class PayloadError(ValueError):
+    """A payload that cannot be read; the message is a short reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class EcgPayload:
+    """One message of one stream: ``samples`` float32 mV, the first at device index ``start``."""
+
+    seq: int
+    start: int
+    fs: float
+    lead: str
+    samples: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return int(self.samples.shape[0])
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_json(seq: int, start: int, fs: float, lead: str, samples: np.ndarray) -> bytes:
+    """The JSON form; float32 samples survive the round trip exactly."""
+    values = np.asarray(samples, dtype=np.float32).ravel()
+    body = {"v": VERSION, "seq": int(seq), "start": int(start), "fs": float(fs), "lead": lead,
+            "units": "mV", "samples": values.tolist()}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def encode_binary(
+    seq: int, start: int, fs: float, lead: str, samples: np.ndarray, scale_mv: float = DEFAULT_SCALE_MV
+) -> bytes:
+    """The binary form; ``scale_mv`` is widened for this message if the samples would clip."""
+    values = np.asarray(samples, dtype=np.float64).ravel()
+    if not 0 < values.size <= 0xFFFF:
+        raise ValueError(f"a binary payload holds 1..65535 samples, not {values.size}")
+    peak = float(np.max(np.abs(values)))
+    if peak > _INT16_MAX * scale_mv:
+        scale_mv = peak / _INT16_MAX
+    lead_bytes = lead.encode("ascii", "replace")[:MAX_LEAD_CHARS]
+    ints = np.round(values / scale_mv).clip(-_INT16_MAX, _INT16_MAX).astype("<i2")
+    # seq wraps at 2**32 (13 years of 10 messages a second); start never needs to.
+    header = HEADER.pack(MAGIC, VERSION, len(lead_bytes), values.size, seq & 0xFFFFFFFF, start, fs, scale_mv)
+    return header + lead_bytes + ints.tobytes()
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def decode(payload: bytes) -> EcgPayload:
+    """Either form, detected by its first bytes; PayloadError says what is wrong."""
+    if not payload:
+        raise PayloadError("empty payload")
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    if payload[:4] == MAGIC:
+        return _decode_binary(bytes(payload))
+    if payload.lstrip()[:1] == b"{":
+        return _decode_json(bytes(payload))
+    raise PayloadError(f"neither a JSON object nor binary {MAGIC.decode()} (starts {bytes(payload[:8])!r})")
+
+
+def _decode_binary(payload: bytes) -> EcgPayload:
+    if len(payload) < HEADER.size:
+        raise PayloadError(f"binary header truncated: {len(payload)} of {HEADER.size} bytes")
+    _, version, lead_len, n, seq, start, fs, scale = HEADER.unpack_from(payload)
+    if version != VERSION:
+        raise PayloadError(f"unsupported binary version {version}")
+    if lead_len > MAX_LEAD_CHARS:
+        raise PayloadError(f"lead name of {lead_len} bytes exceeds {MAX_LEAD_CHARS}")
+    if n == 0:
+        raise PayloadError("no samples")
+    expected = HEADER.size + lead_len + 2 * n
+    if len(payload) != expected:
+        what = "truncated" if len(payload) < expected else "has trailing bytes"
+        raise PayloadError(f"binary payload {what}: {len(payload)} bytes, header says {expected}")
+    if start > _MAX_INDEX:
+        raise PayloadError("start out of range")
+    _check_fs(fs)
+    if not (math.isfinite(scale) and scale > 0):
+        raise PayloadError(f"scale must be a positive number, not {scale}")
+    try:
+        lead = payload[HEADER.size : HEADER.size + lead_len].decode("ascii")
+    except UnicodeDecodeError:
+        raise PayloadError("lead name is not ASCII") from None
+    ints = np.frombuffer(payload, dtype="<i2", count=n, offset=HEADER.size + lead_len)
+    samples = (ints * np.float64(scale)).astype(np.float32)
+    return EcgPayload(seq, start, float(fs), lead or "ECG", samples)
+
+
+def _decode_json(payload: bytes) -> EcgPayload:
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise PayloadError(f"not valid JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise PayloadError("JSON payload is not an object")
+    missing = [k for k in ("v", "seq", "start", "fs", "samples") if k not in obj]
+    if missing:
+        raise PayloadError(f"missing field{'s' if len(missing) > 1 else ''}: {', '.join(missing)}")
+    if _int(obj, "v") != VERSION:
+        raise PayloadError(f"unsupported version {obj['v']}")
+    seq, start = _int(obj, "seq"), _int(obj, "start")
+    fs = obj["fs"]
+    if not _is_number(fs):
+        raise PayloadError(f"'fs' must be a number, not {type(fs).__name__}")
+    _check_fs(float(fs))
+    lead = obj.get("lead", "ECG")
+    if not isinstance(lead, str) or len(lead) > MAX_LEAD_CHARS:
+        raise PayloadError(f"'lead' must be a string of at most {MAX_LEAD_CHARS} characters")
+    units = obj.get("units", "mV")
+    if units not in _UNITS_TO_MV:
+        raise PayloadError(f"unknown units {units!r} (use {', '.join(_UNITS_TO_MV)})")
+    raw = obj["samples"]
+    if not isinstance(raw, list):
+        raise PayloadError(f"'samples' must be a list, not {type(raw).__name__}")
+    if not raw:
+        raise PayloadError("no samples")
+    if len(raw) > MAX_SAMPLES:
+        raise PayloadError(f"{len(raw)} samples exceed {MAX_SAMPLES}")
+    # One numpy conversion checks every element: strings, None, bools, nesting or huge
+    # integers give a dtype other than int/float (numpy would parse "1.5" only if asked to).
+    arr = np.asarray(raw)
+    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        raise PayloadError("'samples' must be a flat list of numbers")
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf, rejected next
+        samples = (arr.astype(np.float64) * _UNITS_TO_MV[units]).astype(np.float32)
+    if not np.all(np.isfinite(samples)):
+        raise PayloadError("samples hold NaN or infinite values")
+    return EcgPayload(seq, start, float(fs), lead or "ECG", samples)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _int(obj: dict, key: str) -> int:
+    value = obj[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise PayloadError(f"'{key}' must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= _MAX_INDEX:
+        raise PayloadError(f"'{key}' out of range: {value}")
+    return value
+
+
+def _check_fs(fs: float) -> None:
+    if not (math.isfinite(fs) and 0 < fs <= MAX_FS):
+        raise PayloadError(f"fs must be a positive rate up to {MAX_FS:g} Hz, not {fs}")
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+class MqttUrlError(ValueError):
+    """An ``mqtt://`` address that cannot be used; the message says how to write it."""
+
+
+URL_FORM = "mqtt://[USER:PASSWORD@]HOST[:PORT]/TOPIC[?key=value&...] (mqtts:// for TLS)"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttUrl:
+    """A parsed ``mqtt://`` or ``mqtts://`` address; ``params`` is the query string."""
+
+    tls: bool
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    topic: str
+    params: dict[str, str]
+
+    @property
+    def broker(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+def parse_mqtt_url(url: str, *, wildcards: bool) -> MqttUrl:
+    """Split an address; the topic is taken verbatim (not URL-decoded), so ``#`` works as is.
+
+    ``wildcards`` says whether ``+``/``#`` are allowed (subscribing) or not (publishing).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("mqtt", "mqtts"):
+        raise MqttUrlError(f"'{url}': not an MQTT address; write {URL_FORM}")
+    rest, _, query = rest.partition("?")
+    netloc, slash, topic = rest.partition("/")
+    if not slash or not topic:
+        raise MqttUrlError(f"'{url}': no topic after the broker; write {URL_FORM}")
+    try:
+        parts = urlsplit("//" + netloc)
+        host, port = parts.hostname, parts.port
+    except ValueError as err:
+        raise MqttUrlError(f"'{url}': bad broker address '{netloc}': {err}") from None
+    if not host:
+        raise MqttUrlError(f"'{url}': no broker host; write {URL_FORM}")
+    problem = topic_problem(topic, wildcards)
+    if problem:
+        raise MqttUrlError(f"'{url}': {problem}")
+    try:
+        params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True)) if query else {}
+    except ValueError:
+        raise MqttUrlError(f"'{url}': malformed parameters, expected key=value pairs joined by &") from None
+    tls = scheme == "mqtts"
+    return MqttUrl(
+        tls=tls, host=host, port=port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username is not None else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        topic=topic, params=params,
+    )
+
+
+def topic_problem(topic: str, wildcards: bool) -> str | None:
+    """What is wrong with a topic (filter), or None."""
+    if "\x00" in topic or len(topic.encode()) > 65535:
+        return "topic holds a NUL character or is too long"
+    levels = topic.split("/")
+    for i, level in enumerate(levels):
+        if "+" in level or "#" in level:
+            if not wildcards:
+                return f"topic '{topic}' has a wildcard; publish to a plain topic such as ward1/bed3/ecg"
+            if level not in ("+", "#") or (level == "#" and i != len(levels) - 1):
+                return (f"bad topic filter '{topic}': '+' must fill a whole level and '#' "
+                        f"must be the whole last level (ward1/+/ecg, ward1/#)")
+    return None
+
+
+def wildcard_levels(topic_filter: str, topic: str) -> list[str] | None:
+    """The topic levels matched by the filter's ``+`` and ``#``, or None if it does not match."""
+    want, have = topic_filter.split("/"), topic.split("/")
+    matched: list[str] = []
+    for i, level in enumerate(want):
+        if level == "#":
+            # '#' also matches the parent level itself (ward1/# matches ward1).
+            return matched + have[i:]
+        if i >= len(have) or (level != "+" and level != have[i]):
+            return None
+        if level == "+":
+            matched.append(have[i])
+    return matched if len(want) == len(have) else None
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def stream_id_of(levels: list[str]) -> str:
+    """Wildcard levels as a topic-safe stream id: ``['bed3']`` → ``bed3``, ``['a', 'b.1']`` → ``a-b_1``."""
+    return "-".join(_UNSAFE.sub("_", level) for level in levels if level)

@@ -27,13 +27,14 @@ class ArraySource:
         self.stream, self.spec, self.fs, self.lead = stream, f"test:{stream}", fs, "II"
         self.n = int(seconds * fs)
         self.fail = fail
+        self.chunk_stream = stream  # the stream its chunks name (a multi-stream source differs)
 
     async def chunks(self):
         t = np.arange(self.n) / self.fs
         x = np.where((t % 0.8) < 0.02, 1.5, 0.0).astype(np.float32)  # a spike every 0.8 s
         step = int(self.fs / 10)
         for start in range(0, self.n, step):
-            yield Chunk(self.stream, self.fs, (self.lead,), start, x[start : start + step, None])
+            yield Chunk(self.chunk_stream, self.fs, (self.lead,), start, x[start : start + step, None])
             await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
@@ -138,3 +139,23 @@ def test_open_sources(data_dir) -> None:
         open_sources(["sim", "sim?hr=90"], config)
     with pytest.raises(SourceError, match="no source"):
         open_sources([], config)
+
+
+async def test_two_sources_claiming_one_stream_are_not_mixed(endpoint: str) -> None:
+    """An MQTT topic can name a stream that another source already publishes: never mix them."""
+    config = Config()
+    pub = Publisher(endpoint, 10000)
+    ctx, sub = await subscriber(endpoint)
+    first, second = ArraySource("bed3", 10), ArraySource("other", 10)
+    second.chunk_stream = "bed3"  # e.g. mqtt://.../ward1/+/ecg receiving ward1/bed3/ecg
+    try:
+        await asyncio.wait_for(Daemon(config, [first, second], pub).run(), 30)
+        msgs = await collect(sub)
+    finally:
+        sub.close()
+        ctx.term()
+    clashes = [m for m in msgs if isinstance(m, EventMessage) and m.code == "stream_id_clash"]
+    assert len(clashes) == 1 and "rename" in clashes[0].text
+    final = [m for m in msgs if isinstance(m, StatusMessage)][-1]
+    bed3 = next(s for s in final.streams if s.stream == "bed3")
+    assert bed3.samples == 3600 and bed3.faults["foreign_chunks"] > 0  # only its own data

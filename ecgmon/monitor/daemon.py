@@ -82,12 +82,20 @@ class Daemon:
             sent=pub.sent if pub else 0,
         )
 
-    def _stream_of(self, chunk: Chunk, source: Source) -> _Stream:
+    def _stream_of(self, chunk: Chunk, source: Source) -> _Stream | None:
         st = self._streams.get(chunk.stream)
         if st is None:
             st = self._streams[chunk.stream] = _Stream(chunk.stream, source)
             if chunk.stream != source.stream:
                 self._event(chunk.stream, "info", "stream_started", f"{chunk.stream}: first data from {source.spec}")
+        elif st.source is not source:
+            # Two sources naming the same stream (an MQTT topic and a NAME=): never mix them.
+            if st.faults.get("foreign_chunks", 0) == 0:
+                self._event(chunk.stream, "error", "stream_id_clash",
+                            f"{chunk.stream}: {source.spec} also sends stream '{chunk.stream}', which "
+                            f"belongs to {st.source.spec}; its data is ignored: rename one of them")
+            st.faults["foreign_chunks"] = st.faults.get("foreign_chunks", 0) + 1
+            return None
         if st.pipeline is not None and st.pipeline.fs != chunk.fs:
             self._event(chunk.stream, "warning", "rate_changed",
                         f"{chunk.stream}: sample rate changed from {st.pipeline.fs:g} to {chunk.fs:g} Hz; "
@@ -103,8 +111,12 @@ class Daemon:
         return st
 
     def _feed(self, chunk: Chunk, source: Source) -> None:
+        # The source's own entry (the only one of a single-stream source) shows it is running.
+        own = self._streams[source.stream]
+        if own.state == "starting":
+            own.state = "running"
         st = self._stream_of(chunk, source)
-        if st.pipeline is None:
+        if st is None or st.pipeline is None:
             return
         st.state = "running"
         for msg in st.pipeline.feed(chunk):

@@ -10,15 +10,14 @@ import os
 import stat
 import time
 from typing import AsyncIterator, Literal
-from urllib.parse import parse_qsl
 
 import numpy as np
-from pydantic import ValidationError
 import serial
 
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, SerialConfig
 from ecgmon.monitor.sources.base import SourceError
+from ecgmon.monitor.sources.spec_query import apply_query
 from ecgmon.payloads.serial import AsciiDecoder, FrameDecoder, from_wire
 
 # Spec parameters and the [serial] config fields they override.
@@ -45,33 +44,7 @@ def parse_serial_spec(spec: str, base: SerialConfig) -> tuple[str, SerialConfig]
     port, _, query = spec.removeprefix("serial:").partition("?")
     if not port:
         raise SourceError(f"'{spec}': no port after 'serial:'; e.g. serial:/dev/ttyUSB0?fs=250")
-    overrides: dict[str, str] = {}
-    key_of: dict[str, str] = {}
-    if query:
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise SourceError(f"'{spec}': malformed parameters, expected key=value pairs joined by &") from None
-        for key, value in pairs:
-            if key not in SPEC_PARAMS:
-                raise SourceError(f"'{spec}': unknown serial parameter '{key}' (known: {', '.join(SPEC_PARAMS)})")
-            field = SPEC_PARAMS[key]
-            if field in overrides:
-                raise SourceError(f"'{spec}': serial parameter '{key}' given twice")
-            if value == "":
-                raise SourceError(f"'{spec}': serial parameter '{key}' has no value")
-            overrides[field] = value
-            key_of[field] = key
-    if not overrides:
-        return port, base
-    try:
-        return port, SerialConfig.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        raise SourceError(
-            f"'{spec}': bad value for serial parameter '{key_of.get(field, field)}': {first['msg']}"
-        ) from None
+    return port, apply_query(spec, query, base, SPEC_PARAMS, "serial")
 
 
 def _open_hint(err: Exception) -> str:

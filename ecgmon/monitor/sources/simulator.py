@@ -4,13 +4,12 @@ so ``ecgmon run`` shows beats at once with no record to download."""
 from __future__ import annotations
 
 from typing import AsyncIterator
-from urllib.parse import parse_qsl
 
-from pydantic import ValidationError
 
 from ecgmon.chunk import Chunk
 from ecgmon.config import ReplayConfig, SimulatorConfig
 from ecgmon.monitor.sources.base import SourceError
+from ecgmon.monitor.sources.spec_query import apply_query
 from ecgmon.replay.ecgsyn import ECGSynth
 from ecgmon.replay.pacing import Pacer
 
@@ -31,38 +30,9 @@ def parse_sim_spec(spec: str, base: SimulatorConfig) -> SimulatorConfig:
     name, _, query = spec.partition("?")
     if name != "sim":
         raise SourceError(f"'{spec}' is not a simulator spec: write sim or sim?hr=110&noise=0.05")
-    fields = {**SPEC_PARAMS, **{f: f for f in SPEC_PARAMS.values()}}
-    overrides: dict[str, str] = {}
-    short_of: dict[str, str] = {}
-    if query:
-        try:
-            pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-        except ValueError:
-            raise SourceError(
-                f"'{spec}': malformed parameters, expected key=value pairs joined by &"
-            ) from None
-        for key, value in pairs:
-            if key not in fields:
-                known = ", ".join(SPEC_PARAMS)
-                raise SourceError(f"'{spec}': unknown simulator parameter '{key}' (known: {known})")
-            field = fields[key]
-            if field in overrides:
-                raise SourceError(f"'{spec}': simulator parameter '{key}' given twice")
-            if value == "":
-                raise SourceError(f"'{spec}': simulator parameter '{key}' has no value")
-            overrides[field] = value
-            short_of[field] = key
-    if not overrides:
-        return base
-    try:
-        return SimulatorConfig.model_validate({**base.model_dump(), **overrides})
-    except ValidationError as err:
-        first = err.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        key = short_of.get(field, field)
-        raise SourceError(
-            f"'{spec}': bad value for simulator parameter '{key}': {first['msg']}"
-        ) from None
+    # The full field names work too.
+    params = {**SPEC_PARAMS, **{f: f for f in SPEC_PARAMS.values()}}
+    return apply_query(spec, query, base, params, "simulator")
 
 
 class SimulatorSource:

@@ -118,6 +118,19 @@ class MqttConfig(_Section):
     reconnect_max_s: PositiveFloat = 10.0
 
 
+class ModelsConfig(_Section):
+    """Classifiers run by the daemon through the inference batcher."""
+
+    # "auto" takes cuda when torch sees a GPU, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_batch: int = Field(64, ge=1, le=4096)
+    max_batch_delay_ms: float = Field(20.0, ge=0, le=5000)
+    # Model files (TorchScript .pt or torch.export .pt2, each with a .json card beside it);
+    # relative paths are taken from the ecgmon package's shipped weights. Empty: not used.
+    beat: str = ""
+    segment: str = ""
+
+
 class RunConfig(_Section):
     sources: list[str] = Field(default_factory=lambda: ["sim"])
 
@@ -133,6 +146,7 @@ class Config(_Section):
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
     serial: SerialConfig = Field(default_factory=SerialConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
 
 
 def _describe(err: ValidationError) -> str:

@@ -23,7 +23,10 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     echo "installing ecgmon ($spec) into .venv ..." >&2
     # Build-backend chatter goes to a log that is shown only when the install fails.
     log=.venv/install.log
+    # torch first, pinned: this machine kind carries its CPU build, while an open range
+    # would fetch a multi-GB CUDA build from the registry.
     if ! { .venv/bin/python -m pip install --quiet --upgrade pip &&
+           .venv/bin/python -m pip install --quiet "torch==${ECGMON_TORCH:-2.13.0}" &&
            .venv/bin/python -m pip install --quiet -e "$spec"; } >"$log" 2>&1; then
         cat "$log" >&2
         echo "ecgmon: installing into .venv failed (log above, also in $log)" >&2

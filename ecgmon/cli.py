@@ -375,6 +375,68 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
     return 1 if failed else 0
 
 
+# --------------------------------------------------------------------------- train
+
+
+def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "train", parents=[common], help="train a classifier on DS1 records and export it",
+        description="Train a beat classifier on whole records (inter-patient), stop early on "
+                    "held-out records, export TorchScript with its model card.",
+    )
+    p.add_argument("model", choices=["beat", "beat-spectrogram"], help="which network")
+    p.add_argument("--records", nargs="+", metavar="REC",
+                   help="training records (default: the de Chazal DS1 records found locally)")
+    p.add_argument("--val-records", nargs="+", metavar="REC",
+                   help="held-out records for early stopping (default: --n-val drawn from --records)")
+    p.add_argument("--n-val", type=int, default=4, help="records held out when --val-records is not given")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--channel", type=_channel, default=0, help="channel index or name")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the model (card beside it)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    from pathlib import Path
+
+    from ecgmon.models.aami import DS1
+    from ecgmon.models.datasets import record_id
+    from ecgmon.models.train_beats import BeatTraining, split_records, train_beat_model
+    from ecgmon.models.training import TrainSettings
+    from ecgmon.replay.records import RecordError
+
+    records = [record_id(r) for r in (args.records or DS1)]
+    if args.val_records:
+        val = [record_id(r) for r in args.val_records]
+        train = [r for r in records if r not in val]
+        if not train:
+            raise CommandError("every training record is also a --val-records record: the held-out "
+                               "records must be patients the model does not train on")
+    else:
+        if len(records) <= args.n_val:
+            raise CommandError(f"--n-val {args.n_val} leaves no training record out of {len(records)}")
+        train, val = split_records(records, args.n_val, args.seed)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                             patience=args.patience, seed=args.seed, progress=sys.stderr.isatty())
+    # The card records the command that reproduces this model, with every choice spelled out.
+    command = (f"ecgmon train {args.model} --records {' '.join(train)} --val-records {' '.join(val)} "
+               f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
+               f"--patience {args.patience} --seed {args.seed} --channel {args.channel} --out {args.out}")
+    job = BeatTraining(args.model, train, val, Path(args.out), command, settings, args.channel)
+    try:
+        card = train_beat_model(job, config.data)
+    except (RecordError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    m = card["metrics"]
+    per = ", ".join(f"{c} Se {v['se']} +P {v['ppv']}" for c, v in m["per_class"].items() if v["n"])
+    log.info("wrote %s: held-out records %s: macro-F1 %s; %s", args.out, " ".join(val), m["macro_f1"], per)
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -400,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_subscribe(sub, common)
     add_replay(sub, common)
     add_evaluate(sub, common)
+    add_train(sub, common)
     return parser
 
 

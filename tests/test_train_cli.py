@@ -1,0 +1,30 @@
+"""`ecgmon train`: one small epoch on two records, exported and loadable by the daemon."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ecgmon.cli import main
+from ecgmon.monitor.model_loader import load_model
+
+
+def test_one_epoch_on_two_records_exports_a_model_the_daemon_loads(tmp_path: Path) -> None:
+    out = tmp_path / "beat.pt"
+    code = main(["train", "beat", "--records", "101", "106", "--val-records", "119",
+                 "--epochs", "1", "--out", str(out)])
+    assert code == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["records"] == ["101", "106"]
+    assert card["training"]["validation_records"] == ["119"]
+    assert "ecgmon train beat" in card["training"]["command"]
+    assert card["metrics"]["records"] == ["119"] and card["metrics"]["per_class"]["V"]["n"] > 400
+    model = load_model(out, device="cpu")
+    assert list(model.classes) == ["N", "S", "V", "F", "Q"] and out.stat().st_size < 5 * 2**20
+
+
+def test_training_and_validation_records_must_differ(tmp_path: Path, capsys) -> None:
+    code = main(["train", "beat", "--records", "101", "119", "--val-records", "119", "101",
+                 "--epochs", "1", "--out", str(tmp_path / "x.pt")])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from ecgmon.monitor.sources.factory import open_source, open_sources, split_spec
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.monitor.sources.simulator import SimulatorSource
 from ecgmon.schema import BeatMessage, EventMessage, StatusMessage, parse_message
+from zmq_helpers import subscriber
 
 
 class ArraySource:
@@ -45,17 +46,6 @@ async def collect(sub: zmq.asyncio.Socket) -> list:
     while await sub.poll(300):
         msgs.append(parse_message((await sub.recv_multipart())[1]))
     return msgs
-
-
-async def subscriber(endpoint: str) -> tuple[zmq.asyncio.Context, zmq.asyncio.Socket]:
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for prefix in ("event.", "status.", "beat."):
-        sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
-    sub.connect(endpoint)
-    await asyncio.sleep(0.3)  # let the subscription reach the publisher before anything is sent
-    return ctx, sub
 
 
 async def test_one_stream_failing_never_stops_the_others(endpoint: str) -> None:

@@ -8,8 +8,7 @@ import dataclasses
 from pathlib import Path
 import time
 
-import zmq
-import zmq.asyncio
+from zmq_helpers import collect_into, subscriber
 
 from ecgmon.config import Config, DataConfig
 from ecgmon.monitor.daemon import Daemon
@@ -18,7 +17,7 @@ from ecgmon.monitor.sources.factory import open_source
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import load_record
 from ecgmon.replay.serial_emitter import emit_serial
-from ecgmon.schema import BeatMessage, EventMessage, StatusMessage, parse_message
+from ecgmon.schema import BeatMessage, EventMessage, StatusMessage
 
 
 async def test_three_streams_and_one_stopping(data_dir: Path, tmp_path: Path, endpoint: str) -> None:
@@ -40,18 +39,8 @@ async def test_three_streams_and_one_stopping(data_dir: Path, tmp_path: Path, en
     device = RecordSource("mitdb:100", config, record=load_record("mitdb:100", data))
 
     pub = Publisher(endpoint, 10000)
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for prefix in ("beat.", "event.", "status."):
-        sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
-    sub.connect(endpoint)
-    await asyncio.sleep(0.3)
+    ctx, sub = await subscriber(endpoint)
     msgs: list = []
-
-    async def collect() -> None:
-        while True:
-            msgs.append(parse_message((await sub.recv_multipart())[1]))
 
     def beats(stream: str) -> int:
         return sum(1 for m in msgs if isinstance(m, BeatMessage) and m.stream == stream)
@@ -65,7 +54,7 @@ async def test_three_streams_and_one_stopping(data_dir: Path, tmp_path: Path, en
             assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
             await asyncio.sleep(0.05)
 
-    collector = asyncio.create_task(collect())
+    collector = asyncio.create_task(collect_into(sub, msgs))
     daemon = asyncio.create_task(Daemon(config, sources, pub).run())
     emitter = asyncio.create_task(emit_serial(device, f"serial:{link}", config, "binary"))
     try:

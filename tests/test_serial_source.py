@@ -21,6 +21,8 @@ import pytest
 import zmq
 import zmq.asyncio
 
+from zmq_helpers import collect_into, subscriber
+
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, DataConfig
 from ecgmon.monitor.daemon import Daemon
@@ -476,18 +478,8 @@ async def test_device_missing_gone_and_back_while_the_daemon_runs(rec100, tmp_pa
     link = tmp_path / "ttyECG"
     record = head(rec100, 600)
     pub = Publisher(endpoint, 10000)
-    ctx = zmq.asyncio.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    for prefix in ("event.", "status.", "beat."):
-        sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
-    sub.connect(endpoint)
-    await asyncio.sleep(0.3)
+    ctx, sub = await subscriber(endpoint)
     msgs: list = []
-
-    async def collect() -> None:
-        while True:
-            msgs.append(parse_message((await sub.recv_multipart())[1]))
 
     def events(code: str) -> list[EventMessage]:
         return [m for m in msgs if isinstance(m, EventMessage) and m.code == code]
@@ -506,7 +498,7 @@ async def test_device_missing_gone_and_back_while_the_daemon_runs(rec100, tmp_pa
                                                f"serial:{link}", config, "ascii", corrupt=Garbage()))
 
     source = SerialSource(f"serial:{link}?fs=360", config, "bed1")
-    collector = asyncio.create_task(collect())
+    collector = asyncio.create_task(collect_into(sub, msgs))
     daemon = asyncio.create_task(Daemon(config, [source], pub).run())
     tasks = [collector, daemon]
     try:

@@ -249,7 +249,11 @@ async def test_items_arriving_during_a_batch_wait_for_the_next_one() -> None:
         while not started.is_set():
             await asyncio.sleep(0.001)
         later = [asyncio.create_task(batcher.submit(*beat(i, rng))) for i in range(2, 7)]
-        await asyncio.sleep(0.05)
+        # Poll rather than sleep a fixed time: on a loaded machine the submits take a while.
+        for _ in range(2000):
+            if batcher.stats()["pending"] == 5:
+                break
+            await asyncio.sleep(0.005)
         assert batcher.stats()["pending"] == 5 and batcher.stats()["in_flight"] == 2
         release.set()
         results = await asyncio.wait_for(asyncio.gather(*first, *later), HANG)

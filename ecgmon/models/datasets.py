@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from fractions import Fraction
+from typing import Self
 import os
 from pathlib import Path
 
@@ -144,8 +145,30 @@ def _each_record(
 # --------------------------------------------------------------------------- beats
 
 
+class _RowArrays:
+    """Arrays with one row per item and a ``records`` column: selection by rows or records."""
+
+    labels: np.ndarray
+    records: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def take(self, index: np.ndarray) -> Self:
+        """The rows selected by a boolean mask or an index array."""
+        return type(self)(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    def of_records(self, records: Iterable[str]) -> Self:
+        """The rows of these records (a split's train or validation part)."""
+        return self.take(np.isin(self.records, [record_id(r) for r in records]))
+
+    @classmethod
+    def concat(cls, sets: Sequence[Self]) -> Self:
+        return cls(**{f.name: np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(cls)})
+
+
 @dataclass(frozen=True)
-class BeatSet:
+class BeatSet(_RowArrays):
     """Labelled beats: one row per beat in every array.
 
     ``windows`` (n, WINDOW) float32 filtered mV, R at index ``BEFORE``; ``rr`` (n, 7) float32
@@ -159,26 +182,9 @@ class BeatSet:
     records: np.ndarray
     samples: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(CLASSES))
         return {c: int(k) for c, k in zip(CLASSES, counts)}
-
-    def take(self, index: np.ndarray) -> "BeatSet":
-        """The beats selected by a boolean mask or an index array."""
-        return BeatSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def of_records(self, records: Iterable[str]) -> "BeatSet":
-        """The beats of these records (a split's train or validation part)."""
-        return self.take(np.isin(self.records, [record_id(r) for r in records]))
-
-    @staticmethod
-    def concat(sets: Sequence["BeatSet"]) -> "BeatSet":
-        return BeatSet(**{
-            f.name: np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(BeatSet)
-        })
 
 
 def _empty_beats() -> BeatSet:
@@ -244,7 +250,7 @@ def load_beats(
 
 
 @dataclass(frozen=True)
-class SegmentSet:
+class SegmentSet(_RowArrays):
     """Labelled 10-second windows: one row per window in every array.
 
     ``windows`` (n, SEGMENT) float32 filtered mV; ``labels`` (n,) int64, 0 normal,
@@ -259,20 +265,6 @@ class SegmentSet:
     starts: np.ndarray
     rhythms: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def take(self, index: np.ndarray) -> "SegmentSet":
-        return SegmentSet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def of_records(self, records: Iterable[str]) -> "SegmentSet":
-        return self.take(np.isin(self.records, [record_id(r) for r in records]))
-
-    @staticmethod
-    def concat(sets: Sequence["SegmentSet"]) -> "SegmentSet":
-        return SegmentSet(**{
-            f.name: np.concatenate([getattr(s, f.name) for s in sets]) for f in fields(SegmentSet)
-        })
 
 
 def rhythm_annotations(record: Record) -> tuple[np.ndarray, np.ndarray]:

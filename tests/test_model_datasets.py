@@ -22,7 +22,7 @@ from ecgmon.models.datasets import (
     load_segments,
     record_folds,
 )
-from ecgmon.models.features import (
+from ecgmon.monitor.dsp.beat_features import (
     AFTER,
     BEFORE,
     FS_MODEL,

@@ -20,7 +20,7 @@ import wfdb
 
 from ecgmon.config import DataConfig, DspConfig
 from ecgmon.models.aami import CLASSES, CLASS_INDEX, aami_index
-from ecgmon.models.features import AFTER, BEFORE, FS_MODEL, beat_rr_features, beat_windows
+from ecgmon.monitor.dsp.beat_features import AFTER, BEFORE, FS_MODEL, beat_rr_features, beat_windows
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.replay.records import Record, RecordError, load_record
 from ecgmon.replay.reference import is_beat_symbol, vf_episodes

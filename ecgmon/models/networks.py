@@ -21,7 +21,7 @@ BEAT_BEFORE = 90
 SEGMENT_WINDOW = 3600  # 10 s
 BEAT_CLASSES: tuple[str, ...] = ("N", "S", "V", "F", "Q")
 SEGMENT_CLASSES: tuple[str, ...] = ("normal", "abnormal")
-# The names ecgmon.models.features gives its first four RR columns (seconds); a model built
+# The names ecgmon.monitor.dsp.beat_features gives its first four RR columns (seconds); a model built
 # on more columns gets their names from training (card_template(rr_features=...)).
 DEFAULT_RR_FEATURES: tuple[str, ...] = ("pre_rr", "post_rr", "local_rr", "avg_rr")
 PREPROCESSING = "causal Butterworth bandpass 0.5-40 Hz order 2 (ecgmon.monitor.dsp.filters.ECGFilter)"

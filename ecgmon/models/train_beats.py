@@ -12,7 +12,7 @@ from ecgmon.config import DataConfig
 from ecgmon.models.aami import CLASSES
 from ecgmon.models.datasets import BeatSet, assert_disjoint, leave_records_out, load_beats
 from ecgmon.models.export import export_torchscript
-from ecgmon.models.features import RR_FEATURES
+from ecgmon.monitor.dsp.beat_features import RR_FEATURES
 from ecgmon.models.metrics import class_report
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, card_template
 from ecgmon.models.training import TrainSettings, fit, predict, set_seed

@@ -2,7 +2,7 @@
 
 Pure numpy, and causal except for the next RR interval (the live pipeline gets it by
 waiting one beat before classifying), so the daemon can compute exactly what a model was
-trained on.
+trained on. It lives in dsp/ because the daemon may not import the training code in models/.
 """
 
 from __future__ import annotations

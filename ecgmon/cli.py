@@ -381,10 +381,10 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
 def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "train", parents=[common], help="train a classifier on DS1 records and export it",
-        description="Train a beat classifier on whole records (inter-patient), stop early on "
-                    "held-out records, export TorchScript with its model card.",
+        description="Train a beat or 10 s segment classifier on whole records (inter-patient), "
+                    "stop early on held-out records, export TorchScript with its model card.",
     )
-    p.add_argument("model", choices=["beat", "beat-spectrogram"], help="which network")
+    p.add_argument("model", choices=["beat", "beat-spectrogram", "segment"], help="which network")
     p.add_argument("--records", nargs="+", metavar="REC",
                    help="training records (default: the de Chazal DS1 records found locally)")
     p.add_argument("--val-records", nargs="+", metavar="REC",
@@ -405,7 +405,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 
     from ecgmon.models.aami import DS1
     from ecgmon.models.datasets import record_id
-    from ecgmon.models.train_beats import BeatTraining, split_records, train_beat_model
+    from ecgmon.models.trainer import TrainingJob, split_records, train_model
     from ecgmon.models.training import TrainSettings
     from ecgmon.replay.records import RecordError
 
@@ -426,9 +426,9 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     command = (f"ecgmon train {args.model} --records {' '.join(train)} --val-records {' '.join(val)} "
                f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
                f"--patience {args.patience} --seed {args.seed} --channel {args.channel} --out {args.out}")
-    job = BeatTraining(args.model, train, val, Path(args.out), command, settings, args.channel)
+    job = TrainingJob(args.model, train, val, Path(args.out), command, settings, args.channel)
     try:
-        card = train_beat_model(job, config.data)
+        card = train_model(job, config.data)
     except (RecordError, ValueError) as err:
         raise CommandError(str(err)) from None
     m = card["metrics"]

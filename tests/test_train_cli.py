@@ -28,3 +28,13 @@ def test_training_and_validation_records_must_differ(tmp_path: Path, capsys) -> 
                  "--epochs", "1", "--out", str(tmp_path / "x.pt")])
     assert code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_one_epoch_of_the_segment_model(tmp_path: Path) -> None:
+    out = tmp_path / "segment.pt"
+    assert main(["train", "segment", "--records", "100", "208", "--val-records", "119",
+                 "--epochs", "1", "--batch-size", "32", "--out", str(out)]) == 0
+    model = load_model(out, device="cpu")
+    assert model.kind == "segment" and list(model.classes) == ["normal", "abnormal"]
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["metrics"]["n"] > 300 and card["training"]["class_counts"]["abnormal"] > 0

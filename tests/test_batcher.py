@@ -8,6 +8,7 @@ leaves nobody waiting, and the event loop keeps running while a model computes.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 import random
 import threading
 
@@ -91,6 +92,20 @@ class Recording:
         finally:
             with self._lock:
                 self.running -= 1
+
+
+def gated_id_model() -> tuple[Callable[[Tensor, Tensor], Tensor], threading.Event, threading.Event]:
+    """An IdModel that signals ``started`` and then blocks until ``release`` is set."""
+    release = threading.Event()
+    started = threading.Event()
+    inner = torch.jit.script(IdModel())
+
+    def slow(window: Tensor, rr: Tensor) -> Tensor:
+        started.set()
+        release.wait(HANG)
+        return inner(window, rr)
+
+    return slow, started, release
 
 
 def beat(item_id: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -233,15 +248,7 @@ async def test_zero_delay_runs_what_has_arrived() -> None:
 
 
 async def test_items_arriving_during_a_batch_wait_for_the_next_one() -> None:
-    release = threading.Event()
-    started = threading.Event()
-    inner = torch.jit.script(IdModel())
-
-    def slow(window: Tensor, rr: Tensor) -> Tensor:
-        started.set()
-        release.wait(HANG)
-        return inner(window, rr)
-
+    slow, started, release = gated_id_model()
     model = Recording(slow)  # type: ignore[arg-type]
     rng = np.random.default_rng(9)
     async with InferenceBatcher(model, max_batch=2, max_batch_delay_ms=1) as batcher:
@@ -391,15 +398,7 @@ async def test_close_with_drain_computes_pending_items() -> None:
 
 
 async def test_close_lets_the_running_batch_finish() -> None:
-    release = threading.Event()
-    started = threading.Event()
-    inner = torch.jit.script(IdModel())
-
-    def slow(window: Tensor, rr: Tensor) -> Tensor:
-        started.set()
-        release.wait(HANG)
-        return inner(window, rr)
-
+    slow, started, release = gated_id_model()
     batcher = InferenceBatcher(slow, max_batch=2, max_batch_delay_ms=10_000)
     rng = np.random.default_rng(15)
     running = [asyncio.create_task(batcher.submit(*beat(i, rng))) for i in range(2)]

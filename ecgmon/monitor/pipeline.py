@@ -61,7 +61,6 @@ class StreamPipeline:
         self._offset: int | None = None
         self.beats = 0
         self.hr_bpm: float | None = None
-        self.last_beat: BeatMessage | None = None
         self._last_beat_sample: int | None = None
 
     # -- feeding ------------------------------------------------------------------------
@@ -135,7 +134,7 @@ class StreamPipeline:
         if self._hr.last_beat_s is None or time_s > self._hr.last_beat_s:
             self._hr.add_beat(time_s)
         self.beats += 1
-        msg = BeatMessage(
+        return BeatMessage(
             stream=self.stream,
             sample=sample,
             time_s=time_s,
@@ -145,8 +144,6 @@ class StreamPipeline:
             amplitude_mv=float(beat.amplitude),
             latency_ms=(time.time() - received) * 1000.0,
         )
-        self.last_beat = msg
-        return msg
 
     def _vitals(self, due: int) -> VitalsMessage:
         now_s = (due + self._offset) / self.fs

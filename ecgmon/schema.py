@@ -42,6 +42,10 @@ class BeatMessage(Message):
     latency_ms: float | None = Field(
         None, description="wall time from the chunk holding the detection to publication"
     )
+    label: str | None = Field(
+        None, description="AAMI class (N, S, V, F, Q) from the beat model; none without a model"
+    )
+    probability: float | None = Field(None, description="the model's softmax probability of label")
 
 
 class VitalsMessage(Message):
@@ -59,6 +63,68 @@ class WaveMessage(Message):
     time_s: float = Field(description="signal time of the first sample")
     lead: str
     samples_mv: list[float] = Field(description="filtered, decimated ECG in millivolts")
+
+
+class SegmentMessage(Message):
+    """The segment (rhythm) model's verdict on one 10-second window of a stream."""
+
+    kind: Literal["segment"] = "segment"
+    start: int = Field(description="index of the window's first sample at the stream's rate")
+    time_s: float = Field(description="signal time of the window's start")
+    duration_s: float
+    label: str = Field(description="class from the model's card, e.g. normal or abnormal")
+    probability: float
+    probabilities: dict[str, float] = Field(default_factory=dict)
+
+
+class AlarmMessage(Message):
+    """One alarm's life: published when raised, on every change (update, acknowledge,
+    silence, suppression) and when cleared. ``id`` is stable over the alarm's life."""
+
+    kind: Literal["alarm"] = "alarm"
+    id: str = Field(description="unique per alarm episode, e.g. bed3-vtach-7")
+    alarm: str = Field(description="what it is about: asystole, vfib, vtach, brady, tachy, afib, ...")
+    category: Literal["physiological", "technical"]
+    priority: Literal["high", "medium", "low"]
+    state: Literal["raised", "updated", "cleared"]
+    text: str = Field(description="one line for people, e.g. 'V-tach 152 bpm, 9 beats'")
+    onset_s: float = Field(description="signal time the condition began")
+    raised_s: float = Field(description="signal time the alarm was raised")
+    raised_wall: float = Field(description="wall-clock time the alarm was raised, Unix seconds")
+    cleared_s: float | None = None
+    latched: bool = Field(False, description="stays raised after the condition ends until acknowledged")
+    acknowledged_by: str | None = None
+    acknowledged_wall: float | None = None
+    silenced_until_wall: float | None = Field(None, description="audible alarm silenced until then")
+    suppressed: bool = Field(
+        False, description="a technical condition suppresses this physiological alarm"
+    )
+    value: float | None = Field(None, description="the measured value behind it (bpm, beats, s)")
+
+
+class PcgMessage(Message):
+    """Heart-sound analysis of one stretch of stethoscope audio."""
+
+    kind: Literal["pcg"] = "pcg"
+    fs: float = Field(description="rate of the decimated envelope")
+    start: int = Field(description="index of the first envelope sample at rate fs")
+    time_s: float
+    envelope: list[float] = Field(description="heart-sound envelope, decimated for displays")
+    s1_s: list[float] = Field(default_factory=list, description="signal times of S1 sounds in this stretch")
+    s2_s: list[float] = Field(default_factory=list, description="signal times of S2 sounds in this stretch")
+    hr_bpm: float | None = None
+    quality: float | None = Field(None, description="signal-quality index, 0 (unusable) to 1")
+
+
+class PcgClassMessage(Message):
+    """The heart-sound model's verdict: one window, and the recording so far."""
+
+    kind: Literal["pcg_class"] = "pcg_class"
+    time_s: float = Field(description="signal time of the window's end")
+    label: str = Field(description="normal or abnormal, for the recording so far")
+    probability: float = Field(description="probability of label, aggregated over windows")
+    window_probability: float = Field(description="probability of abnormal in the latest window")
+    windows: int = Field(description="windows aggregated")
 
 
 class StreamStatus(BaseModel):
@@ -85,6 +151,9 @@ class StatusMessage(Message):
     streams: list[StreamStatus]
     dropped: int = Field(description="messages ZeroMQ could not queue for slow subscribers")
     sent: int
+    models: dict[str, dict] = Field(
+        default_factory=dict, description="per loaded model: its inference batcher's counters"
+    )
 
 
 class EventMessage(Message):
@@ -100,7 +169,10 @@ class EventMessage(Message):
 
 
 AnyMessage = Annotated[
-    Union[BeatMessage, VitalsMessage, WaveMessage, StatusMessage, EventMessage],
+    Union[
+        BeatMessage, VitalsMessage, WaveMessage, SegmentMessage, AlarmMessage, PcgMessage,
+        PcgClassMessage, StatusMessage, EventMessage,
+    ],
     Field(discriminator="kind"),
 ]
 _any_message = TypeAdapter(AnyMessage)

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages ecgmon's tests need (Debian/Ubuntu: apt-get), only those
-# missing: mosquitto (the MQTT broker the tests start on loopback).
+# missing: mosquitto (the MQTT broker the tests start on loopback), PortAudio (sounddevice's
+# library; the tests read a WAV through ALSA's file plugin) and tmux (the dashboard's
+# end-to-end test runs it in a real terminal).
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+ldconfig -p 2>/dev/null | grep -q "libportaudio\.so\.2" || missing+=(libportaudio2)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if ! command -v apt-get >/dev/null 2>&1; then

@@ -127,8 +127,9 @@ class ModelsConfig(_Section):
     max_batch_delay_ms: float = Field(20.0, ge=0, le=5000)
     # Model files (TorchScript .pt or torch.export .pt2, each with a .json card beside it);
     # relative paths are taken from the ecgmon package's shipped weights. Empty: not used.
-    beat: str = ""
-    segment: str = ""
+    beat: str = "beat-cnn-bilstm.pt"
+    segment: str = "segment-attention-cnn.pt"
+    pcg: str = ""
 
 
 class RunConfig(_Section):

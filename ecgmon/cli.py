@@ -327,6 +327,7 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="chunk length of the replay (results do not depend on it; default 10)")
     q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     q.set_defaults(func=cmd_evaluate_qrs)
+    add_evaluate_model(kinds, common)
 
 
 def _database_records(db: str, config: Config) -> list[str]:
@@ -375,14 +376,56 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
     return 1 if failed else 0
 
 
+def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    m = kinds.add_parser(
+        "model", parents=[common], help="per-class Se/+P/F1, confusion, ROC/PR plots of a model file",
+        description="Load a model file as the daemon does and score it on whole records it never "
+                    "trained on (by default its card's validation records): per-class Se, +P, F1, "
+                    "confusion matrix; metrics.json and PNG plots in --out.",
+    )
+    m.add_argument("model", metavar="MODEL", help="a .pt (TorchScript) or .pt2 (torch.export) file, its card beside it")
+    m.add_argument("--records", nargs="+", metavar="REC", help="records to score on (default: the card's "
+                                                               "validation records)")
+    m.add_argument("--allow-train-records", action="store_true",
+                   help="accept records the model trained on (its scores there flatter it)")
+    m.add_argument("--channel", type=_channel, help="channel index or name (default: the one it trained on)")
+    m.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    m.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
+                                                "(default: eval/<model name>)")
+    m.set_defaults(func=cmd_evaluate_model)
+
+
+def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.models.evaluation import EvaluationError, evaluate_model, render
+
+    command = " ".join(["ecgmon evaluate model", args.model]
+                       + (["--records", *args.records] if args.records else [])
+                       + (["--allow-train-records"] if args.allow_train_records else [])
+                       + (["--channel", str(args.channel)] if args.channel is not None else [])
+                       + (["--out", args.out] if args.out else []))
+    try:
+        result = evaluate_model(args.model, config.data, records=args.records, out=args.out,
+                                channel=args.channel, allow_train_records=args.allow_train_records,
+                                device=args.device, command=command, progress=sys.stderr.isatty())
+    except EvaluationError as err:
+        raise CommandError(str(err)) from None
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    return 0
+
+
 # --------------------------------------------------------------------------- train
 
 
 def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from ecgmon.monitor.dsp.beat_features import RR_FEATURES
+
     p = sub.add_parser(
         "train", parents=[common], help="train a classifier on DS1 records and export it",
         description="Train a beat or 10 s segment classifier on whole records (inter-patient), "
-                    "stop early on held-out records, export TorchScript with its model card.",
+                    "measure it on records it never saw (held-out records with early stopping, or "
+                    "--folds k-fold by record), export TorchScript with its model card.",
     )
     p.add_argument("model", choices=["beat", "beat-spectrogram", "segment"], help="which network")
     p.add_argument("--records", nargs="+", metavar="REC",
@@ -390,12 +433,24 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("--val-records", nargs="+", metavar="REC",
                    help="held-out records for early stopping (default: --n-val drawn from --records)")
     p.add_argument("--n-val", type=int, default=4, help="records held out when --val-records is not given")
+    p.add_argument("--folds", type=int, default=0, metavar="K",
+                   help="k-fold by record over --records for the card's metrics (K models of --epochs "
+                        "each), then the shipped model on every record for the same fixed --epochs; "
+                        "no held-out records, no early stopping")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--channel", type=_channel, default=0, help="channel index or name")
+    p.add_argument("--class-weight-power", type=float, default=0.5,
+                   help="class weights ∝ count^-power (0.5: 1/sqrt(count); 1: inverse frequency)")
+    p.add_argument("--rr-features", nargs="+", choices=RR_FEATURES, default=list(RR_FEATURES), metavar="NAME",
+                   help=f"beat models: RR inputs, in order (of {', '.join(RR_FEATURES)})")
+    p.add_argument("--jitter", type=int, default=0, metavar="SAMPLES",
+                   help="beat models: random R shift of up to this many samples each way in training")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="beat models: white noise in training, this fraction of each window's std")
     p.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the model (card beside it)")
     p.set_defaults(func=cmd_train)
 
@@ -410,7 +465,13 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.replay.records import RecordError
 
     records = [record_id(r) for r in (args.records or DS1)]
-    if args.val_records:
+    if args.folds:
+        if args.val_records:
+            raise CommandError("--folds holds records out itself: give no --val-records")
+        if not 2 <= args.folds <= len(records):
+            raise CommandError(f"--folds must be between 2 and {len(records)} for {len(records)} records")
+        train, val = records, []
+    elif args.val_records:
         val = [record_id(r) for r in args.val_records]
         train = [r for r in records if r not in val]
         if not train:
@@ -421,19 +482,28 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
             raise CommandError(f"--n-val {args.n_val} leaves no training record out of {len(records)}")
         train, val = split_records(records, args.n_val, args.seed)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                             patience=args.patience, seed=args.seed, progress=sys.stderr.isatty())
+                             patience=None if args.folds else args.patience, seed=args.seed,
+                             progress=sys.stderr.isatty(), weight_power=args.class_weight_power)
     # The card records the command that reproduces this model, with every choice spelled out.
-    command = (f"ecgmon train {args.model} --records {' '.join(train)} --val-records {' '.join(val)} "
+    held = f"--folds {args.folds}" if args.folds else f"--val-records {' '.join(val)} --patience {args.patience}"
+    command = (f"ecgmon train {args.model} --records {' '.join(train)} {held} "
                f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--patience {args.patience} --seed {args.seed} --channel {args.channel} --out {args.out}")
-    job = TrainingJob(args.model, train, val, Path(args.out), command, settings, args.channel)
+               f"--seed {args.seed} --channel {args.channel} --class-weight-power {args.class_weight_power:g}")
+    if args.model != "segment":
+        command += (f" --rr-features {' '.join(args.rr_features)} --jitter {args.jitter} "
+                    f"--noise {args.noise:g}")
+    command += f" --out {args.out}"
+    job = TrainingJob(args.model, train, val, Path(args.out), command, settings, args.channel,
+                      folds=args.folds, rr_features=tuple(args.rr_features), jitter=args.jitter,
+                      noise=args.noise)
     try:
         card = train_model(job, config.data)
     except (RecordError, ValueError) as err:
         raise CommandError(str(err)) from None
     m = card["metrics"]
     per = ", ".join(f"{c} Se {v['se']} +P {v['ppv']}" for c, v in m["per_class"].items() if v["n"])
-    log.info("wrote %s: held-out records %s: macro-F1 %s; %s", args.out, " ".join(val), m["macro_f1"], per)
+    where = f"{args.folds}-fold by record, pooled" if args.folds else f"held-out records {' '.join(val)}"
+    log.info("wrote %s: %s: macro-F1 %s; %s", args.out, where, m["macro_f1"], per)
     return 0
 
 

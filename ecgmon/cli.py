@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -98,7 +100,10 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
     p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
     p.add_argument("--channel", type=_channel, help="channel index or name (e.g. MLII)")
     p.add_argument("--endpoint", help="ZeroMQ PUB endpoint to bind (e.g. tcp://127.0.0.1:5555)")
-    p.add_argument("--headless", action="store_true", help="no live table, even on a terminal")
+    p.add_argument("--control", metavar="ENDPOINT",
+                   help="ZeroMQ control endpoint for acknowledge/silence (default: [publisher] "
+                        "control_endpoint; '' for none)")
+    p.add_argument("--headless", action="store_true", help="no dashboard, even on a terminal")
     p.set_defaults(func=cmd_run)
 
 
@@ -113,6 +118,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         ("--loop", "replay", "loop", args.loop),
         ("--channel", "replay", "channel", args.channel),
         ("--endpoint", "publisher", "endpoint", args.endpoint),
+        ("--control", "publisher", "control_endpoint", args.control),
     ])
     specs = args.source or config.run.sources
     sources = open_sources(specs, config)
@@ -122,27 +128,59 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
              names, publisher.endpoint, connect_endpoint(publisher.endpoint))
-    live = sys.stdout.isatty() and not args.headless
-    code = run_until_signal(lambda: _serve(daemon, connect_endpoint(publisher.endpoint) if live else None))
+    dashboard = None
+    if sys.stdout.isatty() and not args.headless:
+        from ecgmon.dashboard.app import Options
+
+        dashboard = Options([(connect_endpoint(publisher.endpoint), None)])
+    code = run_until_signal(lambda: _serve(daemon, dashboard))
     if code == 0 and any(s.state == "failed" for s in daemon.streams):
         return 1
     return code
 
 
-async def _serve(daemon, live_endpoint: str | None) -> None:
-    live = None
-    if live_endpoint:
-        from ecgmon.dashboard.live_table import run_live_table
-
-        live = asyncio.create_task(run_live_table(live_endpoint))
-    try:
+async def _serve(daemon, dashboard) -> None:
+    """Run the daemon; with ``dashboard`` options, show the dashboard in-process until q (the
+    daemon is stopped then) or, without keys, until the daemon ends."""
+    if dashboard is None:
         await daemon.run()
-        if live:
-            await asyncio.sleep(0.5)  # let the table show the final status
+        return
+    from ecgmon.dashboard.app import run_dashboard
+
+    run = asyncio.ensure_future(daemon.run())
+    with _logs_held():
+        try:
+            await run_dashboard(dashboard, until=run)
+        finally:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+    if not run.cancelled() and run.exception() is not None:
+        raise run.exception()
+
+
+class _HeldLogs(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: collections.deque[logging.LogRecord] = collections.deque(maxlen=500)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _logs_held():
+    """While the full-screen dashboard owns the terminal, log lines wait (the dashboard shows
+    the daemon's events) and are printed when it closes."""
+    root = logging.getLogger("ecgmon")
+    handlers, held = root.handlers[:], _HeldLogs()
+    root.handlers[:] = [held]
+    try:
+        yield
     finally:
-        if live:
-            live.cancel()
-            await asyncio.gather(live, return_exceptions=True)
+        root.handlers[:] = handlers
+        for record in held.records:
+            for handler in handlers:
+                handler.handle(record)
 
 
 def run_until_signal(make: Callable[[], object]) -> int:
@@ -258,6 +296,53 @@ def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> 
     prev = last_seq.get(key)
     last_seq[key] = seq
     return max(0, seq - prev - 1) if prev is not None else 0
+
+
+# --------------------------------------------------------------------------- dashboard
+
+
+def add_dashboard(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="the live terminal dashboard of one or more daemons",
+        description="Show the streams of one or more daemons: ECG traces, heart rate, beat classes, "
+                    "rhythm, alarms, heart sounds. Keys: arrows/tab/1-9 select a stream, a "
+                    "acknowledges and s silences its highest alarm, q quits.",
+    )
+    p.add_argument("--connect", action="append", metavar="ENDPOINT",
+                   help="a daemon's PUB endpoint; repeatable (default: [publisher] endpoint)")
+    p.add_argument("--control", action="append", metavar="ENDPOINT",
+                   help="control endpoint of the daemon at the same position in --connect "
+                        "(default for the configured daemon: [publisher] control_endpoint)")
+    p.add_argument("--user", help="name recorded with acknowledgements (default: login name)")
+    p.add_argument("--silence-s", type=float, default=120.0, metavar="S",
+                   help="how long s silences an alarm (default 120)")
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.dashboard.app import DashboardError, Options, run_dashboard
+
+    connects = args.connect or [config.publisher.endpoint]
+    controls = args.control or []
+    if len(controls) > len(connects):
+        raise CommandError(f"{len(controls)} --control for {len(connects)} --connect: give one per daemon")
+    if not 0 < args.silence_s <= 3600:
+        raise CommandError(f"--silence-s must be between 0 and 3600 seconds, not {args.silence_s:g}")
+    if not sys.stdout.isatty():
+        raise CommandError("the dashboard needs a terminal; use `ecgmon subscribe` for a pipe or a file")
+    own = connect_endpoint(config.publisher.endpoint)
+    links = []
+    for i, endpoint in enumerate(connects):
+        if i < len(controls):
+            control = controls[i]
+        else:  # the configured daemon's control socket is known; another daemon's is not
+            control = config.publisher.control_endpoint if connect_endpoint(endpoint) == own else ""
+        links.append((connect_endpoint(endpoint), connect_endpoint(control) if control else None))
+    opts = Options(links, user=args.user or "", silence_s=args.silence_s)
+    try:
+        return run_until_signal(lambda: run_dashboard(opts))
+    except DashboardError as err:
+        raise CommandError(str(err)) from None
 
 
 # --------------------------------------------------------------------------- replay
@@ -530,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub, common)
     add_subscribe(sub, common)
+    add_dashboard(sub, common)
     add_replay(sub, common)
     add_evaluate(sub, common)
     add_train(sub, common)

@@ -80,6 +80,8 @@ class HeartRateConfig(_Section):
 
 class PublisherConfig(_Section):
     endpoint: str = "tcp://127.0.0.1:5555"
+    # ROUTER socket for acknowledge/silence requests from dashboards; empty: none.
+    control_endpoint: str = "tcp://127.0.0.1:5556"
     wave_fs: float = Field(125.0, ge=10, le=1000)
     wave_period_s: PositiveFloat = 0.2
     status_period_s: PositiveFloat = 1.0

@@ -47,6 +47,7 @@ class EvalSet:
     labels: np.ndarray
     records: np.ndarray
     samples: np.ndarray  # at FS_MODEL: the R peak of a beat, the first sample of a segment
+    rhythms: np.ndarray | None = None  # segments: the rhythm annotation at the centre ("(AFIB")
 
 
 # --------------------------------------------------------------------------- records
@@ -59,8 +60,8 @@ def choose_records(card: dict[str, Any], records: Sequence[str] | None, allow_tr
     name = card.get("name", "the model")
     chosen = list(records or training.get("validation_records") or [])
     if not chosen:
-        raise EvaluationError(f"the card of {name} names no validation records: name records it never "
-                              "trained on with --records")
+        raise EvaluationError(f"the card of {name} names no validation records (it trained on every record it "
+                              "lists): name records it never trained on with --records, e.g. DS2 records")
     trained = {record_id(r) for r in training.get("records") or []}
     seen = [r for r in chosen if record_id(r) in trained]
     if seen and not allow_train:
@@ -111,7 +112,8 @@ def build_set(
             _require(model.window == SEGMENT, f"{where} asks for {model.window}-sample segments; "
                                               f"the segment sets have {SEGMENT}")
             segments = load_segments(records, data, channel=channel, progress=progress)
-            found = EvalSet((segments.windows,), segments.labels, segments.records, segments.starts)
+            found = EvalSet((segments.windows,), segments.labels, segments.records, segments.starts,
+                            segments.rhythms)
     except (RecordError, ValueError) as err:
         raise EvaluationError(str(err)) from None
     _require(len(found.labels) > 0, f"no labelled {model.kind}s in records {' '.join(records)}")
@@ -182,7 +184,8 @@ def _examples(
         plots.Example(
             signal=data.inputs[0][i], reference=model.classes[data.labels[i]],
             predicted=model.classes[int(probabilities[i].argmax())], probability=float(probabilities[i].max()),
-            where=f"record {data.records[i]} at {_clock(int(data.samples[i]))}",
+            where=f"record {data.records[i]} at {_clock(int(data.samples[i]))}"
+                  + (f", rhythm {data.rhythms[i]}" if data.rhythms is not None and data.rhythms[i] else ""),
         )
         for i in picked
     ]
@@ -246,9 +249,11 @@ def _gradcam_png(model: LoadedModel, data: EvalSet, probabilities: np.ndarray, p
 
 
 def _reproduces_card(card: dict[str, Any], records: list[str], report: dict[str, Any]) -> bool | None:
-    """Whether the card's held-out confusion matrix comes out again (None: other records)."""
+    """Whether the card's held-out confusion matrix comes out again (None: the card has none
+    for these records, e.g. other records or cross-validation metrics)."""
     metrics = card.get("metrics") or {}
-    if sorted(metrics.get("records") or []) != sorted(records):
+    held_out = (card.get("training") or {}).get("validation_records") or []
+    if not held_out or not sorted(metrics.get("records") or []) == sorted(held_out) == sorted(records):
         return None
     return (metrics.get("confusion") or {}).get("rows_reference_columns_predicted") == \
         report["confusion"]["rows_reference_columns_predicted"]
@@ -319,8 +324,9 @@ def render(result: dict[str, Any]) -> list[RenderableType]:
     """The rich tables of a result: per-class scores, then the confusion matrix."""
     m = result["model"]
     classes = m["classes"]
-    per = Table(title=f"{m['name']} ({m['kind']}, {m['format']}) on records {' '.join(result['records'])}: "
-                      f"{result['n']} {m['kind']}s", title_justify="left")
+    header = Text(f"{m['name']} ({m['kind']}, {m['format']}) on records {' '.join(result['records'])}: "
+                  f"{result['n']} {m['kind']}s", style="bold")
+    per = Table()
     for col in ("class", "n", "Se", "+P", "F1", "ROC AUC", "AP"):
         per.add_column(col, justify="left" if col == "class" else "right")
     for name in classes:
@@ -329,13 +335,13 @@ def render(result: dict[str, Any]) -> list[RenderableType]:
                     _num(c["auc"]), _num(c["average_precision"]))
     summary = Text(f"macro-F1 {_num(result['macro_f1'])} (over the classes present)   "
                    f"accuracy {_num(result['accuracy'])}", style="bold")
-    cm = Table(title="confusion (rows: reference, columns: predicted)", title_justify="left")
-    cm.add_column("")
+    cm = Table()
+    cm.add_column("ref \\ pred")
     for name in classes:
         cm.add_column(name, justify="right")
     for name, row in zip(classes, result["confusion"]["rows_reference_columns_predicted"]):
         cm.add_row(name, *(str(v) for v in row))
-    parts: list[RenderableType] = [per, summary, cm]
+    parts: list[RenderableType] = [header, per, summary, cm]
     if result["reproduces_card_metrics"] is not None:
         same = "reproduces" if result["reproduces_card_metrics"] else "does NOT reproduce"
         parts.append(Text(f"{same} the held-out confusion matrix in the model card",

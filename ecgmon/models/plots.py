@@ -183,9 +183,14 @@ def gradcam_png(panels: Sequence[GradCamPanel], fs: float, before: int, path: Pa
         beat.set_ylabel("mV")
         beat.set_title(f"{p.example.where}\nreference {p.example.reference}, predicted {p.example.predicted} "
                        f"(p={p.example.probability:.2f})", fontsize=9, loc="left")
+        # Each column spans one hop around its centre; rows likewise one bin around theirs.
         frame_ms = (p.frame_centres - before) / fs * 1000
+        half_hop = (frame_ms[1] - frame_ms[0]) / 2 if frame_ms.size > 1 else 0.0
+        half_bin = (p.frequencies[1] - p.frequencies[0]) / 2 if p.frequencies.size > 1 else 0.0
         spec_ax.imshow(p.spectrogram, aspect="auto", origin="lower", cmap="magma",
-                       extent=(frame_ms[0], frame_ms[-1], 0, f_top))
+                       extent=(frame_ms[0] - half_hop, frame_ms[-1] + half_hop, -half_bin, f_top + half_bin))
+        spec_ax.set_xlim(ms[0], ms[-1])
+        spec_ax.set_ylim(0, f_top)
         spec_ax.set_ylabel("Hz")
         spec_ax.set_title("log |STFT| (model input)", fontsize=9)
         cam_ax.imshow(p.cam, aspect="auto", origin="lower", cmap="jet", vmin=0, vmax=1,

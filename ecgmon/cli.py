@@ -109,6 +109,7 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.daemon import Daemon
+    from ecgmon.monitor.model_set import load_models
     from ecgmon.monitor.publisher import Publisher
     from ecgmon.monitor.sources.factory import open_sources
 
@@ -124,7 +125,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     sources = open_sources(specs, config)
     pc = config.publisher
     publisher = Publisher(pc.endpoint, pc.send_hwm)
-    daemon = Daemon(config, sources, publisher)
+    models, model_errors = load_models(config.models)
+    daemon = Daemon(config, sources, publisher, models, model_errors)
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
              names, publisher.endpoint, connect_endpoint(publisher.endpoint))
@@ -483,15 +485,10 @@ def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.Argum
 def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.models.evaluation import EvaluationError, evaluate_model, render
 
-    command = " ".join(["ecgmon evaluate model", args.model]
-                       + (["--records", *args.records] if args.records else [])
-                       + (["--allow-train-records"] if args.allow_train_records else [])
-                       + (["--channel", str(args.channel)] if args.channel is not None else [])
-                       + (["--out", args.out] if args.out else []))
     try:
         result = evaluate_model(args.model, config.data, records=args.records, out=args.out,
                                 channel=args.channel, allow_train_records=args.allow_train_records,
-                                device=args.device, command=command, progress=sys.stderr.isatty())
+                                device=args.device, progress=sys.stderr.isatty())
     except EvaluationError as err:
         raise CommandError(str(err)) from None
     console = Console()
@@ -512,7 +509,8 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
                     "measure it on records it never saw (held-out records with early stopping, or "
                     "--folds k-fold by record), export TorchScript with its model card.",
     )
-    p.add_argument("model", choices=["beat", "beat-spectrogram", "segment"], help="which network")
+    p.add_argument("model", choices=["beat", "beat-spectrogram", "segment", "pcg"], help="which network")
+    add_train_pcg_options(p)
     p.add_argument("--records", nargs="+", metavar="REC",
                    help="training records (default: the de Chazal DS1 records found locally)")
     p.add_argument("--val-records", nargs="+", metavar="REC",
@@ -541,6 +539,8 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    if args.model == "pcg":
+        return cmd_train_pcg(args, config)
     from pathlib import Path
 
     from ecgmon.models.aami import DS1
@@ -589,6 +589,65 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     per = ", ".join(f"{c} Se {v['se']} +P {v['ppv']}" for c, v in m["per_class"].items() if v["n"])
     where = f"{args.folds}-fold by record, pooled" if args.folds else f"held-out records {' '.join(val)}"
     log.info("wrote %s: %s: macro-F1 %s; %s", args.out, where, m["macro_f1"], per)
+    return 0
+
+
+# --------------------------------------------------------------------------- heart sounds (pcg)
+
+
+def add_train_pcg_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", metavar="DIR",
+                   help="pcg: folder of database folders (each *.flac/*.wav + REFERENCE.csv; "
+                        "default: pcg2016 under $ECGMON_DATA or [data] folder)")
+    p.add_argument("--databases", nargs="+", metavar="NAME",
+                   help="pcg: database folders under --data to use (default: all); one is held out per fold")
+    p.add_argument("--final-epochs", type=int, metavar="N",
+                   help="pcg: epochs of the shipped model (default: median best epoch of the folds)")
+
+
+def _pcg_root(args: argparse.Namespace, config: Config):
+    from pathlib import Path
+
+    if args.data:
+        return Path(args.data)
+    for base in (os.environ.get("ECGMON_DATA"), config.data.folder):
+        if base and (Path(base).expanduser() / "pcg2016").is_dir():
+            return Path(base).expanduser() / "pcg2016"
+    raise CommandError("no pcg2016 folder under $ECGMON_DATA or [data] folder: give --data DIR")
+
+
+def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.models.pcg_data import PcgDataError, database_folders, load_pcg
+    from ecgmon.models.pcg_training import PcgSettings, train_and_export
+
+    import torch
+    from pathlib import Path
+
+    torch.set_num_threads(1)  # the machine is shared; one thread trains this small model well
+    root = _pcg_root(args, config)
+    try:
+        folders = database_folders(root)
+        if args.databases:
+            unknown = sorted(set(args.databases) - {f.name for f in folders})
+            if unknown:
+                raise CommandError(f"no database {', '.join(unknown)} in {root} "
+                                   f"(found {', '.join(f.name for f in folders)})")
+            folders = [f for f in folders if f.name in args.databases]
+        data = load_pcg(folders, lambda text: log.warning("%s", text), progress=sys.stderr.isatty())
+        settings = PcgSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                               patience=args.patience, seed=args.seed, progress=sys.stderr.isatty())
+        command = ("ecgmon train pcg" + (f" --data {args.data}" if args.data else "")
+                   + f" --databases {' '.join(f.name for f in folders)} "
+                   f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
+                   f"--patience {args.patience} --seed {args.seed}"
+                   + (f" --final-epochs {args.final_epochs}" if args.final_epochs else "")
+                   + f" --out {args.out}")
+        card = train_and_export(data, Path(args.out), command, settings, args.final_epochs)
+    except (PcgDataError, ValueError) as err:
+        raise CommandError(str(err)) from None
+    m = card["metrics"]
+    folds = ", ".join(f"{db} MAcc {f['macc']} (Se {f['se']} Sp {f['sp']})" for db, f in m["folds"].items())
+    log.info("wrote %s: leave-one-database-out %s; mean MAcc %s", args.out, folds, m["mean"]["macc"])
     return 0
 
 

@@ -1,19 +1,27 @@
 """The daemon wiring: one task per source, one pipeline per stream (made from the stream's
-first chunk, so one source may carry many streams), the publisher, and periodic status; a
-stream or source that fails or ends never stops the others."""
+first chunk, so one source may carry many streams), one inference batcher per model, the
+publisher, and periodic status; a stream, source or model that fails or ends never stops
+the others."""
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
+from ecgmon.monitor.batcher import BatcherClosedError, InferenceBatcher
+from ecgmon.monitor.inference_job import InferenceJob
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.base import Source, SourceError
-from ecgmon.schema import EventMessage, Message, StatusMessage, StreamStatus
+from ecgmon.schema import DAEMON_STREAM, EventMessage, Message, StatusMessage, StreamStatus
+
+if TYPE_CHECKING:
+    from ecgmon.monitor.model_loader import LoadedModel
 
 log = logging.getLogger("ecgmon.daemon")
 
@@ -30,6 +38,9 @@ class _Stream:
         self.state = "starting"
         self.pipeline: StreamPipeline | None = None
         self.faults: dict[str, int] = {}
+        # Model jobs in submission order, each with its pending result (None: nothing to
+        # compute); results are finished strictly in this order, so beats stay in order.
+        self.jobs: deque[tuple[InferenceJob, asyncio.Future | None]] = deque()
 
     def status(self) -> StreamStatus:
         if self.pipeline is not None:
@@ -50,14 +61,26 @@ class Daemon:
     ``publisher`` may be given (already bound) so that a bind error surfaces before the run;
     otherwise one is bound to ``config.publisher.endpoint`` when ``run`` starts. The daemon
     closes the publisher when it returns.
+
+    ``models`` are the loaded `[models]` entries by key ("beat", "segment"); ``model_errors``
+    the one-line reasons why configured models are missing, published as events at the start.
     """
 
     def __init__(
-        self, config: Config, sources: list[Source], publisher: Publisher | None = None
+        self,
+        config: Config,
+        sources: list[Source],
+        publisher: Publisher | None = None,
+        models: dict[str, LoadedModel] | None = None,
+        model_errors: list[str] | None = None,
     ) -> None:
         self.config = config
         self.sources = sources
         self.publisher = publisher
+        self.models = dict(models or {})
+        self.model_errors = list(model_errors or [])
+        self._batchers: dict[str, InferenceBatcher] = {}
+        self._failed_models: set[str] = set()
         # Streams by id, in the order they appeared; a source announces its own id first.
         self._streams: dict[str, _Stream] = {s.stream: _Stream(s.stream, s) for s in sources}
         self._t0 = time.monotonic()
@@ -80,6 +103,7 @@ class Daemon:
             streams=[s.status() for s in self._streams.values()],
             dropped=pub.dropped if pub else 0,
             sent=pub.sent if pub else 0,
+            models={key: b.stats() for key, b in self._batchers.items()},
         )
 
     def _stream_of(self, chunk: Chunk, source: Source) -> _Stream | None:
@@ -103,7 +127,10 @@ class Daemon:
             st.pipeline = None
         if st.pipeline is None and st.state != "failed":
             try:
-                st.pipeline = StreamPipeline(chunk.stream, chunk.fs, chunk.channels[0], self.config)
+                st.pipeline = StreamPipeline(
+                    chunk.stream, chunk.fs, chunk.channels[0], self.config,
+                    self.models.get("beat"), self.models.get("segment"),
+                )
             except ValueError as err:  # e.g. a sample rate the detector cannot handle
                 st.state = "failed"
                 log.error("%s: %s: %s", chunk.stream, source.spec, err)
@@ -121,6 +148,52 @@ class Daemon:
         st.state = "running"
         for msg in st.pipeline.feed(chunk):
             self._publish(msg)
+        self._submit(st, st.pipeline.take_jobs())
+
+    # -- models -------------------------------------------------------------------------
+
+    def _submit(self, st: _Stream, jobs: list[InferenceJob]) -> None:
+        for job in jobs:
+            batcher = self._batchers.get(job.model)
+            fut = None
+            if batcher is not None and job.inputs is not None:
+                fut = asyncio.ensure_future(batcher.submit(*job.inputs))
+                fut.add_done_callback(lambda _f, st=st: self._finish_jobs(st))
+            st.jobs.append((job, fut))
+        self._finish_jobs(st)
+
+    def _finish_jobs(self, st: _Stream) -> None:
+        """Finish the stream's jobs whose results are in, stopping at the first still pending."""
+        while st.jobs:
+            job, fut = st.jobs[0]
+            if fut is not None and not fut.done():
+                return
+            st.jobs.popleft()
+            result = None
+            if fut is not None and not fut.cancelled():
+                err = fut.exception()
+                if err is None:
+                    result = fut.result()
+                elif not isinstance(err, BatcherClosedError):  # closed: the daemon is stopping
+                    self._model_failed(job.model, err)
+            for msg in job.finish(result):
+                self._publish(msg)
+
+    def _model_failed(self, key: str, err: BaseException) -> None:
+        # One event per model and failure kind: a broken model fails every batch, and a
+        # storm of identical events would bury everything else.
+        what = f"{key}:{type(err).__name__}"
+        if what in self._failed_models:
+            return
+        self._failed_models.add(what)
+        log.error("model %s failed: %s; its items go on unclassified", key, err)
+        self._event(DAEMON_STREAM, "error", "model_failed", f"[models] {key}: {err}; items go on unclassified")
+
+    async def _drain_jobs(self) -> None:
+        """Wait for every submitted job, so the last beats are published before the end."""
+        pending = [f for st in self._streams.values() for _, f in st.jobs if f is not None]
+        if pending:
+            await asyncio.wait(pending)
 
     def _source_event(self, ev: SourceEvent, source: Source) -> None:
         st = self._streams.setdefault(ev.stream, _Stream(ev.stream, source))
@@ -154,8 +227,23 @@ class Daemon:
             self._event(sid, "error", "source_failed", f"internal error: {type(err).__name__}: {err}")
         else:
             self._finish(source, "ended")
+            for st in self._streams.values():
+                if st.source is source and st.pipeline is not None:
+                    self._submit(st, st.pipeline.finish())
             log.info("%s: %s ended", sid, spec)
             self._event(sid, "info", "source_ended", f"{sid}: {spec} ended")
+
+    def _start_batchers(self) -> None:
+        mc = self.config.models
+        for error in self.model_errors:
+            log.error("%s", error)
+            self._event(DAEMON_STREAM, "error", "model_unavailable", error)
+        for key, model in self.models.items():
+            log.info("model %s: %s", key, model.card.get("name", key))
+            self._batchers[key] = InferenceBatcher(
+                model, mc.max_batch, mc.max_batch_delay_ms, model.device, key,
+                item_shapes=[s[1:] for s in model.input_shapes(1)],
+            )
 
     async def _status_loop(self) -> None:
         period = self.config.publisher.status_period_s
@@ -168,6 +256,7 @@ class Daemon:
             pc = self.config.publisher
             self.publisher = Publisher(pc.endpoint, pc.send_hwm)
         self._t0 = time.monotonic()
+        self._start_batchers()
         self._publish(self.status_message())
         status = asyncio.create_task(self._status_loop(), name="status")
         tasks = [
@@ -176,11 +265,15 @@ class Daemon:
         ]
         try:
             await asyncio.gather(*tasks)
+            await self._drain_jobs()
         finally:
             # Reached on the end of all streams and on cancellation (Ctrl-C) alike.
             for t in [status, *tasks]:
                 t.cancel()
             await asyncio.gather(status, *tasks, return_exceptions=True)
+            for batcher in self._batchers.values():
+                await batcher.close()
+            await asyncio.sleep(0)  # let the jobs the close failed finish, unclassified
             for st in self._streams.values():
                 if st.state in ("starting", "running"):
                     st.state = "ended"  # stopped by shutdown

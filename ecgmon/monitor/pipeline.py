@@ -1,5 +1,7 @@
 """The per-stream pipeline: fed Chunks, it filters, detects beats, measures heart rate and
-cuts display frames, returning the messages to publish. It never blocks and never sleeps.
+cuts display frames, returning the messages to publish; with models, it also hands out
+inference jobs (``take_jobs``) whose results become classified beats and segments. It never
+blocks and never sleeps.
 
 Every output is placed on the signal clock (sample indices), so the messages do not depend
 on how the stream was chunked.
@@ -8,22 +10,30 @@ on how the stream was chunked.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
+from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
 from ecgmon.monitor.dsp.qrs import Beat, QRSDetector
+from ecgmon.monitor.dsp.ring_buffer import RingBuffer
+from ecgmon.monitor.inference_job import InferenceJob
 from ecgmon.schema import (
     BeatMessage,
     EventMessage,
     Message,
+    SegmentMessage,
     StreamStatus,
     VitalsMessage,
     WaveMessage,
 )
+
+if TYPE_CHECKING:
+    from ecgmon.monitor.model_loader import LoadedModel
 
 # Gaps in a stream up to this long are bridged so detection keeps its state; longer ones are spliced.
 MAX_FILL_S = 10.0
@@ -32,9 +42,22 @@ WAVE_DECIMALS = 4
 
 
 class StreamPipeline:
-    """All per-stream state of one ECG stream: display filter, detector, heart rate, counters."""
+    """All per-stream state of one ECG stream: display filter, detector, heart rate, counters,
+    and the beats and segments waiting for their models.
 
-    def __init__(self, stream: str, fs: float, lead: str, config: Config) -> None:
+    ``beat_model`` / ``segment_model`` are loaded model files (their cards say the window and
+    rate); a beat model that asks for inputs the pipeline cannot compute raises ValueError.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        fs: float,
+        lead: str,
+        config: Config,
+        beat_model: LoadedModel | None = None,
+        segment_model: LoadedModel | None = None,
+    ) -> None:
         self.stream = stream
         self.fs = float(fs)
         self.lead = lead
@@ -62,6 +85,22 @@ class StreamPipeline:
         self.beats = 0
         self.hr_bpm: float | None = None
         self._last_beat_sample: int | None = None
+        self._jobs: list[InferenceJob] = []
+        self._ring: RingBuffer | None = None
+        self._beat_jobs: BeatClassification | None = None
+        self._segment_jobs: SegmentClassification | None = None
+        if beat_model is not None or segment_model is not None:
+            # The filtered signal the models' windows are cut from: a beat's window while
+            # the beat waits for its successor, or one segment window and a half.
+            spans = [MAX_WAIT_S + m.window / m.fs for m in (beat_model,) if m is not None]
+            spans += [1.5 * m.window / m.fs for m in (segment_model,) if m is not None]
+            self._ring = RingBuffer(round((max(spans) + 1.0) * self.fs))
+        if beat_model is not None:
+            self._beat_jobs = BeatClassification(beat_model, self.fs, self._ring, self.beat_done)
+        if segment_model is not None:
+            self._segment_jobs = SegmentClassification(
+                segment_model, stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done
+            )
 
     # -- feeding ------------------------------------------------------------------------
 
@@ -99,13 +138,39 @@ class StreamPipeline:
         start = self.samples
         end = start + x.size
         filtered = self._filter(x)
+        if self._ring is not None:
+            self._ring.extend(filtered)
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end
 
         timed.extend(self._beats_and_vitals(beats, end, chunk.received))
         timed.extend(self._wave_frames(filtered, start))
         timed.sort(key=lambda t: (t[0], t[1]))
+        if self._beat_jobs is not None:
+            self._jobs.extend(self._beat_jobs.jobs(end))
+        if self._segment_jobs is not None:
+            self._jobs.extend(self._segment_jobs.jobs(end))
         return [m for _, _, m in timed]
+
+    def take_jobs(self) -> list[InferenceJob]:
+        """The model jobs made since the last call, in the order their results must be finished."""
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def finish(self) -> list[InferenceJob]:
+        """At the stream's end: jobs for the beats still waiting for a successor."""
+        if self._beat_jobs is not None:
+            self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
+        return self.take_jobs()
+
+    def beat_done(self, msg: BeatMessage) -> list[Message]:
+        """A beat whose class is now known (None without a beat model), in beat order: the
+        messages it gives, itself first."""
+        return [msg]
+
+    def segment_done(self, msg: SegmentMessage) -> list[Message]:
+        """A segment the segment model has classified: the messages it gives, itself first."""
+        return [msg]
 
     def _beats_and_vitals(
         self, beats: list[Beat], end: int, received: float
@@ -117,7 +182,11 @@ class StreamPipeline:
             due = self._next_vitals if self._next_vitals <= end else None
             # A beat is known once sample `detected_at` has arrived, i.e. at index detected_at + 1.
             while i < len(beats) and (due is None or beats[i].detected_at + 1 <= due):
-                out.append((beats[i].detected_at + 1, 1, self._beat(beats[i], received)))
+                msg = self._beat(beats[i], received)
+                if self._beat_jobs is not None:  # published once classified
+                    self._beat_jobs.add(beats[i].sample, msg, received)
+                else:
+                    out.extend((beats[i].detected_at + 1, 1, m) for m in self.beat_done(msg))
                 i += 1
             if due is None:
                 return out

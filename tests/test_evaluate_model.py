@@ -76,7 +76,7 @@ def test_spectrogram_beat_model_on_its_held_out_record(models: dict[str, Path], 
     m = json.loads((out / "metrics.json").read_text())
     assert m["records"] == ["119"] and m["training_records_included"] == []
     assert m["model"]["sha256"] == file_sha256(models["beat"]) and m["model"]["kind"] == "beat"
-    assert m["command"].startswith(f"ecgmon evaluate model {models['beat']}")
+    assert m["command"] == f"ecgmon evaluate model {models['beat']} --records 119 --channel 0 --out {out}"
     assert m["per_class"]["V"]["n"] > 400  # 119 is a record of ventricular bigeminy
     _check_consistent(m)
     # The serving path (TorchScript file, card's inputs) gives exactly the trainer's held-out result.

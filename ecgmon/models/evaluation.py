@@ -267,7 +267,6 @@ def evaluate_model(
     channel: int | str | None = None,
     allow_train_records: bool = False,
     device: str = "auto",
-    command: str = "",
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate the model file at ``path``; write metrics.json and the plots into ``out``
@@ -299,7 +298,10 @@ def evaluate_model(
     result = {
         "model": {"path": str(path), "name": model.name, "kind": model.kind, "format": model.card["format"],
                   "sha256": model.card["sha256"].lower(), "classes": list(model.classes)},
-        "command": command,
+        # Every choice spelled out, defaults resolved: the command reproduces this result.
+        "command": " ".join(["ecgmon evaluate model", str(path), "--records", *chosen, "--channel", str(channel)]
+                            + (["--allow-train-records"] if allow_train_records else [])
+                            + ["--out", str(out_dir)]),
         "records": ids,
         "training_records_included": [r for r in ids if r in trained],
         "channel": channel,

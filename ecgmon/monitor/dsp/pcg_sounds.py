@@ -1,0 +1,172 @@
+"""Online heart-sound detection on the PCG envelope: sounds as envelope peaks above an
+adaptive threshold, S1/S2 by the cardiac cycle's asymmetry (systole, S1 to S2, is shorter
+than diastole, S2 to S1), and the heart rate from the sounds.
+
+Pure and stateful, fed the decimated envelope chunk by chunk; the peak search is vectorised
+per chunk and Python runs once per sound. A peak is decided once ``half_window_s`` of
+envelope after it has arrived, so detection lags the sound by that much.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.ndimage import maximum_filter1d
+
+# A sound is the largest envelope value within +/- this time: shorter than any systole
+# (about 0.22 s at 180 bpm) and longer than a split S2 (up to about 0.08 s).
+HALF_WINDOW_S = 0.16
+# The threshold follows the last few seconds: a few cycles, short enough to follow a moved stethoscope.
+HISTORY_S = 4.0
+# Threshold between the envelope's floor (median) and its loud part (98th percentile), in the
+# log domain because heart-sound loudness varies tenfold between patients and positions.
+THRESHOLD_FRACTION = 0.4
+# A cardiac cycle must be 0.3-2 s long (30-200 bpm).
+MIN_CYCLE_S, MAX_CYCLE_S = 0.3, 2.0
+# The rate looks at the sounds of the last RATE_SPAN_S seconds and needs at least MIN_CYCLES
+# repeats of the cycle among them; with no sound for GONE_S it is unknown.
+RATE_SPAN_S = 10.0
+MIN_CYCLES = 3
+GONE_S = 3.0
+# Candidate cycles are tried every CYCLE_STEP_S; a sound repeats if another one follows it
+# within CYCLE_TOL_S + CYCLE_TOL_FRACTION of the cycle.
+CYCLE_STEP_S = 0.01
+CYCLE_TOL_S, CYCLE_TOL_FRACTION = 0.04, 0.05
+# The shortest cycle scoring this fraction of the best wins (a cycle's multiples score as well).
+CYCLE_PREFERENCE = 0.85
+# Below this score the rhythm is too irregular for one repeat cycle (atrial fibrillation, say).
+REGULAR_SCORE = 0.75
+
+
+@dataclass(frozen=True, slots=True)
+class HeartSound:
+    """One detected heart sound: its envelope index (at the envelope's rate, from the stream's
+    start), its time, ``kind`` once the next sound has labelled it, and its envelope height."""
+
+    index: int
+    time_s: float
+    amplitude: float
+    kind: Literal["S1", "S2"]
+
+
+class HeartSoundDetector:
+    """Finds heart sounds in a stream of envelope samples and labels them S1 or S2.
+
+    ``feed`` returns the sounds labelled by this chunk: a sound is labelled when the sound
+    after it is found (it needs both intervals around it), so labels come one sound late.
+    ``time_offset_s`` is subtracted from every time, to undo the envelope filter's delay.
+    """
+
+    def __init__(self, fs: float, time_offset_s: float = 0.0) -> None:
+        self.fs = float(fs)
+        self.time_offset_s = time_offset_s
+        self._w = max(1, int(round(HALF_WINDOW_S * self.fs)))
+        self._hist_n = int(round(HISTORY_S * self.fs))
+        self._buf = np.zeros(0)
+        self._buf_start = 0  # absolute index of _buf[0]
+        self._next = 0  # first absolute index not yet decided
+        # Unlabelled tail: the last two sounds (time, index, amplitude).
+        self._recent: deque[tuple[float, int, float]] = deque(maxlen=2)
+        self._times: deque[float] = deque()  # sounds of the last RATE_SPAN_S, for the rate
+        self.last_sound_s: float | None = None
+        self.sounds = 0
+
+    def feed(self, env: np.ndarray) -> list[HeartSound]:
+        env = np.asarray(env, dtype=np.float64)
+        self._buf = np.concatenate([self._buf, env])
+        end = self._buf_start + self._buf.size
+        # Indices whose whole +/- w neighbourhood has arrived can be decided now.
+        stop = end - self._w
+        out: list[HeartSound] = []
+        if stop > self._next:
+            out = self._decide(self._next, stop)
+            self._next = stop
+        # Keep the threshold's history and the neighbourhood of undecided samples.
+        keep = max(self._hist_n, end - self._next + self._w)
+        if self._buf.size > keep:
+            cut = self._buf.size - keep
+            self._buf = self._buf[cut:]
+            self._buf_start += cut
+        return out
+
+    def _decide(self, lo: int, hi: int) -> list[HeartSound]:
+        """Sounds at absolute indices [lo, hi), all of whose neighbourhoods are in the buffer."""
+        buf = self._buf
+        log_env = np.log(buf)
+        floor, loud = np.percentile(log_env, [50.0, 98.0])
+        threshold = floor + THRESHOLD_FRACTION * (loud - floor)
+        local_max = maximum_filter1d(buf, size=2 * self._w + 1, mode="nearest")
+        # Strictly above everything just before it: a flat top counts once, at its start.
+        left_max = maximum_filter1d(buf, size=self._w, origin=(self._w - 1) // 2, mode="nearest")
+        left_max = np.concatenate([[-np.inf], left_max[:-1]])
+        a, b = lo - self._buf_start, hi - self._buf_start
+        seg = slice(max(a, 0), b)
+        peak = (buf[seg] >= local_max[seg]) & (buf[seg] > left_max[seg]) & (log_env[seg] > threshold)
+        out: list[HeartSound] = []
+        for i in np.flatnonzero(peak) + seg.start:
+            out.extend(self._add_sound(int(i) + self._buf_start, float(buf[i])))
+        return out
+
+    def _add_sound(self, index: int, amplitude: float) -> list[HeartSound]:
+        t = index / self.fs - self.time_offset_s
+        self.sounds += 1
+        self.last_sound_s = t
+        out: list[HeartSound] = []
+        self._times.append(t)
+        if len(self._recent) == 2:
+            (t0, _, _), (t1, i1, a1) = self._recent
+            # The middle sound ends the shorter interval when it is S2 (systole before it).
+            kind: Literal["S1", "S2"] = "S2" if (t1 - t0) < (t - t1) else "S1"
+            out.append(HeartSound(i1, t1, a1, kind))
+        self._recent.append((t, index, amplitude))
+        return out
+
+    def rate_bpm(self, now_s: float) -> float | None:
+        """Heart rate from the sounds of the last RATE_SPAN_S seconds, or None without enough.
+
+        In a regular rhythm the cycle is the shortest interval after which the sounds repeat:
+        most sounds have another one a cycle later, whether S1 and S2 were both found, only one
+        of them, or a murmur added some (sound-to-sound intervals alone would take systole for
+        a cycle whenever S2 is missed for a beat or two). In an irregular rhythm nothing repeats
+        exactly; there it is the median time from a sound to the sound after next, which spans
+        one cycle as long as S1 and S2 alternate.
+        """
+        while self._times and self._times[0] < now_s - RATE_SPAN_S:
+            self._times.popleft()
+        if self.last_sound_s is None or now_s - self.last_sound_s > GONE_S or len(self._times) < MIN_CYCLES + 1:
+            return None
+        t = np.fromiter(self._times, dtype=np.float64)
+        cycle, score = repeat_cycle(t)
+        if score < REGULAR_SCORE:
+            pairs = t[2:] - t[:-2]
+            pairs = pairs[(pairs >= MIN_CYCLE_S) & (pairs <= MAX_CYCLE_S)]
+            if pairs.size < MIN_CYCLES:
+                return None
+            cycle = float(np.median(pairs))
+        return 60.0 / cycle
+
+
+def repeat_cycle(times: np.ndarray) -> tuple[float, float]:
+    """The cardiac cycle (s) of a train of sound times, and the fraction of sounds repeating
+    at it (0 when too few sounds)."""
+    diffs = times[None, :] - times[:, None]  # diffs[i, j] = t_j - t_i
+    cand = np.arange(MIN_CYCLE_S, MAX_CYCLE_S + CYCLE_STEP_S / 2, CYCLE_STEP_S)
+    tol = CYCLE_TOL_S + CYCLE_TOL_FRACTION * cand
+    # Sound i can show cycle T only if the train goes on long enough after it.
+    eligible = times[None, :] + cand[:, None] <= times[-1] + tol[:, None]  # [T, i]
+    near = np.abs(diffs[None, :, :] - cand[:, None, None]) <= tol[:, None, None]  # [T, i, j]
+    hit = near.any(axis=2) & eligible
+    n_eligible = eligible.sum(axis=1)
+    score = np.where(n_eligible >= MIN_CYCLES, hit.sum(axis=1) / np.maximum(n_eligible, 1), 0.0)
+    if score.max() <= 0:
+        return MIN_CYCLE_S, 0.0
+    first = int(np.argmax(score >= CYCLE_PREFERENCE * score.max()))
+    # The score is a plateau as wide as the tolerance: take its best point, then refine it
+    # to the median of the intervals that matched there.
+    span = first + int(np.ceil(2 * tol[first] / CYCLE_STEP_S)) + 1
+    best = first + int(np.argmax(score[first:span]))
+    matched = np.abs(diffs - cand[best]) <= tol[best]
+    return float(np.median(diffs[matched])), float(score[best])

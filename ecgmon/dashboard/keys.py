@@ -36,9 +36,8 @@ def parse_keys(data: bytes) -> list[str]:
                     j += 1
                 i = j + 1
                 continue
-            ch = chr(data[i])
-            if ch.isprintable():
-                keys.append(ch)
+            if 0x20 <= data[i] < 0x7F:  # printable ASCII; other bytes name no key of ours
+                keys.append(chr(data[i]))
             i += 1
     return keys
 

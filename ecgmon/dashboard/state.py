@@ -232,16 +232,18 @@ class DashboardState:
             self.selected = (self.selected + step) % n
 
     def stale_s(self, view: StreamView, now: float) -> float | None:
-        """Seconds without data for a stream that should be sending, else None."""
+        """Seconds without data, for a stream whose daemon is silent or which should be
+        sending (an ended or failed stream of a live daemon is not stale), else None."""
         ln = self.links[view.link]
-        last = view.last_rx if view.last_rx is not None else ln.last_rx
         if ln.last_rx is None:
-            return None  # never connected: shown on the status line
+            return None  # never connected: the status line says so
+        link_age = now - ln.last_rx
+        if link_age > STALE_S:
+            return link_age
         if view.state in ("ended", "failed"):
             return None
-        age = now - (last or now)
-        link_age = now - ln.last_rx
-        return max(age, link_age) if max(age, link_age) > STALE_S else None
+        age = now - (view.last_rx if view.last_rx is not None else ln.last_rx)
+        return age if age > STALE_S else None
 
     def say(self, text: str, style: str, now: float) -> None:
         self.notice = (text, style, now)

@@ -219,7 +219,8 @@ def status_lines(state: DashboardState, g: Geometry, now: float, width: int) -> 
     second = Text(no_wrap=True, overflow="ellipsis")
     n = len(state.streams)
     if n > g.shown:
-        second.append(f"streams {g.first + 1}-{g.first + g.shown} of {n} · ", "bold")
+        shown = f"{g.first + 1}-{g.first + g.shown}" if g.shown > 1 else f"{g.first + 1}"
+        second.append(f"streams {shown} of {n} · ", "bold")
     second.append(KEYS_HELP, "dim")
     if state.notice is not None:
         text, style, at = state.notice

@@ -1,0 +1,132 @@
+"""The dashboard in a real terminal (tmux) against a real daemon: what a user sees on the
+screen, the daemon going away and coming back, and quitting with q."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import re
+import shlex
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import pytest
+
+from conftest import free_tcp_port
+from test_dashboard import BRAILLE, daemon_process
+
+REPO = Path(__file__).resolve().parent.parent
+HR = re.compile(r"HR\s+(\d+) bpm")
+
+
+class Tmux:
+    """A private tmux server (its own socket) with one 120×40 window running ``command``."""
+
+    def __init__(self, tmp_path: Path, command: list[str]) -> None:
+        self.socket = f"ecgmon-test-{os.getpid()}-{tmp_path.name}"
+        conf = tmp_path / "tmux.conf"
+        # The pane stays after its process exits, so the exit status can be read.
+        conf.write_text("set -g remain-on-exit on\nset -g status off\n")
+        env = {"ECGMON_DATA": os.environ["ECGMON_DATA"], "PYTHONPATH": str(REPO), "LANG": "C.UTF-8",
+               "TERM": "xterm-256color"}
+        shell = f"cd {shlex.quote(str(REPO))} && exec env {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} " \
+                f"{shlex.join(command)}"
+        self.tmux("-f", str(conf), "new-session", "-d", "-x", "120", "-y", "40", "-s", "main", shell)
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-u", "-L", self.socket, *args], check=True, capture_output=True,
+                              text=True, timeout=30).stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "main")
+
+    def wait(self, what: str, ok: Callable[[str], bool], timeout: float = 90.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.screen()
+            if ok(text):
+                return text
+            time.sleep(0.5)
+        raise AssertionError(f"the screen never showed {what}:\n{self.screen()}")
+
+    def exit_status(self, timeout: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead, _, status = self.tmux("display", "-p", "-t", "main", "#{pane_dead} #{pane_dead_status}").strip().partition(" ")
+            if dead == "1":
+                return int(status)
+            time.sleep(0.3)
+        raise AssertionError(f"still running after q:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True)
+
+
+def ecgmon(*args: str) -> list[str]:
+    return [sys.executable, "-m", "ecgmon.cli", *args]
+
+
+def live(text: str) -> bool:
+    """A stream with a heart rate, a braille trace, fresh data and a connected daemon."""
+    return (bool(HR.search(text)) and len(BRAILLE.findall(text)) > 50 and "NO DATA" not in text
+            and "●" in text)
+
+
+def test_dashboard_follows_a_daemon_that_goes_away_and_comes_back(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    term = Tmux(tmp_path, ecgmon("dashboard", "--connect", endpoint, "--control", control))
+    try:
+        term.wait("that it waits for the daemon", lambda s: "waiting for the daemon" in s)
+        with daemon_process("ward=sim?hr=80&seed=3", 1, endpoint, control):
+            text = term.wait("the stream live", lambda s: live(s) and "ward" in s)
+            assert 40 <= int(HR.search(text).group(1)) <= 160
+        text = term.wait("no data after the daemon stopped", lambda s: "no data for" in s and "NO DATA" in s)
+        with daemon_process("ward=sim?hr=80&seed=3", 1, endpoint, control):
+            term.wait("the stream live again", lambda s: live(s) and "ward" in s)
+            term.tmux("send-keys", "-t", "main", "q")
+            assert term.exit_status() == 0
+    finally:
+        term.close()
+
+
+def test_run_on_a_terminal_shows_the_dashboard_and_q_stops_it(tmp_path):
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    term = Tmux(tmp_path, ecgmon("run", "--source", "sim", "--endpoint", endpoint, "--control", control))
+    try:
+        text = term.wait("the simulator live", lambda s: live(s) and "sim" in s)
+        assert "q quit" in text
+        term.tmux("send-keys", "-t", "main", "Tab", "q")
+        assert term.exit_status() == 0
+    finally:
+        term.close()
+
+
+def test_dashboard_bad_endpoint_is_one_line_on_the_terminal(tmp_path):
+    # A shell prints the exit status and keeps the pane open: a pane that dies at once can
+    # lose its last output before tmux reads it.
+    term = Tmux(tmp_path, ["sh", "-c", f'{shlex.join(ecgmon("dashboard", "--connect", "not-an-endpoint"))}; '
+                                       f'echo "exit=$?"; sleep 60'])
+    try:
+        text = term.wait("the exit status", lambda s: "exit=" in s)
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert lines[0].startswith("error: cannot connect to not-an-endpoint"), text
+        assert lines[1] == "exit=2" and "Traceback" not in text
+    finally:
+        term.close()
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (["--silence-s", "0"], "--silence-s"),
+    (["--control", "tcp://a:1", "--control", "tcp://b:2"], "give one per daemon"),
+    ([], "needs a terminal"),  # stdout is a pipe here
+])
+def test_dashboard_bad_arguments_are_one_line(bad, needle):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(ecgmon("dashboard", *bad), env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr

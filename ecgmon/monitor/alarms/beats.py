@@ -1,0 +1,171 @@
+"""Beat-driven alarms: ventricular runs (V-tach, PVC runs, couplets, bigeminy, trigeminy),
+rate alarms over a number of beats (extreme brady/tachy, user HR limits) and atrial
+fibrillation from RR irregularity.
+
+Definitions (IEC 60601-2-27 style, as in the PhysioNet/CinC 2015 alarm challenge):
+V-tach is at least ``vtach_beats`` consecutive ventricular beats faster than ``vtach_bpm``;
+extreme bradycardia a rate below ``brady_bpm`` over ``brady_beats`` beats; extreme
+tachycardia above ``tachy_bpm`` over ``tachy_beats`` beats. Rates over a number of beats
+use the median RR interval, so one missed or one extra detection cannot make or break a
+rate alarm on its own.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecgmon.config import AlarmsConfig
+from ecgmon.monitor.alarms.observation import Observation
+
+# A beat the model does not call V still counts as ventricular when its QRS is this much
+# wider than the patient's normal template (V median 5x, normal 95th percentile 1.5x on
+# MIT-BIH) or correlates this poorly with it.
+WIDE_RATIO = 1.6
+LOW_CORRELATION = 0.6
+# At least this share of a V-tach run's beats must be V to the model (when there is one):
+# the morphology cue recovers beats the model misses, it does not make runs on its own.
+VTACH_LABEL_SHARE = 0.5
+# Beats for the user HR limits (the displayed HR's span).
+HR_BEATS = 9
+# Atrial fibrillation: irregularity of the RR intervals not touching a ventricular beat.
+# nRMSSD (RMSSD over the mean RR) above AF_NRMSSD and most successive differences large
+# (pNN50-style share above AF_SHARE): sinus rhythm, even with sinus arrhythmia, changes
+# RR smoothly; AF's RR intervals are random from beat to beat.
+AF_NRMSSD = 0.10
+AF_SHARE = 0.6
+AF_DIFF_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class BeatInfo:
+    """One classified beat as the alarm logic sees it."""
+
+    t: float  # signal time of the R peak
+    label: str | None
+    ventricular: bool
+
+
+def is_ventricular(label: str | None, width_ratio: float | None, correlation: float | None) -> bool:
+    if label == "V":
+        return True
+    if width_ratio is None or correlation is None:
+        return False
+    return width_ratio > WIDE_RATIO or correlation < LOW_CORRELATION
+
+
+class BeatRhythm:
+    """Per-stream beat history and the observations each new beat makes."""
+
+    def __init__(self, config: AlarmsConfig) -> None:
+        self.cfg = config
+        keep = max(config.tachy_beats, config.brady_beats, config.afib_beats + 2, 3 * config.trigeminy_cycles, HR_BEATS) + 1
+        self._beats: deque[BeatInfo] = deque(maxlen=keep)
+        self._run: list[BeatInfo] = []  # current run of consecutive ventricular beats
+        self._run_was_vtach = False
+        self._labelled = False  # has any beat carried a model label
+
+    def add(self, beat: BeatInfo, t_known: float) -> list[Observation]:
+        """Observations at ``t_known`` (when the beat's class became known)."""
+        self._beats.append(beat)
+        self._labelled |= beat.label is not None
+        out: list[Observation] = []
+        out += self._runs(beat, t_known)
+        out += self._patterns(t_known)
+        out += self._rates(t_known)
+        out += self._afib(t_known)
+        return out
+
+    # -- ventricular runs ----------------------------------------------------------------
+
+    def _runs(self, beat: BeatInfo, t: float) -> list[Observation]:
+        """V-tach while a qualifying run goes on; couplets and PVC runs once a run has ended."""
+        cfg = self.cfg
+        if not beat.ventricular:
+            ended, was_vtach = self._run, self._run_was_vtach
+            self._run, self._run_was_vtach = [], False
+            out = [Observation("vtach", t, False)]
+            if len(ended) == 2:
+                out.append(Observation("couplet", t, True, ended[0].t, "Couplet", 2.0))
+            elif len(ended) >= 3 and not was_vtach:
+                rate = _rate(ended)
+                out.append(Observation("pvc_run", t, True, ended[0].t, f"PVC run {len(ended)} beats, {rate:.0f} bpm", float(len(ended))))
+            return out
+        self._run.append(beat)
+        run = self._run
+        n = len(run)
+        rate = _rate(run)
+        share = sum(b.label == "V" for b in run) / n
+        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and (not self._labelled or share >= VTACH_LABEL_SHARE):
+            self._run_was_vtach = True
+            return [Observation("vtach", t, True, run[0].t, f"V-tach {rate:.0f} bpm, {n} beats", round(rate, 1))]
+        return []
+
+    def _patterns(self, t: float) -> list[Observation]:
+        """Bigeminy (N V repeated) and trigeminy (N N V repeated), ending with the latest beat."""
+        v = [b.ventricular for b in self._beats]
+        out = []
+        for kind, unit, cycles in (
+            ("bigeminy", [False, True], self.cfg.bigeminy_cycles),
+            ("trigeminy", [False, False, True], self.cfg.trigeminy_cycles),
+        ):
+            need = unit * cycles
+            if len(v) >= len(need) + 1 and v[-len(need):] == need and not v[-len(need) - 1]:
+                first = self._beats[-len(need)].t
+                out.append(Observation(kind, t, True, first, f"{kind.capitalize()}, {cycles} cycles", float(cycles)))
+        return out
+
+    # -- rates ---------------------------------------------------------------------------
+
+    def _median_rate(self, beats: int) -> tuple[float, float] | None:
+        """(bpm from the median RR of the last ``beats`` beats, time of the first of them)."""
+        if len(self._beats) < beats:
+            return None
+        t = np.fromiter((b.t for b in list(self._beats)[-beats:]), float)
+        return 60.0 / float(np.median(np.diff(t))), float(t[0])
+
+    def _rates(self, t: float) -> list[Observation]:
+        cfg = self.cfg
+        out = []
+        for kind, beats, test, title in (
+            ("brady", cfg.brady_beats, lambda r: r < cfg.brady_bpm, "Extreme brady"),
+            ("tachy", cfg.tachy_beats, lambda r: r > cfg.tachy_bpm, "Extreme tachy"),
+            ("hr_low", HR_BEATS, lambda r: r < cfg.hr_low_bpm, "HR low"),
+            ("hr_high", HR_BEATS, lambda r: r > cfg.hr_high_bpm, "HR high"),
+        ):
+            got = self._median_rate(beats)
+            if got is None:
+                continue
+            rate, first = got
+            hold = cfg.hr_limit_s if kind in ("hr_low", "hr_high") else 0.0
+            out.append(Observation(kind, t, test(rate), first, f"{title} {rate:.0f} bpm", round(rate, 1), hold))
+        return out
+
+    def _afib(self, t: float) -> list[Observation]:
+        cfg = self.cfg
+        need = cfg.afib_beats
+        if len(self._beats) < need + 1:
+            return []
+        beats = list(self._beats)[-(need + 1):]
+        tt = np.fromiter((b.t for b in beats), float)
+        v = np.fromiter((b.ventricular for b in beats), bool)
+        rr = np.diff(tt)
+        clean = ~(v[1:] | v[:-1])  # intervals that do not touch a ventricular beat
+        # Successive differences only between two clean, adjacent intervals.
+        pair = clean[1:] & clean[:-1]
+        if pair.sum() < need // 2:
+            return [Observation("afib", t, False)]
+        d = np.abs(np.diff(rr))[pair]
+        mean_rr = rr[clean].mean()
+        nrmssd = float(np.sqrt(np.mean(d**2)) / mean_rr)
+        share = float(np.mean(d > AF_DIFF_S))
+        present = nrmssd > AF_NRMSSD and share > AF_SHARE
+        return [Observation("afib", t, present, float(tt[0]), f"A-fib, irregular RR ({nrmssd:.2f})", round(nrmssd, 3), cfg.afib_hold_s)]
+
+
+def _rate(run: list[BeatInfo]) -> float:
+    """Mean rate over a run of beats, bpm."""
+    span = run[-1].t - run[0].t
+    return 60.0 * (len(run) - 1) / span if span > 0 else 0.0

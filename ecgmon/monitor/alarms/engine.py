@@ -1,0 +1,238 @@
+"""The alarm engine of one stream: signal analysis per chunk, beat logic per classified
+beat, and the alarm book that turns both into published alarms.
+
+Everything runs on the signal clock: analysis windows end at fixed multiples of
+``STEP_S`` from the stream's start, beat decisions are dated when the live pipeline would
+have made them, so the alarms do not depend on how the stream was chunked or how late the
+classifier answered. The one wall-clock condition is signal loss (no samples at all).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+import time
+
+import numpy as np
+
+from ecgmon.config import AlarmsConfig
+from ecgmon.monitor.alarms import fibrillation
+from ecgmon.monitor.alarms.beats import BeatInfo, BeatRhythm, is_ventricular
+from ecgmon.monitor.alarms.book import AlarmBook
+from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
+from ecgmon.monitor.alarms.morphology import Morphology, MorphologyTracker
+from ecgmon.monitor.alarms.observation import Observation
+from ecgmon.monitor.alarms.technical import TechnicalMonitor
+from ecgmon.schema import AlarmMessage, BeatMessage
+
+STEP_S = 1.0  # analysis windows every second
+BUFFER_S = 10.0  # signal kept: the analysis window plus room for late morphology
+# A beat is classified once the next beat is detected or this long after its R peak.
+CLASSIFY_WAIT_S = 2.0
+# VF/flutter: the waveform measures that a window must pass (measured on record 207's
+# flutter episodes against the other MIT-BIH records and nstdb-style noise: see README).
+VF_TCSC = 0.4
+VF_CONCENTRATION = 0.4
+VF_LEAKAGE = 0.5
+BEAT_KINDS = ("vtach", "pvc_run", "couplet", "bigeminy", "trigeminy", "brady", "tachy", "hr_low", "hr_high", "afib")
+SIGNAL_KINDS = ("asystole", "vfib") + TECHNICAL
+MAX_PENDING = 64
+
+
+class AlarmEngine:
+    """Alarms of one ECG stream; the pipeline feeds it, the daemon asks it about people."""
+
+    def __init__(self, stream: str, fs: float, config: AlarmsConfig) -> None:
+        self.stream = stream
+        self.fs = float(fs)
+        self.cfg = config
+        self.book = AlarmBook(stream, config.clear_s, config.latch)
+        self._rhythm = BeatRhythm(config)
+        self._morph = MorphologyTracker(self.fs)
+        self._tech = TechnicalMonitor(self.fs, config)
+        self._step = max(1, round(STEP_S * self.fs))
+        self._win = round(fibrillation.WINDOW_S * self.fs)
+        self._buf_n = max(self._win, round(BUFFER_S * self.fs))
+        self._raw = np.zeros(0)
+        self._filt = np.zeros(0)
+        self._buf_start = 0  # stream index of the buffers' first sample
+        self._end = 0  # stream index after the last sample fed
+        self._next_check: int | None = None
+        self._last_beat_s: float | None = None
+        self._undone: deque[tuple[int, int]] = deque()  # detected beats waiting for morphology
+        self._shapes: dict[int, tuple[Morphology, np.ndarray]] = {}
+        self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
+        self._prev_detected: int | None = None
+        self._technical: deque[tuple[float, float]] = deque(maxlen=256)  # spans of technical trouble
+        self._last_wall: float | None = None
+        self._prev_beat_t: float | None = None
+        self._prev_rr: float | None = None
+
+    # -- signal ----------------------------------------------------------------------
+
+    def feed(
+        self, start: int, raw: np.ndarray, filtered: np.ndarray, beats: list[tuple[int, int]], wall: float | None = None
+    ) -> list[AlarmMessage]:
+        """Samples ``[start, start + n)`` (stream indices; NaN = missing) and the beats
+        detected in them as ``(R sample, detection sample)``."""
+        self._last_wall = time.time() if wall is None else wall
+        if not self.cfg.enabled or raw.size == 0:
+            return []
+        if self._next_check is None:
+            self._buf_start = start
+            self._next_check = start + self._win
+        elif start != self._end:
+            # A splice: the buffers restart, old content would sit at wrong indices.
+            self._raw = self._filt = np.zeros(0)
+            self._buf_start = start
+            self._next_check = start + self._win
+            self._undone.clear()
+        self._end = start + raw.size
+        self._raw = np.concatenate([self._raw, np.asarray(raw, dtype=np.float64)])
+        self._filt = np.concatenate([self._filt, np.asarray(filtered, dtype=np.float64)])
+        out: list[AlarmMessage] = []
+        beats = sorted(beats, key=lambda b: b[1])
+        for r, det in beats:
+            if self._prev_detected is not None:
+                self._detected[self._prev_detected] = det
+            self._prev_detected = r
+            self._undone.append((r, det))
+        while self._next_check <= self._end:
+            e = self._next_check
+            # Beats known by sample e count for asystole at e.
+            while beats and beats[0][1] < e:
+                r, _ = beats.pop(0)
+                t_r = r / self.fs
+                self._last_beat_s = t_r if self._last_beat_s is None else max(self._last_beat_s, t_r)
+            out += self._check_window(e)
+            self._next_check += self._step
+        for r, _ in beats:
+            t_r = r / self.fs
+            self._last_beat_s = t_r if self._last_beat_s is None else max(self._last_beat_s, t_r)
+        self._measure_beats()
+        self._trim()
+        return out
+
+    def _window(self, e: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        a = max(0, e - n - self._buf_start)
+        b = e - self._buf_start
+        return self._raw[a:b], self._filt[a:b]
+
+    def _check_window(self, e: int) -> list[AlarmMessage]:
+        t = e / self.fs
+        raw, filt = self._window(e, self._win)
+        state = self._tech.assess(raw, filt, self._step)
+        vf = None
+        if np.isfinite(filt).all() and not (state.leads_off or state.signal_loss):
+            f = fibrillation.features(filt, self.fs)
+            vf = f.tcsc > VF_TCSC and f.concentration > VF_CONCENTRATION and f.leakage < VF_LEAKAGE
+        noisy = state.noise_ratio is not None and state.noise_ratio >= self.cfg.noise_ratio and not vf
+        start = t - raw.size / self.fs
+        obs = [
+            Observation("leads_off", t, state.leads_off, t - 2.0, "Leads off / flat line"),
+            Observation("signal_loss", t, state.signal_loss, t - STEP_S, "Signal loss: samples missing"),
+            Observation("clipping", t, state.clipping, start, "Signal clipped"),
+            Observation(
+                "noise", t, noisy, start, f"Noise: cannot analyse ({state.noise_ratio or 0:.1f}x)",
+                round(state.noise_ratio, 2) if state.noise_ratio else None,
+            ),
+        ]
+        if any(o.present for o in obs):
+            self._mark_technical(start, t)
+        hold_vf = max(0.0, self.cfg.vfib_s - fibrillation.WINDOW_S) + STEP_S
+        obs.append(Observation("vfib", t, bool(vf), start, "V-fib/flutter", None, hold_vf))
+        if self._last_beat_s is not None:
+            gap = t - self._last_beat_s
+            obs.append(Observation("asystole", t, gap >= self.cfg.asystole_s, self._last_beat_s, f"Asystole {gap:.0f} s", round(gap, 1)))
+        out = self._apply(obs)
+        out += self.book.tick(t, SIGNAL_KINDS)
+        # Beat kinds clear on the signal clock too (no beats: nothing else would end them),
+        # with the classifier's wait added so a beat on its way is not overtaken.
+        out += self.book.tick(t - CLASSIFY_WAIT_S, BEAT_KINDS)
+        return out
+
+    def _mark_technical(self, a: float, b: float) -> None:
+        if self._technical and a <= self._technical[-1][1]:
+            self._technical[-1] = (self._technical[-1][0], max(b, self._technical[-1][1]))
+        else:
+            self._technical.append((a, b))
+
+    def suppressed_at(self, t: float) -> bool:
+        """Did a technical condition hold within ``clear_s`` of signal time ``t``?"""
+        if not self.cfg.suppress:
+            return False
+        margin = self.cfg.clear_s
+        return any(a - margin <= t <= b + margin for a, b in self._technical)
+
+    def _apply(self, obs: list[Observation]) -> list[AlarmMessage]:
+        out: list[AlarmMessage] = []
+        for o in obs:
+            physiological = KINDS[o.kind].category == "physiological"
+            sup = physiological and o.present and self.suppressed_at(o.t)
+            out += self.book.observe(
+                o.kind, o.t, o.present, onset_s=o.onset_s, text=o.text, value=o.value, hold_s=o.hold_s, suppressed=sup
+            )
+        return out
+
+    def _measure_beats(self) -> None:
+        """Morphology of detected beats once their complex is in the buffer."""
+        _, after = self._morph.span
+        while self._undone and self._undone[0][0] + after <= self._end:
+            r, _ = self._undone.popleft()
+            got = self._morph.measure(self._filt, r - self._buf_start)
+            if got is not None:
+                self._shapes[r] = got
+        while len(self._shapes) > MAX_PENDING:
+            self._shapes.pop(next(iter(self._shapes)))
+        while len(self._detected) > MAX_PENDING:
+            self._detected.pop(next(iter(self._detected)))
+
+    def _trim(self) -> None:
+        drop = self._raw.size - self._buf_n
+        if drop > 0:
+            self._raw, self._filt = self._raw[drop:], self._filt[drop:]
+            self._buf_start += drop
+
+    # -- beats -----------------------------------------------------------------------
+
+    def beat_done(self, msg: BeatMessage) -> list[AlarmMessage]:
+        """A beat whose class is known (label None without a beat model)."""
+        if not self.cfg.enabled:
+            return []
+        shape = self._shapes.pop(msg.sample, None)
+        morph = shape[0] if shape else None
+        t = msg.time_s
+        nxt = self._detected.pop(msg.sample, None)
+        # When the live pipeline knows the class: at the next beat's detection, or after the wait.
+        t_known = min(nxt / self.fs, t + CLASSIFY_WAIT_S) if nxt is not None else t + CLASSIFY_WAIT_S
+        ventricular = is_ventricular(msg.label, morph.width_ratio if morph else None, morph.correlation if morph else None)
+        rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
+        # The template learns from normal beats of a regular rhythm.
+        regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < 0.2 * self._prev_rr
+        if shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
+            self._morph.learn(shape[1])
+        self._prev_beat_t, self._prev_rr = t, rr
+        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular), t_known)
+        return self._apply(obs)
+
+    # -- wall clock and people ---------------------------------------------------------
+
+    def check_signal_loss(self, now_wall: float | None = None) -> list[AlarmMessage]:
+        """Signal loss: no samples at all for ``signal_loss_s`` of wall time."""
+        if not self.cfg.enabled or self._last_wall is None:
+            return []
+        now = time.time() if now_wall is None else now_wall
+        silent = now - self._last_wall
+        t = self._end / self.fs
+        if silent >= self.cfg.signal_loss_s:
+            self._mark_technical(t, t)
+            return self.book.observe("signal_loss", t, True, onset_s=t, text="Signal loss: no samples", value=round(silent, 1))
+        return []
+
+    def acknowledge(self, alarm_id: str, by: str) -> AlarmMessage | None:
+        return self.book.acknowledge(alarm_id, by)
+
+    def silence(self, alarm_id: str, seconds: float, by: str) -> AlarmMessage | None:
+        return self.book.silence(alarm_id, seconds, by)
+
+    def active(self) -> list[AlarmMessage]:
+        return self.book.active()

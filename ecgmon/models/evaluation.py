@@ -53,6 +53,10 @@ class EvalSet:
 # --------------------------------------------------------------------------- records
 
 
+def _trained_on(card: dict[str, Any]) -> set[str]:
+    return {record_id(r) for r in (card.get("training") or {}).get("records") or []}
+
+
 def choose_records(card: dict[str, Any], records: Sequence[str] | None, allow_train: bool) -> list[str]:
     """The records to evaluate on: ``records`` or the card's validation records; records the
     model trained on only with ``allow_train`` (its metrics there would flatter it)."""
@@ -62,7 +66,7 @@ def choose_records(card: dict[str, Any], records: Sequence[str] | None, allow_tr
     if not chosen:
         raise EvaluationError(f"the card of {name} names no validation records (it trained on every record it "
                               "lists): name records it never trained on with --records, e.g. DS2 records")
-    trained = {record_id(r) for r in training.get("records") or []}
+    trained = _trained_on(card)
     seen = [r for r in chosen if record_id(r) in trained]
     if seen and not allow_train:
         raise EvaluationError(f"record(s) {' '.join(seen)} were in the training records of {name}: metrics on "
@@ -93,6 +97,8 @@ def build_set(
     """The labelled beats (at the reference R peaks) or 10 s segments of ``records``, cut as
     the card describes the model's input."""
     where = f"{model.path}: its card"
+    _require(model.kind in ("beat", "segment"),
+             f"{model.path}: a {model.kind} model; `ecgmon evaluate model` scores ECG beat and segment models")
     _require(model.fs == FS_MODEL, f"{where} says {model.fs:g} Hz; the evaluation sets are at {FS_MODEL:g} Hz")
     expected = CLASSES if model.kind == "beat" else SEGMENT_CLASSES
     _require(model.classes == expected, f"{where} lists classes {'/'.join(model.classes)}; "
@@ -283,7 +289,8 @@ def evaluate_model(
 
     out_dir = Path(out) if out else Path("eval") / model.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    title = f"{model.name} on records {' '.join(sorted(set(data_set.records.tolist())))}"
+    ids = [record_id(r) for r in chosen]
+    title = f"{model.name} on records {' '.join(ids)}"
     prevalence = np.bincount(data_set.labels, minlength=len(model.classes)) / len(data_set.labels)
     written: list[Path | str | None] = [
         plots.confusion_png(np.array(report["confusion"]["rows_reference_columns_predicted"]), model.classes,
@@ -293,8 +300,7 @@ def evaluate_model(
         _attention_png(model, data_set, probabilities, out_dir / "attention.png") if model.kind == "segment"
         else _gradcam_png(model, data_set, probabilities, out_dir / "gradcam.png"),
     ]
-    ids = [record_id(r) for r in chosen]
-    trained = {record_id(r) for r in (model.card.get("training") or {}).get("records") or []}
+    trained = _trained_on(model.card)
     result = {
         "model": {"path": str(path), "name": model.name, "kind": model.kind, "format": model.card["format"],
                   "sha256": model.card["sha256"].lower(), "classes": list(model.classes)},

@@ -183,6 +183,8 @@ def test_subscribe_receives_beats_from_a_running_daemon(tmp_path: Path, env, end
         assert len(lines) == 5
         beats = [parse_message(line) for line in lines]
         assert all(isinstance(b, BeatMessage) and b.stream == "mitdb-100" for b in beats)
+        # The shipped models load from the installed package: beats carry their class.
+        assert sum(b.label in ("N", "S", "V", "F", "Q") and 0 < b.probability <= 1 for b in beats) >= 4
         seqs = [b.seq for b in beats]
         assert seqs == list(range(seqs[0], seqs[0] + 5))
         assert all(json.loads(line)["kind"] == "beat" for line in lines)  # JSON frames as sent
@@ -208,7 +210,7 @@ def test_run_to_the_end_of_a_record(tmp_path: Path, env, endpoint: str) -> None:
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
-    for prefix in ("status.", "event."):
+    for prefix in ("status.", "event.", "beat."):
         sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
     sub.connect(endpoint)  # ZeroMQ connects once the daemon binds
     t0 = time.monotonic()
@@ -236,3 +238,8 @@ def test_run_to_the_end_of_a_record(tmp_path: Path, env, endpoint: str) -> None:
     assert (stream.stream, stream.source, stream.state) == ("bed7", "mitdb:100", "ended")
     assert stream.samples == 650000 and 2250 <= stream.beats <= 2290
     assert final.sent > 0 and final.dropped == 0
+    # Every beat was published, the last ones too, and classified (the first may be too
+    # close to the start for its window).
+    beats = [m for m in msgs if isinstance(m, BeatMessage)]
+    assert len(beats) == stream.beats
+    assert sum(b.label is None for b in beats) <= 1

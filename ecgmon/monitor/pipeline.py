@@ -94,7 +94,8 @@ class StreamPipeline:
             # the beat waits for its successor, or one segment window and a half.
             spans = [MAX_WAIT_S + m.window / m.fs for m in (beat_model,) if m is not None]
             spans += [1.5 * m.window / m.fs for m in (segment_model,) if m is not None]
-            self._ring = RingBuffer(round((max(spans) + 1.0) * self.fs))
+            self._ring_span = round((max(spans) + 1.0) * self.fs)
+            self._ring = RingBuffer(self._ring_span)
         if beat_model is not None:
             self._beat_jobs = BeatClassification(beat_model, self.fs, self._ring, self.beat_done)
         if segment_model is not None:
@@ -139,6 +140,8 @@ class StreamPipeline:
         end = start + x.size
         filtered = self._filter(x)
         if self._ring is not None:
+            # Beats early in a long chunk still need their windows once the chunk is in.
+            self._ring.reserve(self._ring_span + filtered.size)
             self._ring.extend(filtered)
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end

@@ -21,6 +21,19 @@ class RingBuffer:
         self.end = 0  # index one past the newest sample
 
     @property
+    def capacity(self) -> int:
+        return self._buf.size
+
+    def reserve(self, capacity: int) -> None:
+        """Grow to hold at least ``capacity`` samples, keeping those held."""
+        if capacity <= self._buf.size:
+            return
+        held = self.get(self.start, self.end)
+        self._buf = np.zeros(int(capacity), dtype=self._buf.dtype)
+        self.end -= held.size
+        self.extend(held)
+
+    @property
     def start(self) -> int:
         """Index of the oldest sample still held."""
         return max(0, self.end - self._buf.size)

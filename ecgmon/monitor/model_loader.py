@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-KINDS = ("beat", "segment")
+KINDS = ("beat", "segment", "pcg")
 FORMATS = {".pt": "torchscript", ".pt2": "torch.export"}
 REQUIRED_FIELDS = ("name", "kind", "format", "input", "classes", "outputs", "sha256")
 # The batch size of the dry run: 2, not 1, so that a model that squeezes its batch axis
@@ -41,7 +41,9 @@ def _hint(kind: Any) -> str:
         return "retrain or re-export it with `ecgmon train segment`"
     if kind == "beat":
         return "retrain or re-export it with `ecgmon train beat` (or `beat-spectrogram`)"
-    return "retrain or re-export it with `ecgmon train beat|beat-spectrogram|segment`"
+    if kind == "pcg":
+        return "retrain or re-export it with `ecgmon train pcg`"
+    return "retrain or re-export it with `ecgmon train beat|beat-spectrogram|segment|pcg`"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -99,7 +101,7 @@ def check_card(card: Any, where: str = "model card") -> None:
     if missing:
         raise ModelError(f"{where}: the card lacks {', '.join(missing)}; {_hint(kind)}")
     if kind not in KINDS:
-        raise ModelError(f"{where}: unknown model kind {kind!r} (expected 'beat' or 'segment'); {_hint(None)}")
+        raise ModelError(f"{where}: unknown model kind {kind!r} (expected 'beat', 'segment' or 'pcg'); {_hint(None)}")
     if card["format"] not in FORMATS.values():
         raise ModelError(
             f"{where}: unknown format {card['format']!r} (expected 'torchscript' or 'torch.export'); {_hint(kind)}"
@@ -140,6 +142,22 @@ def check_card(card: Any, where: str = "model card") -> None:
         rr = inputs["rr_features"]
         if not isinstance(rr, list) or not rr or not all(isinstance(n, str) and n for n in rr):
             raise ModelError(f"{where}: input.rr_features must list the RR feature names; {_hint(kind)}")
+    if kind == "pcg":
+        _check_pcg_card(card, where)
+
+
+def _check_pcg_card(card: dict[str, Any], where: str) -> None:
+    """A heart-sound card also gives the window hop and the recording-level decision rule."""
+    hop = card["input"].get("hop")
+    if not _is_int(hop) or not 0 < hop <= card["input"]["window"]:
+        raise ModelError(f"{where}: input.hop must be a sample count in 1..input.window, got {hop!r}; {_hint('pcg')}")
+    decision = card.get("decision")
+    threshold = decision.get("threshold") if isinstance(decision, dict) else None
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise ModelError(
+            f"{where}: decision.threshold must be a probability in 0..1 (the recording-level cut on "
+            f"'abnormal'), got {threshold!r}; {_hint('pcg')}"
+        )
 
 
 @dataclass(frozen=True)
@@ -147,7 +165,8 @@ class LoadedModel:
     """A checked, device-placed model with what its card says about its inputs and outputs.
 
     Call it with the inputs of its kind: ``(window [B, window], rr [B, len(rr_features)])``
-    for a beat model, ``(segment [B, window],)`` for a segment model. The first output is the
+    for a beat model, ``(segment [B, window],)`` for a segment model, ``(audio [B, window],)`` for a
+    pcg (heart-sound) model. The first output is the
     class logits ``[B, len(classes)]``; outputs stay on ``device``.
     """
 

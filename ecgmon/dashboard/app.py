@@ -25,6 +25,8 @@ from ecgmon.dashboard.state import DashboardState
 from ecgmon.dashboard.view import Dashboard
 
 REDRAW_HZ = 8.0
+# Drawing may take at most this share of the time: a huge grid redraws less often instead.
+MAX_DRAW_SHARE = 0.25
 NEXT_KEYS = {"right", "down", "tab"}
 PREV_KEYS = {"left", "up", "shift-tab"}
 
@@ -49,8 +51,10 @@ async def _receive(sock: zmq.asyncio.Socket, state: DashboardState, link: int) -
 
 async def _redraw(live: Live) -> None:
     while True:
+        t0 = time.perf_counter()
         live.refresh()
-        await asyncio.sleep(1.0 / REDRAW_HZ)
+        took = time.perf_counter() - t0
+        await asyncio.sleep(max(1.0 / REDRAW_HZ - took, took * (1 / MAX_DRAW_SHARE - 1)))
 
 
 class Controller:

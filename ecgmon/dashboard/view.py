@@ -12,7 +12,7 @@ import numpy as np
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderResult
 from rich.panel import Panel
-from rich.table import Table
+from rich.segment import Segment
 from rich.text import Text
 
 from ecgmon.dashboard.braille import column_extents, marks_line, render_trace
@@ -29,6 +29,21 @@ MAX_ALARM_LINES = 3
 CLASS_STYLE = {"N": "green", "S": "yellow", "V": "bold red", "F": "magenta", "Q": "dim"}
 PRIORITY_STYLE = {"high": "bold white on red", "medium": "black on yellow", "low": "black on cyan"}
 KEYS_HELP = "←→/tab/1-9 select · a acknowledge · s silence · q quit"
+
+
+class Plain:
+    """Lines of one style drawn as bare segments: the braille traces fill most of a panel and
+    need none of ``Text``'s wrapping, which would cost more than drawing them."""
+
+    def __init__(self, lines: list[str], style: str) -> None:
+        self.lines = lines
+        self.style = style
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        style = console.get_style(self.style)
+        for line in self.lines:
+            yield Segment(line[: options.max_width], style)
+            yield Segment.line()
 
 
 @dataclass
@@ -135,7 +150,7 @@ def header(v: StreamView, stale: float | None) -> Text:
     return text
 
 
-def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[Text]:
+def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[Text | Plain]:
     """The heart-sound area: envelope with S1/S2 marks and the verdict, or one line saying none."""
     if v.pcg is None:
         return [Text("♥ no heart sounds", "dim", no_wrap=True)]
@@ -152,9 +167,9 @@ def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[
         q = v.pcg.quality
         info.append("  quality ", "dim")
         info.append(f"{q:.2f}", "green" if q >= 0.5 else "yellow" if q >= 0.2 else "red")
-    lines = [Text(s, "cyan", no_wrap=True) for s in trace_lines(v.envelope, window_s, cells, rows, 1e-6)]
+    lines = Plain(trace_lines(v.envelope, window_s, cells, rows, 1e-6), "cyan")
     marks = _marks(v.sounds, v.envelope.end, window_s, cells, {"1": "bold cyan", "2": "bold blue"})
-    return lines + [marks, info]
+    return [lines, marks, info]
 
 
 def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: float | None, wall: float) -> Panel:
@@ -170,9 +185,8 @@ def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: 
     pcg_rows = 0 if v.pcg is None else min(MAX_PCG_ROWS, max(1, spare // 3))
     ecg_rows = min(MAX_ECG_ROWS, max(1, spare - pcg_rows))
     window = window_for(cells)
-    body: list[Text] = [header(v, stale)]
-    trace_style = "dim green" if stale else "green"
-    body += [Text(s, trace_style, no_wrap=True) for s in trace_lines(v.wave, window, cells, ecg_rows, 0.5)]
+    body: list[Text | Plain] = [header(v, stale)]
+    body.append(Plain(trace_lines(v.wave, window, cells, ecg_rows, 0.5), "dim green" if stale else "green"))
     if stale:
         body.append(Text(f"no data for {_age(stale)}", "bold red", no_wrap=True))
     else:
@@ -188,7 +202,7 @@ def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: 
         title.append(f" {v.note.text} ", "yellow" if v.note.level == "warning" else "red")
     border = "bold bright_white" if selected else ("red" if alarms and alarms[0].priority == "high" else "grey50")
     return Panel(
-        Group(*body[: inner_h]), title=title, title_align="left", box=box.HEAVY if selected else box.ROUNDED,
+        Group(*body), title=title, title_align="left", box=box.HEAVY if selected else box.ROUNDED,
         border_style=border, width=g.panel_w, height=g.panel_h, padding=(0, 1),
     )
 
@@ -245,23 +259,27 @@ class Dashboard:
         names = state.names()
         sel = state.selected if names else 0
         g = layout(len(names), width, height, sel)
-        grid = Table.grid(padding=0)
-        for _ in range(g.cols):
-            grid.add_column(width=g.panel_w, no_wrap=True)
-        shown = names[g.first : g.first + g.shown]
-        for r in range(0, len(shown), g.cols):
-            row = []
-            for k, name in enumerate(shown[r : r + g.cols]):
-                i = g.first + r + k
-                v = state.streams[name]
-                row.append(stream_panel(v, i, i == sel, g, state.stale_s(v, now), wall))
-            grid.add_row(*row)
         if not names:
             yield Panel(Text("no data yet: waiting for the daemon's first message", "bold yellow"),
                         height=max(3, height - STATUS_H), width=width)
-        else:
-            yield grid
-            # Blank lines keep the status area at the bottom of the terminal.
-            used = math.ceil(len(shown) / g.cols) * g.panel_h
-            yield from [Text("")] * max(0, height - STATUS_H - used)
+            yield from status_lines(state, g, now, width)
+            return
+        shown = names[g.first : g.first + g.shown]
+        panel_options = options.update(width=g.panel_w, height=g.panel_h)
+        rendered = []
+        for k, name in enumerate(shown):
+            i, v = g.first + k, state.streams[name]
+            panel = stream_panel(v, i, i == sel, g, state.stale_s(v, now), wall)
+            rendered.append(console.render_lines(panel, panel_options, pad=True))
+        # Panels side by side, joined line by line: cheaper than a Rich table, which measures
+        # every cell before drawing it.
+        for r in range(0, len(rendered), g.cols):
+            row = rendered[r : r + g.cols]
+            for y in range(g.panel_h):
+                for lines in row:
+                    yield from lines[y]
+                yield Segment.line()
+        # Blank lines keep the status area at the bottom of the terminal.
+        used = math.ceil(len(shown) / g.cols) * g.panel_h
+        yield from [Text("")] * max(0, height - STATUS_H - used)
         yield from status_lines(state, g, now, width)

@@ -68,7 +68,7 @@ def _curves_png(
     curves: Sequence[Curve | None], classes: Sequence[str], path: Path, title: str, kind: str,
     prevalence: Sequence[float],
 ) -> Path:
-    fig = Figure(figsize=(6.4, 5.6), layout="constrained")
+    fig = Figure(figsize=(9.0, 5.6), layout="constrained")
     ax = fig.subplots()
     for c, (name, curve) in enumerate(zip(classes, curves)):
         if curve is None:  # no reference example of this class (or nothing else): no curve exists
@@ -85,11 +85,11 @@ def _curves_png(
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="chance")
         ax.set_xlabel("false-positive rate (1 - specificity)")
         ax.set_ylabel("sensitivity")
-        ax.legend(loc="lower right", title="one vs rest")
     else:
         ax.set_xlabel("recall (sensitivity)")
         ax.set_ylabel("precision (+P)")
-        ax.legend(loc="lower left", title="one vs rest")
+    # Outside the axes: inside, it hides the low curves of rare classes (PR) or the steep start (ROC).
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="one vs rest", frameon=False)
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.grid(alpha=0.3)

@@ -415,6 +415,7 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     q.set_defaults(func=cmd_evaluate_qrs)
     add_evaluate_model(kinds, common)
+    add_evaluate_pcg(kinds, common)
 
 
 def _database_records(db: str, config: Config) -> list[str]:
@@ -614,6 +615,50 @@ def _pcg_root(args: argparse.Namespace, config: Config):
         if base and (Path(base).expanduser() / "pcg2016").is_dir():
             return Path(base).expanduser() / "pcg2016"
     raise CommandError("no pcg2016 folder under $ECGMON_DATA or [data] folder: give --data DIR")
+
+
+def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    e = kinds.add_parser(
+        "pcg", parents=[common], help="heart-sound model: Se, Sp, MAcc per database, confusion, ROC",
+        description="Score the recordings of DIR (a folder of *.flac/*.wav with a REFERENCE.csv, or a "
+                    "folder of such folders) with a heart-sound model file loaded as the daemon loads "
+                    "it: recording-level Se, Sp, MAcc per database, confusion matrix; metrics.json, "
+                    "roc.png and confusion.png in --out.",
+    )
+    e.add_argument("dir", metavar="DIR", help="recordings with REFERENCE.csv (1 abnormal, -1 normal)")
+    e.add_argument("--model", help="a .pt/.pt2 heart-sound model (default: [models] pcg of the config)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
+                                                "(default: eval/<model name>-<DIR name>)")
+    e.set_defaults(func=cmd_evaluate_pcg)
+
+
+def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
+    from pathlib import Path
+
+    from ecgmon.models.pcg_data import PcgDataError
+    from ecgmon.models.pcg_evaluate import evaluate_pcg, render
+    from ecgmon.monitor.model_set import model_path
+
+    if not (args.model or config.models.pcg):
+        raise CommandError("no heart-sound model: give --model FILE or set [models] pcg in the config")
+    model = Path(args.model) if args.model else model_path(config.models.pcg)
+    warned: list[str] = []
+
+    def warn(text: str) -> None:
+        warned.append(text)
+        _stderr().print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+
+    try:
+        result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty())
+    except PcgDataError as err:
+        raise CommandError(str(err)) from None
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    if warned:
+        console.print(Text(f"{len(warned)} warning(s): files skipped or changed are listed above", style="yellow"))
+    return 0
 
 
 def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:

@@ -131,31 +131,56 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
              names, publisher.endpoint, connect_endpoint(publisher.endpoint))
     dashboard = None
+    control = _open_control(config.publisher.control_endpoint, daemon)
     if sys.stdout.isatty() and not args.headless:
         from ecgmon.dashboard.app import Options
 
-        dashboard = Options([(connect_endpoint(publisher.endpoint), None)])
-    code = run_until_signal(lambda: _serve(daemon, dashboard))
+        links = [(connect_endpoint(publisher.endpoint), connect_endpoint(control.endpoint) if control else None)]
+        dashboard = Options(links)
+    try:
+        code = run_until_signal(lambda: _serve(daemon, control, dashboard))
+    finally:
+        if control is not None:
+            control.close()
     if code == 0 and any(s.state == "failed" for s in daemon.streams):
         return 1
     return code
 
 
-async def _serve(daemon, dashboard) -> None:
-    """Run the daemon; with ``dashboard`` options, show the dashboard in-process until q (the
-    daemon is stopped then) or, without keys, until the daemon ends."""
-    if dashboard is None:
-        await daemon.run()
-        return
-    from ecgmon.dashboard.app import run_dashboard
+def _open_control(endpoint: str, daemon):
+    """The daemon's control socket, or None when not configured or its address is taken
+    (monitoring goes on without acknowledge/silence; a warning says so)."""
+    if not endpoint:
+        return None
+    from ecgmon.monitor.control import ControlError, ControlServer
 
+    try:
+        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publisher.publish)
+    except ControlError as err:
+        log.warning("%s; running without a control socket", err)
+        return None
+    log.info("control socket (acknowledge, silence) on %s", control.endpoint)
+    return control
+
+
+async def _serve(daemon, control, dashboard) -> None:
+    """Run the daemon and its control socket; with ``dashboard`` options, show the dashboard
+    in-process until q (the daemon is stopped then) or, without keys, until the daemon ends."""
+    serving = asyncio.ensure_future(control.serve()) if control is not None else None
     run = asyncio.ensure_future(daemon.run())
-    with _logs_held():
-        try:
+    try:
+        if dashboard is None:
+            await run
+            return
+        from ecgmon.dashboard.app import run_dashboard
+
+        with _logs_held():
             await run_dashboard(dashboard, until=run)
-        finally:
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
+    finally:
+        for task in (run, serving):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (run, serving) if t is not None), return_exceptions=True)
     if not run.cancelled() and run.exception() is not None:
         raise run.exception()
 

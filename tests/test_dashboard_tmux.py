@@ -51,12 +51,16 @@ class Tmux:
             time.sleep(0.5)
         raise AssertionError(f"the screen never showed {what}:\n{self.screen()}")
 
-    def exit_status(self, timeout: float = 30.0) -> int:
+    def exit_status(self, timeout: float = 30.0) -> str:
+        """How the pane's process ended: "exit 0", "signal 11", …"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            dead, _, status = self.tmux("display", "-p", "-t", "main", "#{pane_dead} #{pane_dead_status}").strip().partition(" ")
-            if dead == "1":
-                return int(status)
+            dead, status, signal = self.tmux(
+                "display", "-p", "-t", "main", "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}"
+            ).strip().split("|")
+            # tmux may mark the pane dead (its terminal closed) before it has the exit status.
+            if dead == "1" and (status or signal):
+                return f"exit {status}" if status else f"signal {signal}"
             time.sleep(0.3)
         raise AssertionError(f"still running after q:\n{self.screen()}")
 
@@ -87,7 +91,7 @@ def test_dashboard_follows_a_daemon_that_goes_away_and_comes_back(tmp_path):
         with daemon_process("ward=sim?hr=80&seed=3", 1, endpoint, control):
             term.wait("the stream live again", lambda s: live(s) and "ward" in s)
             term.tmux("send-keys", "-t", "main", "q")
-            assert term.exit_status() == 0
+            assert term.exit_status() == "exit 0"
     finally:
         term.close()
 
@@ -100,7 +104,7 @@ def test_run_on_a_terminal_shows_the_dashboard_and_q_stops_it(tmp_path):
         text = term.wait("the simulator live", lambda s: live(s) and "sim" in s)
         assert "q quit" in text
         term.tmux("send-keys", "-t", "main", "Tab", "q")
-        assert term.exit_status() == 0
+        assert term.exit_status() == "exit 0"
     finally:
         term.close()
 

@@ -21,7 +21,6 @@ from ecgmon.schema import AlarmMessage
 
 MIN_PANEL_W = 60  # a second column only when each gets this many characters
 MIN_PANEL_H = 8
-MAX_PANEL_H = 24
 MAX_ECG_ROWS = 10  # taller only stretches the waveform beyond any monitor's gain
 MAX_PCG_ROWS = 4
 STATUS_H = 2
@@ -65,8 +64,7 @@ def layout(n: int, width: int, height: int, selected: int) -> Geometry:
     rows = max(1, min(math.ceil(n / cols) if n else 1, rows_fit))
     per_page = cols * rows
     first = (selected // per_page) * per_page if n > per_page else 0
-    panel_h = min(MAX_PANEL_H, avail // rows)
-    return Geometry(cols, rows, width // cols, panel_h, first, min(per_page, max(n - first, 0)))
+    return Geometry(cols, rows, width // cols, avail // rows, first, min(per_page, max(n - first, 0)))
 
 
 def _age(seconds: float) -> str:
@@ -143,10 +141,10 @@ def header(v: StreamView, stale: float | None) -> Text:
     physio = [a for a in alarms if a.category == "physiological"]
     if physio:
         text.append(f" {physio[0].alarm.upper()}", PRIORITY_STYLE[physio[0].priority])
-    text.append("  ")
-    for c in BEAT_CLASSES:
-        text.append(f"{c}", CLASS_STYLE[c])
-        text.append(f" {v.classes.get(c, 0)} ")
+    text.append(" ")
+    for c in BEAT_CLASSES:  # compact (N61 S0 V29 …) so that it fits a 60-column panel
+        text.append(f" {c}", CLASS_STYLE[c])
+        text.append(f"{v.classes.get(c, 0)}")
     return text
 
 
@@ -170,6 +168,13 @@ def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[
     lines = Plain(trace_lines(v.envelope, window_s, cells, rows, 1e-6), "cyan")
     marks = _marks(v.sounds, v.envelope.end, window_s, cells, {"1": "bold cyan", "2": "bold blue"})
     return [lines, marks, info]
+
+
+def panel_need(v: StreamView) -> int:
+    """Lines a panel can use: beyond them a taller panel would only add blank lines."""
+    alarms = max(1, min(len(v.alarms), MAX_ALARM_LINES))
+    pcg = 1 if v.pcg is None else MAX_PCG_ROWS + 2
+    return 2 + 1 + MAX_ECG_ROWS + 1 + alarms + pcg
 
 
 def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: float | None, wall: float) -> Panel:
@@ -265,6 +270,7 @@ class Dashboard:
             yield from status_lines(state, g, now, width)
             return
         shown = names[g.first : g.first + g.shown]
+        g.panel_h = min(g.panel_h, max(panel_need(state.streams[n]) for n in shown))
         panel_options = options.update(width=g.panel_w, height=g.panel_h)
         rendered = []
         for k, name in enumerate(shown):

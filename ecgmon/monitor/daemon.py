@@ -89,6 +89,13 @@ class Daemon:
     def streams(self) -> list[_Stream]:
         return list(self._streams.values())
 
+    def alarm_engine(self, stream: str):
+        """The alarm engine of ``stream`` for the control socket; None if it has none (yet)."""
+        for st in self._streams.values():
+            if st.stream == stream and getattr(st.pipeline, "alarms", None) is not None:
+                return st.pipeline.alarms
+        return None
+
     def _publish(self, msg: Message) -> None:
         assert self.publisher is not None
         self.publisher.publish(msg)

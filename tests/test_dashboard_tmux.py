@@ -99,11 +99,13 @@ def test_dashboard_follows_a_daemon_that_goes_away_and_comes_back(tmp_path):
 def test_run_on_a_terminal_shows_the_dashboard_and_q_stops_it(tmp_path):
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     control = f"tcp://127.0.0.1:{free_tcp_port()}"
-    term = Tmux(tmp_path, ecgmon("run", "--source", "sim", "--endpoint", endpoint, "--control", control))
+    term = Tmux(tmp_path, ecgmon("run", "--source", "sim?ectopic=0&seed=1", "--endpoint", endpoint, "--control", control))
     try:
         text = term.wait("the simulator live", lambda s: live(s) and "sim" in s)
         assert "q quit" in text
-        term.tmux("send-keys", "-t", "main", "Tab", "q")
+        term.tmux("send-keys", "-t", "main", "Tab", "a")  # a regular 72 bpm raises no alarm
+        term.wait("the answer to a", lambda s: "no active alarm on sim" in s)
+        term.tmux("send-keys", "-t", "main", "q")
         assert term.exit_status() == "exit 0"
     finally:
         term.close()

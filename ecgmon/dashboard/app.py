@@ -136,13 +136,12 @@ async def run_dashboard(opts: Options, console: Console | None = None, until: as
     ctx = zmq.asyncio.Context()
     state = DashboardState(opts.links)
     socks = []
-    tasks: list[asyncio.Task] = []
-    for i, (endpoint, _) in enumerate(opts.links):
+    for endpoint, _ in opts.links:
         sock = ctx.socket(zmq.SUB)
+        socks.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt_string(zmq.SUBSCRIBE, "")
-        socks.append(sock)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as err:
@@ -150,7 +149,7 @@ async def run_dashboard(opts: Options, console: Console | None = None, until: as
                 s.close(linger=0)
             ctx.term()
             raise DashboardError(f"cannot connect to {endpoint}: {err.strerror}") from None
-        tasks.append(asyncio.create_task(_receive(sock, state, i)))
+    tasks = [asyncio.create_task(_receive(sock, state, i)) for i, sock in enumerate(socks)]
     controller = Controller(state, ctx, opts)
     keys = opts.keys and sys.stdin.isatty()
     try:

@@ -30,6 +30,8 @@ from ecgmon.schema import (
     Message,
     PcgClassMessage,
     PcgMessage,
+    StatusMessage,
+    StreamStatus,
     VitalsMessage,
     WaveMessage,
     parse_message,
@@ -222,13 +224,18 @@ def test_silent_stream_shows_no_data_with_its_age():
 # --------------------------------------------------------------------------- real messages
 
 
+def _subscriber(ctx: zmq.Context, endpoint: str, prefix: str) -> zmq.Socket:
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt_string(zmq.SUBSCRIBE, prefix)
+    sub.connect(endpoint)
+    return sub
+
+
 def _collect(endpoint: str, enough, timeout_s: float) -> list[list[bytes]]:
     """Frames from a real SUB socket until ``enough(messages)`` holds."""
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt_string(zmq.SUBSCRIBE, "")
-    sub.connect(endpoint)
+    sub = _subscriber(ctx, endpoint, "")
     frames, msgs = [], []
     deadline = time.monotonic() + timeout_s
     try:
@@ -249,10 +256,7 @@ def _published_alarm(stream: str) -> list[bytes]:
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     pub = Publisher(endpoint, 100)
     ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt_string(zmq.SUBSCRIBE, "alarm.")
-    sub.connect(endpoint)
+    sub = _subscriber(ctx, endpoint, "alarm.")
     try:
         for _ in range(100):  # until the subscription has reached the publisher
             pub.publish(alarm(stream))
@@ -319,3 +323,16 @@ def test_sizes_from_small_to_large(record_frames, width, height):
     assert "bed7" in text  # the selected stream is on the page shown
     assert "q quit" in text or width < 80
     assert BRAILLE.search(text)
+
+
+def test_ecg_and_heart_sounds_of_one_patient_share_a_panel():
+    st = DashboardState([("tcp://127.0.0.1:1", None)])
+    now, wall = time.monotonic(), time.time()
+    ecg = StreamStatus(stream="bed1", source="mitdb:100", fs=360, lead="MLII", state="running", samples=3600,
+                       time_s=10, beats=12, hr_bpm=72.0)
+    pcg = StreamStatus(stream="bed1", source="mic", fs=2000, lead="", state="ended", samples=0, time_s=0,
+                       beats=0, hr_bpm=None)
+    st.receive(0, frames_of(StatusMessage(uptime_s=10, streams=[ecg, pcg], dropped=0, sent=9)), now, wall)
+    v = st.streams["bed1"]
+    assert list(st.streams) == ["bed1"]
+    assert (v.source, v.state, v.lead, v.hr_bpm, v.beats) == ("mitdb:100 + mic", "running", "MLII", 72.0, 12)

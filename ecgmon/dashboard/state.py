@@ -167,12 +167,20 @@ class DashboardState:
         """Update the model from one message."""
         if isinstance(msg, StatusMessage):
             self.links[link].status = msg
+            # An ECG and a stethoscope of one patient share a stream id: one panel for both,
+            # naming both sources, running while either runs.
+            by_name: dict[str, list] = {}
             for s in msg.streams:
-                v = self.view(s.stream, link)
-                v.source, v.state, v.lead = s.source, s.state, s.lead
-                if v.hr_bpm is None and s.hr_bpm is not None:
-                    v.hr_bpm = s.hr_bpm
-                v.beats = max(v.beats, s.beats)
+                by_name.setdefault(s.stream, []).append(s)
+            for name, parts in by_name.items():
+                v = self.view(name, link)
+                v.source = " + ".join(p.source for p in parts)
+                states = [p.state for p in parts]
+                v.state = next((x for x in ("running", "starting", "failed") if x in states), states[0])
+                v.lead = next((p.lead for p in parts if p.lead), "")
+                if v.hr_bpm is None:
+                    v.hr_bpm = next((p.hr_bpm for p in parts if p.hr_bpm is not None), None)
+                v.beats = max([v.beats] + [p.beats for p in parts])
             return
         if msg.stream == DAEMON_STREAM:
             return  # the daemon's own events belong to no stream panel

@@ -120,6 +120,29 @@ class MqttConfig(_Section):
     reconnect_max_s: PositiveFloat = 10.0
 
 
+class AudioConfig(_Section):
+    """Stethoscope audio (`--pcg mic`, `--pcg mic:DEVICE`, `--pcg FILE.wav`) and its analysis."""
+
+    # Device rate to open a microphone at; 0 is the device's default (resampled to 2 kHz).
+    samplerate: float = Field(0.0, ge=0, le=384000)
+    # Audio is handed over in blocks of this many seconds.
+    block_s: float = Field(0.05, ge=0.005, le=1.0)
+    # No callback from the device for this long: it is reported gone, then reopened.
+    stall_s: PositiveFloat = 2.0
+    reconnect_s: PositiveFloat = 2.0
+    # Quieter than silence_dbfs for silence_s is "no sound"; more than clip_fraction of a
+    # second's samples at full scale is clipping.
+    silence_dbfs: float = Field(-70.0, ge=-140, le=-20)
+    silence_s: PositiveFloat = 1.0
+    clip_fraction: float = Field(0.01, gt=0, le=1)
+    # Heart-sound messages: one every update_s, envelope decimated to envelope_fs.
+    update_s: float = Field(0.5, ge=0.1, le=10)
+    envelope_fs: Literal[25, 50, 100, 200] = 50
+    # Windows of the heart-sound model with a quality index below this are left out of the
+    # recording's verdict.
+    min_quality: float = Field(0.5, ge=0, le=1)
+
+
 class ModelsConfig(_Section):
     """Classifiers run by the daemon through the inference batcher."""
 
@@ -132,6 +155,52 @@ class ModelsConfig(_Section):
     beat: str = "beat-cnn-bilstm.pt"
     segment: str = "segment-attention-cnn.pt"
     pcg: str = ""
+
+
+# The alarm kinds the engine raises (ecgmon.monitor.alarms.kinds has their priorities).
+ALARM_KINDS = (
+    "asystole", "vfib", "vtach", "brady", "tachy", "hr_high", "hr_low", "afib",
+    "pvc_run", "couplet", "bigeminy", "trigeminy",
+    "leads_off", "noise", "signal_loss", "clipping",
+)
+
+
+class AlarmsConfig(_Section):
+    """Alarm limits. Defaults follow the usual bedside definitions (IEC 60601-2-27 style, as
+    used by the PhysioNet/CinC 2015 false-alarm challenge); see config.toml for each."""
+
+    enabled: bool = True
+    asystole_s: float = Field(4.0, ge=2, le=15)
+    vfib_s: float = Field(4.0, ge=2, le=15)
+    vtach_beats: int = Field(5, ge=3, le=30)
+    vtach_bpm: float = Field(100.0, ge=60, le=200)
+    brady_bpm: float = Field(40.0, ge=20, le=80)
+    brady_beats: int = Field(5, ge=2, le=30)
+    tachy_bpm: float = Field(140.0, ge=100, le=250)
+    tachy_beats: int = Field(17, ge=2, le=60)
+    hr_low_bpm: float = Field(50.0, ge=20, le=150)
+    hr_high_bpm: float = Field(120.0, ge=60, le=250)
+    hr_limit_s: float = Field(10.0, ge=0, le=120)
+    afib_beats: int = Field(48, ge=16, le=256)
+    afib_hold_s: float = Field(30.0, ge=0, le=600)
+    bigeminy_cycles: int = Field(4, ge=2, le=20)
+    trigeminy_cycles: int = Field(4, ge=2, le=20)
+    clear_s: float = Field(5.0, ge=0, le=120)
+    latch: list[str] = Field(default_factory=lambda: ["asystole", "vfib", "vtach"])
+    leads_off_mv: float = Field(0.03, ge=0, le=1)
+    signal_loss_s: float = Field(4.0, ge=0.5, le=120)
+    noise_ratio: float = Field(5.0, ge=1.2, le=50)
+    clipping_fraction: float = Field(0.02, ge=0.001, le=1)
+    suppress: bool = True
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> "AlarmsConfig":
+        if self.hr_low_bpm >= self.hr_high_bpm:
+            raise ValueError("hr_low_bpm must be below hr_high_bpm")
+        unknown = sorted(set(self.latch) - set(ALARM_KINDS))
+        if unknown:
+            raise ValueError(f"latch names unknown alarm kinds {unknown}; known: {', '.join(ALARM_KINDS)}")
+        return self
 
 
 class RunConfig(_Section):
@@ -149,7 +218,9 @@ class Config(_Section):
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
     serial: SerialConfig = Field(default_factory=SerialConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    audio: AudioConfig = Field(default_factory=AudioConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
 
 
 def _describe(err: ValidationError) -> str:

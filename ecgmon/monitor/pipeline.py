@@ -17,6 +17,7 @@ import numpy as np
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification
+from ecgmon.monitor.alarms import AlarmEngine
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
 from ecgmon.monitor.dsp.qrs import Beat, QRSDetector
@@ -68,6 +69,8 @@ class StreamPipeline:
         )
         self._detector = QRSDetector(self.fs, config.detector)
         self._hr = HeartRateMeter(config.heart_rate)
+        # The alarm engine (ecgmon.monitor.alarms): the daemon's control socket reaches it here.
+        self.alarms = AlarmEngine(stream, self.fs, config.alarms)
         # Vitals fall due every `_vitals_every` samples, counted from the stream's start.
         self._vitals_every = max(1, round(config.heart_rate.update_s * self.fs))
         self._next_vitals = self._vitals_every
@@ -147,6 +150,9 @@ class StreamPipeline:
         self.samples = end
 
         timed.extend(self._beats_and_vitals(beats, end, chunk.received))
+        detected = [(b.sample + self._offset, b.detected_at + self._offset) for b in beats]
+        alarms = self.alarms.feed(start + self._offset, x, filtered, detected, chunk.received)
+        timed.extend((end, 3, m) for m in alarms)
         timed.extend(self._wave_frames(filtered, start))
         timed.sort(key=lambda t: (t[0], t[1]))
         if self._beat_jobs is not None:
@@ -169,7 +175,7 @@ class StreamPipeline:
     def beat_done(self, msg: BeatMessage) -> list[Message]:
         """A beat whose class is now known (None without a beat model), in beat order: the
         messages it gives, itself first."""
-        return [msg]
+        return [msg, *self.alarms.beat_done(msg)]
 
     def segment_done(self, msg: SegmentMessage) -> list[Message]:
         """A segment the segment model has classified: the messages it gives, itself first."""

@@ -24,9 +24,11 @@ from ecgmon.monitor.alarms.observation import Observation
 # wider than the patient's normal template (V median 5x, normal 95th percentile 1.5x on
 # MIT-BIH) or correlates this poorly with it.
 WIDE_RATIO = 1.6
+# "Clearly wide": beyond every normal beat's width ratio seen on MIT-BIH (99th pct ~2).
+STRONG_WIDE_RATIO = 2.5
 LOW_CORRELATION = 0.6
-# At least this share of a V-tach run's beats must be V to the model (when there is one):
-# the morphology cue recovers beats the model misses, it does not make runs on its own.
+# At least this share of a V-tach run's beats must be V to the model or clearly wide: a
+# shape merely unlike the template (low correlation) fills gaps in a run, it does not make one.
 VTACH_LABEL_SHARE = 0.5
 # Beats for the user HR limits (the displayed HR's span).
 HR_BEATS = 9
@@ -46,14 +48,15 @@ class BeatInfo:
     t: float  # signal time of the R peak
     label: str | None
     ventricular: bool
+    strong: bool = False  # V to the model, or a clearly wide QRS (not merely a different shape)
 
 
-def is_ventricular(label: str | None, width_ratio: float | None, correlation: float | None) -> bool:
-    if label == "V":
-        return True
-    if width_ratio is None or correlation is None:
-        return False
-    return width_ratio > WIDE_RATIO or correlation < LOW_CORRELATION
+def is_ventricular(label: str | None, width_ratio: float | None, correlation: float | None) -> tuple[bool, bool]:
+    """(ventricular, strong): V to the model or unlike the template; V or clearly wide."""
+    wide = width_ratio is not None and width_ratio > WIDE_RATIO
+    odd = correlation is not None and correlation < LOW_CORRELATION
+    strong = width_ratio is not None and width_ratio > STRONG_WIDE_RATIO
+    return label == "V" or wide or odd, label == "V" or strong
 
 
 class BeatRhythm:
@@ -65,12 +68,10 @@ class BeatRhythm:
         self._beats: deque[BeatInfo] = deque(maxlen=keep)
         self._run: list[BeatInfo] = []  # current run of consecutive ventricular beats
         self._run_was_vtach = False
-        self._labelled = False  # has any beat carried a model label
 
     def add(self, beat: BeatInfo, t_known: float) -> list[Observation]:
         """Observations at ``t_known`` (when the beat's class became known)."""
         self._beats.append(beat)
-        self._labelled |= beat.label is not None
         out: list[Observation] = []
         out += self._runs(beat, t_known)
         out += self._patterns(t_known)
@@ -97,8 +98,12 @@ class BeatRhythm:
         run = self._run
         n = len(run)
         rate = _rate(run)
-        share = sum(b.label == "V" for b in run) / n
-        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and (not self._labelled or share >= VTACH_LABEL_SHARE):
+        # Without a model the morphology alone decides; with one, most of the run must be V
+        # to it. (Counting clearly wide non-V beats as well recovered record 223's slow
+        # V-tach but raised 75 false V-tach alarms on record 215: the width cue is too
+        # unreliable to make a run on its own.)
+        share = sum(b.label == "V" if b.label is not None else b.strong for b in run) / n
+        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and share >= VTACH_LABEL_SHARE:
             self._run_was_vtach = True
             return [Observation("vtach", t, True, run[0].t, f"V-tach {rate:.0f} bpm, {n} beats", round(rate, 1))]
         return []

@@ -1,0 +1,133 @@
+"""Alarm engine: lifecycle (hysteresis, latching, acknowledge, silence), beat alarms on
+beat sequences, technical alarms on flat and missing signal, VF/flutter on record 207."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgmon.chunk import Chunk
+from ecgmon.config import AlarmsConfig, Config, ConfigError, parse_config
+from ecgmon.monitor.alarms import AlarmEngine
+from ecgmon.monitor.alarms.book import AlarmBook
+from ecgmon.monitor.pipeline import StreamPipeline
+from ecgmon.replay.records import load_record
+from ecgmon.schema import AlarmMessage, BeatMessage
+
+FS = 360.0
+
+
+def _beat(t: float, label: str | None) -> BeatMessage:
+    return BeatMessage(stream="s", sample=round(t * FS), time_s=round(t * FS) / FS, fs=FS, delay_ms=0.0,
+                       rr_ms=None, amplitude_mv=1.0, label=label)
+
+
+def _run_beats(engine: AlarmEngine, times: list[float], labels: list[str]) -> list[AlarmMessage]:
+    out: list[AlarmMessage] = []
+    for t, lab in zip(times, labels):
+        out += engine.beat_done(_beat(t, lab))
+    return out
+
+
+def test_config_rejects_inconsistent_limits_and_unknown_latch() -> None:
+    with pytest.raises(ConfigError, match="hr_low_bpm must be below hr_high_bpm"):
+        parse_config({"alarms": {"hr_low_bpm": 100, "hr_high_bpm": 90}})
+    with pytest.raises(ConfigError, match="latch"):
+        parse_config({"alarms": {"latch": ["vtach", "nonsense"]}})
+    with pytest.raises(ConfigError, match="alarms.asystole_s"):
+        parse_config({"alarms": {"asystole_s": 0.5}})
+    assert parse_config({"alarms": {"hr_high_bpm": 130}}).alarms.hr_high_bpm == 130
+
+
+def test_book_hold_hysteresis_latch_acknowledge_silence() -> None:
+    book = AlarmBook("s", clear_s=5.0, latch=["vtach"])
+    assert book.observe("hr_high", 0.0, True, hold_s=3.0) == []
+    assert book.observe("hr_high", 2.0, False) == []  # broken before the hold: nothing
+    assert book.observe("hr_high", 3.0, True, hold_s=3.0) == []
+    [raised] = book.observe("hr_high", 6.0, True, hold_s=3.0)
+    assert raised.state == "raised" and raised.onset_s == 3.0 and raised.raised_s == 6.0
+    assert book.observe("hr_high", 8.0, False) == []  # hysteresis: not yet
+    [cleared] = book.tick(11.5)
+    assert cleared.state == "cleared" and cleared.cleared_s == 11.5
+
+    [v] = book.observe("vtach", 20.0, True, text="V-tach")
+    [ended] = book.tick(30.0)
+    assert ended.state == "updated" and "latched" in ended.text  # stays until acknowledged
+    silenced = book.silence(v.id, 60, "nurse")
+    assert silenced.silenced_until_wall is not None
+    done = book.acknowledge(v.id, "nurse")
+    assert done.state == "cleared" and done.acknowledged_by == "nurse"
+    assert book.acknowledge(v.id, "nurse") is None and book.active() == []
+
+
+def test_vtach_raised_and_cleared_from_beats() -> None:
+    eng = AlarmEngine("s", FS, AlarmsConfig(latch=[]))
+    t = list(np.arange(0, 20, 0.8))  # 75 bpm normal
+    msgs = _run_beats(eng, t, ["N"] * len(t))
+    assert not [m for m in msgs if m.alarm == "vtach"]
+    run = list(20 + np.arange(8) * 0.4)  # 8 V beats at 150 bpm
+    msgs = _run_beats(eng, run, ["V"] * 8)
+    [raised] = [m for m in msgs if m.alarm == "vtach" and m.state == "raised"]
+    assert raised.priority == "high" and raised.onset_s == pytest.approx(20.0, abs=0.01)
+    after = list(run[-1] + 0.8 + np.arange(12) * 0.8)
+    msgs = _run_beats(eng, after, ["N"] * 12)
+    assert [m.state for m in msgs if m.alarm == "vtach"] == ["cleared"]
+
+
+def test_slow_v_run_is_a_pvc_run_and_pairs_are_couplets() -> None:
+    eng = AlarmEngine("s", FS, AlarmsConfig(latch=[]))
+    t = np.arange(0, 30, 0.8)
+    labels = ["N"] * len(t)
+    labels[10:14] = ["V"] * 4  # 4 beats: too short for V-tach
+    labels[20:22] = ["V", "V"]
+    kinds = {m.alarm for m in _run_beats(eng, list(t), labels) if m.state == "raised"}
+    assert {"pvc_run", "couplet"} <= kinds and "vtach" not in kinds
+
+
+def test_extreme_brady_and_tachy() -> None:
+    eng = AlarmEngine("s", FS, AlarmsConfig(latch=[]))
+    slow = list(np.arange(0, 20, 1.8))  # 33 bpm
+    fast = list(slow[-1] + 1.8 + np.arange(30) * 0.4)  # 150 bpm
+    msgs = _run_beats(eng, slow + fast, ["N"] * (len(slow) + len(fast)))
+    states = [(m.alarm, m.state) for m in msgs if m.alarm in ("brady", "tachy")]
+    assert ("brady", "raised") in states and ("brady", "cleared") in states and ("tachy", "raised") in states
+
+
+def _feed(p: StreamPipeline, x: np.ndarray, start: int = 0, step: int = 360) -> list:
+    out = []
+    for i in range(0, x.size, step):
+        out += p.feed(Chunk("s", FS, ("MLII",), start + i, x[i : i + step, None].astype(np.float32)))
+    return out
+
+
+def test_flat_line_is_leads_off_without_asystole_storm() -> None:
+    rec = load_record("mitdb:100", Config().data)
+    x = rec.signal[: round(30 * FS), 0].astype(np.float64)
+    flat = np.full(round(60 * FS), x[-1])
+    p = StreamPipeline("s", FS, "MLII", Config())
+    msgs = [m for m in _feed(p, np.concatenate([x, flat, x])) if isinstance(m, AlarmMessage)]
+    leads = [m for m in msgs if m.alarm == "leads_off"]
+    assert [m.state for m in leads][:1] == ["raised"] and leads[-1].state == "cleared"
+    asys = [m for m in msgs if m.alarm == "asystole" and m.state == "raised"]
+    assert len(asys) <= 1 and all(m.suppressed for m in asys)
+
+
+def test_disconnect_with_nan_and_wall_clock_signal_loss() -> None:
+    eng = AlarmEngine("s", FS, AlarmsConfig())
+    x = np.sin(np.arange(round(20 * FS)) / FS * 2 * np.pi)
+    x[round(8 * FS):] = np.nan
+    msgs = eng.feed(0, x, np.nan_to_num(x), [], wall=100.0)
+    assert any(m.alarm == "signal_loss" and m.state == "raised" for m in msgs)
+    eng2 = AlarmEngine("s", FS, AlarmsConfig())
+    eng2.feed(0, np.zeros(360) + 0.1 * np.arange(360), np.zeros(360), [], wall=100.0)
+    assert eng2.check_signal_loss(102.0) == []
+    [lost] = eng2.check_signal_loss(105.0)
+    assert lost.alarm == "signal_loss" and lost.category == "technical"
+
+
+def test_ventricular_flutter_in_record_207() -> None:
+    rec = load_record("mitdb:207", Config().data)
+    x = rec.signal[: round(70 * FS), 0].astype(np.float64)  # flutter 40.8-51.1 s and 54.9-60.6 s
+    p = StreamPipeline("s", FS, "MLII", Config())
+    vf = [m for m in _feed(p, x) if isinstance(m, AlarmMessage) and m.alarm == "vfib" and m.state == "raised"]
+    assert vf and 40.8 <= vf[0].raised_s <= 52.0 and not vf[0].suppressed

@@ -95,6 +95,10 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
     p.add_argument("--source", action="append", metavar="SPEC",
                    help="sim, sim?hr=110, mitdb:100, path/to/rec.hea or NAME=SPEC; repeatable "
                         "(default: [run] sources of the config)")
+    p.add_argument("--pcg", action="append", metavar="SPEC",
+                   help="heart sounds: mic, mic:DEVICE (index or name; see `ecgmon devices`), "
+                        "FILE.wav or FILE.flac, or NAME=SPEC (the ECG's NAME puts both on one "
+                        "patient); repeatable. With --pcg and no --source, no ECG is started")
     p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
     p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
     p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
@@ -111,7 +115,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.daemon import Daemon
     from ecgmon.monitor.model_set import load_models
     from ecgmon.monitor.publisher import Publisher
-    from ecgmon.monitor.sources.factory import open_sources
+    from ecgmon.monitor.sources.factory import open_pcg_sources, open_sources
 
     config = _override(config, [
         ("--speed", "replay", "speed", args.speed),
@@ -121,8 +125,8 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         ("--endpoint", "publisher", "endpoint", args.endpoint),
         ("--control", "publisher", "control_endpoint", args.control),
     ])
-    specs = args.source or config.run.sources
-    sources = open_sources(specs, config)
+    specs = args.source or ([] if args.pcg else config.run.sources)
+    sources = (open_sources(specs, config) if specs else []) + open_pcg_sources(args.pcg or [], config)
     pc = config.publisher
     publisher = Publisher(pc.endpoint, pc.send_hwm)
     models, model_errors = load_models(config.models)
@@ -721,6 +725,32 @@ def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- devices
+
+
+def add_devices(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("devices", parents=[common], help="list audio input devices for --pcg mic:DEVICE",
+                       description="List PortAudio's audio input devices (stethoscopes, microphones).")
+    p.set_defaults(func=cmd_devices)
+
+
+def cmd_devices(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.monitor.sources.audio_mic import import_sounddevice, input_devices
+
+    sd = import_sounddevice()
+    devices = input_devices(sd)
+    if not devices:
+        _stderr().print("no audio input device found")
+        return 1
+    default = sd.default.device[0]
+    for d in devices:
+        mark = "*" if d["index"] == default else " "
+        api = sd.query_hostapis(d["hostapi"])["name"]
+        print(f"{mark} {d['index']:3d}  {d['name']}  ({api}, {d['max_input_channels']} in, "
+              f"{d['default_samplerate']:g} Hz)")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -744,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub, common)
     add_subscribe(sub, common)
+    add_devices(sub, common)
     add_dashboard(sub, common)
     add_replay(sub, common)
     add_evaluate(sub, common)

@@ -110,10 +110,14 @@ class PcgMessage(Message):
     start: int = Field(description="index of the first envelope sample at rate fs")
     time_s: float
     envelope: list[float] = Field(description="heart-sound envelope, decimated for displays")
-    s1_s: list[float] = Field(default_factory=list, description="signal times of S1 sounds in this stretch")
-    s2_s: list[float] = Field(default_factory=list, description="signal times of S2 sounds in this stretch")
-    hr_bpm: float | None = None
-    quality: float | None = Field(None, description="signal-quality index, 0 (unusable) to 1")
+    s1_s: list[float] = Field(
+        default_factory=list,
+        description="signal times of the S1 sounds labelled since the previous message (a sound is "
+        "labelled when the next one is found, so its time may precede this stretch)",
+    )
+    s2_s: list[float] = Field(default_factory=list, description="likewise for S2 sounds")
+    hr_bpm: float | None = Field(None, description="heart rate from the heart sounds of the last 10 s")
+    quality: float | None = Field(None, description="signal-quality index of the last 5 s, 0 (unusable) to 1")
 
 
 class PcgClassMessage(Message):
@@ -125,6 +129,11 @@ class PcgClassMessage(Message):
     probability: float = Field(description="probability of label, aggregated over windows")
     window_probability: float = Field(description="probability of abnormal in the latest window")
     windows: int = Field(description="windows aggregated")
+    window_quality: float | None = Field(None, description="signal-quality index of the latest window")
+    rejected: int = Field(
+        0, description="windows below [audio] min_quality, left out of the verdict (while every window "
+        "is below it, all are aggregated and rejected equals windows)",
+    )
 
 
 class StreamStatus(BaseModel):

@@ -15,6 +15,7 @@ from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
 from ecgmon.monitor.batcher import BatcherClosedError, InferenceBatcher
 from ecgmon.monitor.inference_job import InferenceJob
+from ecgmon.monitor.pcg_pipeline import PcgPipeline
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.base import Source, SourceError
@@ -36,7 +37,7 @@ class _Stream:
         self.stream = stream
         self.source = source
         self.state = "starting"
-        self.pipeline: StreamPipeline | None = None
+        self.pipeline: StreamPipeline | PcgPipeline | None = None
         self.faults: dict[str, int] = {}
         # Model jobs in submission order, each with its pending result (None: nothing to
         # compute); results are finished strictly in this order, so beats stay in order.
@@ -53,6 +54,15 @@ class _Stream:
             )
         status.faults = dict(self.faults)
         return status
+
+
+def _modality(source: Source) -> str:
+    """"pcg" for heart-sound sources (they say so), "ecg" for every other."""
+    return getattr(source, "modality", "ecg")
+
+
+def _key(stream: str, source: Source) -> tuple[str, str]:
+    return (stream, _modality(source))
 
 
 class Daemon:
@@ -81,8 +91,9 @@ class Daemon:
         self.model_errors = list(model_errors or [])
         self._batchers: dict[str, InferenceBatcher] = {}
         self._failed_models: set[str] = set()
-        # Streams by id, in the order they appeared; a source announces its own id first.
-        self._streams: dict[str, _Stream] = {s.stream: _Stream(s.stream, s) for s in sources}
+        # Streams by (id, modality), in the order they appeared; a source announces its own
+        # id first. An ECG and a heart-sound stream of one patient share the id.
+        self._streams: dict[tuple[str, str], _Stream] = {_key(s.stream, s): _Stream(s.stream, s) for s in sources}
         self._t0 = time.monotonic()
 
     @property
@@ -114,9 +125,9 @@ class Daemon:
         )
 
     def _stream_of(self, chunk: Chunk, source: Source) -> _Stream | None:
-        st = self._streams.get(chunk.stream)
+        st = self._streams.get(_key(chunk.stream, source))
         if st is None:
-            st = self._streams[chunk.stream] = _Stream(chunk.stream, source)
+            st = self._streams[_key(chunk.stream, source)] = _Stream(chunk.stream, source)
             if chunk.stream != source.stream:
                 self._event(chunk.stream, "info", "stream_started", f"{chunk.stream}: first data from {source.spec}")
         elif st.source is not source:
@@ -134,10 +145,13 @@ class Daemon:
             st.pipeline = None
         if st.pipeline is None and st.state != "failed":
             try:
-                st.pipeline = StreamPipeline(
-                    chunk.stream, chunk.fs, chunk.channels[0], self.config,
-                    self.models.get("beat"), self.models.get("segment"),
-                )
+                if _modality(source) == "pcg":
+                    st.pipeline = PcgPipeline(chunk.stream, chunk.fs, self.config, self.models.get("pcg"))
+                else:
+                    st.pipeline = StreamPipeline(
+                        chunk.stream, chunk.fs, chunk.channels[0], self.config,
+                        self.models.get("beat"), self.models.get("segment"),
+                    )
             except ValueError as err:  # e.g. a sample rate the detector cannot handle
                 st.state = "failed"
                 log.error("%s: %s: %s", chunk.stream, source.spec, err)
@@ -146,7 +160,7 @@ class Daemon:
 
     def _feed(self, chunk: Chunk, source: Source) -> None:
         # The source's own entry (the only one of a single-stream source) shows it is running.
-        own = self._streams[source.stream]
+        own = self._streams[_key(source.stream, source)]
         if own.state == "starting":
             own.state = "running"
         st = self._stream_of(chunk, source)
@@ -203,7 +217,7 @@ class Daemon:
             await asyncio.wait(pending)
 
     def _source_event(self, ev: SourceEvent, source: Source) -> None:
-        st = self._streams.setdefault(ev.stream, _Stream(ev.stream, source))
+        st = self._streams.setdefault(_key(ev.stream, source), _Stream(ev.stream, source))
         st.faults.update(ev.counts)
         log_level = {"info": logging.INFO, "warning": logging.WARNING}.get(ev.level, logging.ERROR)
         log.log(log_level, "%s: %s", ev.stream, ev.text)

@@ -101,3 +101,47 @@ def open_sources(specs: list[str], config: Config) -> list[Source]:
         raise SourceError(f"no source given; use {SPEC_FORMS}")
     check_unique(specs)
     return [open_source(spec, config) for spec in specs]
+
+
+# -- heart sounds (--pcg) ----------------------------------------------------------------
+
+PCG_SPEC_FORMS = (
+    "mic (default input), mic:DEVICE (index or part of its name; `ecgmon devices` lists them), "
+    "FILE.wav or FILE.flac, or NAME=SPEC to name the stream (bed3=mic)"
+)
+
+
+def pcg_stream_id(spec: str) -> str:
+    """The stream id a ``--pcg`` spec publishes under, without opening anything."""
+    from ecgmon.monitor.sources.audio_file import audio_file_stream_id, is_audio_file_spec
+    from ecgmon.monitor.sources.audio_mic import is_mic_spec, mic_stream_id
+
+    name, inner = split_spec(spec)
+    if name is not None:
+        return name
+    if is_mic_spec(inner):
+        return mic_stream_id(inner)
+    if is_audio_file_spec(inner):
+        return audio_file_stream_id(inner)
+    raise SourceError(f"unknown heart-sound source '{spec}': use {PCG_SPEC_FORMS}")
+
+
+def open_pcg_sources(specs: list[str], config: Config) -> list[Source]:
+    """Open every ``--pcg`` spec; their stream ids must differ from each other (not from the
+    ECG sources': an ECG and a PCG stream of one patient share an id)."""
+    from ecgmon.monitor.sources.audio_file import AudioFileSource
+    from ecgmon.monitor.sources.audio_mic import MicSource, is_mic_spec
+
+    seen: dict[str, str] = {}
+    for spec in specs:
+        sid = pcg_stream_id(spec)
+        if sid in seen:
+            raise SourceError(f"heart-sound sources '{seen[sid]}' and '{spec}' would both publish as "
+                              f"stream '{sid}'; name them apart with NAME=SPEC")
+        seen[sid] = spec
+    sources: list[Source] = []
+    for spec in specs:
+        name, inner = split_spec(spec)
+        cls = MicSource if is_mic_spec(inner) else AudioFileSource
+        sources.append(cls(inner, config, stream=name))
+    return sources

@@ -1,0 +1,212 @@
+"""The per-stream heart-sound pipeline: fed 2 kHz stethoscope Chunks, it filters, finds S1
+and S2, measures the rate and the signal quality, and publishes them with a decimated
+envelope for displays (PcgMessage); it cuts 5-second windows with 50 % overlap for the
+heart-sound model (InferenceJobs) and turns the window probabilities into a verdict on the
+recording so far (PcgClassMessage). It never blocks and never sleeps.
+
+Every output is placed on the signal clock (sample indices), so the messages do not depend
+on how the audio was chunked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ecgmon.chunk import Chunk
+from ecgmon.config import Config
+from ecgmon.monitor.classification import softmax_label
+from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
+from ecgmon.monitor.dsp.pcg_quality import quality_index
+from ecgmon.monitor.dsp.pcg_sounds import HeartSound, HeartSoundDetector
+from ecgmon.monitor.dsp.ring_buffer import RingBuffer
+from ecgmon.monitor.inference_job import InferenceJob
+from ecgmon.schema import EventMessage, Message, PcgClassMessage, PcgMessage, StreamStatus
+
+if TYPE_CHECKING:
+    from ecgmon.monitor.model_loader import LoadedModel
+
+# Quality is judged on the last QUALITY_WINDOW_S of audio (a few cardiac cycles).
+QUALITY_WINDOW_S = 5.0
+# Without a model, windows are still cut for their quality at the model's usual size.
+DEFAULT_WINDOW_S, DEFAULT_HOP_S = 5.0, 2.5
+# Gaps up to this long are filled with silence so the clock stays right; longer ones are spliced.
+MAX_FILL_S = 10.0
+ENVELOPE_DECIMALS = 6
+
+
+class PcgPipeline:
+    """All per-stream state of one heart-sound stream; ``feed`` returns messages to publish,
+    ``take_jobs`` the model windows cut since the last call."""
+
+    def __init__(self, stream: str, fs: float, config: Config, model: LoadedModel | None = None) -> None:
+        if fs != PCG_FS:
+            raise ValueError(f"heart-sound audio must arrive at {PCG_FS:g} Hz (sources resample it), got {fs:g}")
+        self.stream = stream
+        self.fs = float(fs)
+        self.lead = "pcg"
+        audio = config.audio
+        self.min_quality = audio.min_quality
+        self._bandpass = PcgBandpass(self.fs)
+        self._envelope = HomomorphicEnvelope(self.fs, float(audio.envelope_fs))
+        self.env_fs = self._envelope.fs
+        self._dec = self._envelope.decimation
+        self._detector = HeartSoundDetector(self.env_fs, envelope_delay_s())
+        self.model = model
+        if model is not None and model.fs != self.fs:
+            raise ValueError(f"heart-sound model {model.name} expects {model.fs:g} Hz audio, the stream is {self.fs:g} Hz")
+        inputs = model.card["input"] if model is not None else {}
+        self.window = int(model.window) if model is not None else int(DEFAULT_WINDOW_S * self.fs)
+        self.hop = int(inputs.get("hop") or self.window // 2) if model is not None else int(DEFAULT_HOP_S * self.fs)
+        decision = model.card.get("decision", {}) if model is not None else {}
+        self.threshold = float(decision.get("threshold", 0.5))
+        quality_n = int(QUALITY_WINDOW_S * self.fs)
+        self._audio = RingBuffer(max(self.window, quality_n) + self.hop + int(self.fs), np.float32)
+        self._env = RingBuffer((max(self.window, quality_n) + self.hop) // self._dec + 2 * int(self.env_fs), np.float64)
+        self._update_n = max(self._dec, int(round(audio.update_s * self.fs)) // self._dec * self._dec)
+        self._next_update = self._update_n
+        self._next_window = self.window
+        self._frame_start = 0  # envelope index of the next PcgMessage's first sample
+        self._s1: list[float] = []
+        self._s2: list[float] = []
+        self._jobs: list[InferenceJob] = []
+        self._window_p: list[tuple[float, float]] = []  # (P(abnormal), quality) of every window
+        self.samples = 0  # samples fed, counted from the stream's first chunk
+        self._offset: int | None = None  # stream index of internal sample 0
+        self.hr_bpm: float | None = None
+        self.quality: float | None = None
+        self.sounds = 0
+
+    @property
+    def position(self) -> int:
+        return self.samples + (self._offset or 0)
+
+    # -- feeding ------------------------------------------------------------------------
+
+    def feed(self, chunk: Chunk) -> list[Message]:
+        """Process one chunk; gaps are filled with silence (and said), overlaps dropped."""
+        out: list[Message] = []
+        if self._offset is None:
+            self._offset = chunk.start
+        x = chunk.samples[:, 0].astype(np.float32)
+        gap = chunk.start - self.position
+        if gap < 0:
+            x = x[-gap:]
+            out.append(self._gap_event(chunk, "overlap: the repeated samples were dropped"))
+        elif gap > MAX_FILL_S * self.fs:
+            self._offset += gap
+            out.append(self._gap_event(chunk, "spliced: the gap is too long to fill"))
+        elif gap > 0:
+            x = np.concatenate([np.zeros(gap, dtype=np.float32), x])
+            out.append(self._gap_event(chunk, "filled with silence"))
+        while x.size:
+            # Split at the next update or window boundary, so each is computed exactly there.
+            due = min(self._next_update, self._next_window) - self.samples
+            take = x[: max(1, due)]
+            x = x[take.size :]
+            out.extend(self._process(take))
+        return out
+
+    def _process(self, x: np.ndarray) -> list[Message]:
+        env = self._envelope(self._bandpass(x))
+        self._audio.extend(x)
+        self._env.extend(env)
+        self.samples += x.size
+        for sound in self._detector.feed(env):
+            self._sound(sound)
+        out: list[Message] = []
+        if self.samples >= self._next_window:
+            self._cut_window(self._next_window)
+            self._next_window += self.hop
+        if self.samples >= self._next_update:
+            out.append(self._update_message(self._next_update))
+            self._next_update += self._update_n
+        return out
+
+    def _sound(self, sound: HeartSound) -> None:
+        self.sounds += 1
+        t = sound.time_s + (self._offset or 0) / self.fs
+        (self._s1 if sound.kind == "S1" else self._s2).append(round(t, 3))
+
+    def _window_quality(self, end: int) -> float:
+        n = int(QUALITY_WINDOW_S * self.fs)
+        audio = self._audio.get(max(0, end - n), end)
+        env = self._env.get(max(0, end - n) // self._dec, end // self._dec)
+        if audio is None or env is None or env.size < 2:
+            return 0.0
+        return quality_index(audio, env, self.env_fs)
+
+    def _update_message(self, due: int) -> PcgMessage:
+        now_s = (due + (self._offset or 0)) / self.fs
+        self.hr_bpm = self._detector.rate_bpm(due / self.fs)
+        self.quality = round(self._window_quality(due), 3)
+        end = due // self._dec
+        env = self._env.get(self._frame_start, end)
+        env = np.zeros(0) if env is None else env
+        start = self._frame_start
+        self._frame_start = end
+        msg = PcgMessage(
+            stream=self.stream, fs=self.env_fs, start=start + (self._offset or 0) // self._dec,
+            time_s=start / self.env_fs + (self._offset or 0) / self.fs,
+            envelope=np.round(env, ENVELOPE_DECIMALS).tolist(), s1_s=self._s1, s2_s=self._s2,
+            hr_bpm=None if self.hr_bpm is None else round(self.hr_bpm, 1), quality=self.quality,
+        )
+        self._s1, self._s2 = [], []
+        return msg
+
+    # -- the heart-sound model ----------------------------------------------------------
+
+    def _cut_window(self, end: int) -> None:
+        if self.model is None:
+            return
+        window = self._audio.get(end - self.window, end)
+        quality = self._window_quality(end)
+        end_s = (end + (self._offset or 0)) / self.fs
+        self._jobs.append(InferenceJob(
+            "pcg", None if window is None else (window.astype(np.float32),),
+            lambda output, q=quality, t=end_s: self._verdict(output, q, t),
+        ))
+
+    def _verdict(self, output: Any, quality: float, end_s: float) -> list[Message]:
+        """The recording's verdict after one more window: the mean P(abnormal) of the windows
+        of acceptable quality (of all windows while none is acceptable yet)."""
+        if output is None:
+            return []
+        assert self.model is not None
+        classes = self.model.classes
+        _, _, p = softmax_label(output, classes)
+        p_abnormal = float(p[classes.index("abnormal")]) if "abnormal" in classes else float(p[-1])
+        self._window_p.append((p_abnormal, quality))
+        good = [pa for pa, q in self._window_p if q >= self.min_quality]
+        used = good or [pa for pa, _ in self._window_p]
+        mean = float(np.mean(used))
+        abnormal = mean >= self.threshold
+        return [PcgClassMessage(
+            stream=self.stream, time_s=round(end_s, 3), label="abnormal" if abnormal else "normal",
+            probability=round(mean if abnormal else 1.0 - mean, 4),
+            window_probability=round(p_abnormal, 4), windows=len(used),
+            window_quality=round(quality, 3), rejected=len(self._window_p) - len(good),
+        )]
+
+    def take_jobs(self) -> list[InferenceJob]:
+        jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def finish(self) -> list[InferenceJob]:
+        """The jobs still to run when the stream ends (windows are only cut whole)."""
+        return self.take_jobs()
+
+    # -- status -------------------------------------------------------------------------
+
+    def _gap_event(self, chunk: Chunk, how: str) -> EventMessage:
+        return EventMessage(
+            stream=self.stream, level="warning", code="discontinuity",
+            text=f"{self.stream}: audio chunk starts at sample {chunk.start}, expected {self.position}; {how}",
+        )
+
+    def status(self, source_spec: str, state: str) -> StreamStatus:
+        return StreamStatus(
+            stream=self.stream, source=source_spec, fs=self.fs, lead=self.lead, state=state,
+            samples=self.position, time_s=self.position / self.fs, beats=self.sounds, hr_bpm=self.hr_bpm,
+        )

@@ -1,0 +1,210 @@
+"""A live microphone (a digital stethoscope) through PortAudio: ``mic`` (the default input)
+or ``mic:DEVICE`` (a device index or a unique part of its name; ``ecgmon devices`` lists them).
+
+PortAudio calls ``_callback`` on its own thread for every block; the block is copied and
+handed to the event loop with ``call_soon_threadsafe``. At most ``MAX_PENDING_S`` of audio
+waits there: when the loop falls that far behind, the callback waits for room, and a real
+device then overruns its buffer, which PortAudio reports as an input overflow (an event).
+A device that stops delivering (unplugged, stream error) is an event, and the source tries
+to reopen it every ``[audio] reconnect_s``.
+
+``sounddevice`` is imported only here, when a microphone is asked for, so the daemon runs
+without PortAudio for every other source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import threading
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from ecgmon.chunk import Chunk, SourceEvent
+from ecgmon.config import Config
+from ecgmon.monitor.sources.audio_blocks import PCG_CHANNEL, PCG_FS, AudioChunker
+from ecgmon.monitor.sources.base import SourceError
+
+log = logging.getLogger("ecgmon.audio")
+
+# Audio handed to the loop but not yet processed, at most (seconds).
+MAX_PENDING_S = 2.0
+# A callback waits at most this long for room before it drops its block (counted).
+CALLBACK_WAIT_S = 0.5
+# Closing a stream whose device hangs must not hang the daemon.
+CLOSE_TIMEOUT_S = 3.0
+# Overflows are reported once, then at most every this many seconds with the count.
+OVERFLOW_REPORT_S = 10.0
+
+_FINISHED = object()  # put on the queue when PortAudio ends the stream by itself
+
+
+def import_sounddevice() -> Any:
+    """The sounddevice module, or a SourceError saying how to get PortAudio."""
+    try:
+        import sounddevice
+    except OSError as err:  # sounddevice raises OSError when libportaudio is missing
+        raise SourceError(
+            f"microphone input needs PortAudio ({err}); install libportaudio2 "
+            f"(scripts/system-deps.sh does)"
+        ) from None
+    return sounddevice
+
+
+def is_mic_spec(spec: str) -> bool:
+    return spec == "mic" or spec.startswith("mic:")
+
+
+def mic_stream_id(spec: str) -> str:
+    """``mic`` → ``mic``; ``mic:USB Stethoscope`` → ``mic-USB-Stethoscope``; ``mic:3`` → ``mic-3``."""
+    device = spec.partition(":")[2].strip()
+    tail = re.sub(r"[^A-Za-z0-9_-]+", "-", device).strip("-")
+    return f"mic-{tail}" if tail else "mic"
+
+
+def input_devices(sd: Any) -> list[dict]:
+    """PortAudio's input devices, each a dict of sounddevice's with its ``index``."""
+    return [d for d in sd.query_devices() if d["max_input_channels"] > 0]
+
+
+def resolve_device(sd: Any, device: str) -> dict:
+    """The input device of ``device`` ('' default, an index, an exact or unique partial name)."""
+    devices = input_devices(sd)
+    names = ", ".join(f"{d['index']}: {d['name']}" for d in devices) or "none"
+    if not device:
+        index = sd.default.device[0]
+        match = [d for d in devices if d["index"] == index] or devices[:1]
+        if not match:
+            raise SourceError("mic: no audio input device found (ecgmon devices lists them)")
+        return match[0]
+    if device.isdigit():
+        match = [d for d in devices if d["index"] == int(device)]
+    else:
+        match = [d for d in devices if d["name"] == device]
+        match = match or [d for d in devices if device.lower() in d["name"].lower()]
+    if len(match) != 1:
+        what = "matches several input devices" if match else "is no input device"
+        raise SourceError(f"mic:{device} {what}; input devices: {names}")
+    return match[0]
+
+
+class MicSource:
+    """Live audio from one PortAudio input device, as stream ``stream`` at 2 kHz."""
+
+    modality = "pcg"
+
+    def __init__(self, spec: str, config: Config, stream: str | None = None) -> None:
+        if not is_mic_spec(spec):
+            raise SourceError(f"'{spec}' is not a microphone spec: write mic or mic:DEVICE")
+        self.spec = spec
+        self.config = config
+        self.stream = stream or mic_stream_id(spec)
+        self.device = spec.partition(":")[2].strip()
+        self._sd = import_sounddevice()
+        info = resolve_device(self._sd, self.device)
+        self.device_name = str(info["name"])
+        self.in_fs = float(config.audio.samplerate or info["default_samplerate"])
+        self.fs = PCG_FS
+        self.lead = PCG_CHANNEL
+        self._chunker = AudioChunker(self.stream, self.in_fs, 1, config.audio, f"input device '{self.device_name}'")
+        self._room = threading.Semaphore(1)  # remade per stream in _open
+        self._closing = threading.Event()
+        self.dropped_blocks = 0
+
+    # -- PortAudio side (its callback thread) --------------------------------------------
+
+    def _open(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Any:
+        sd = self._sd
+        blocksize = max(1, round(self.config.audio.block_s * self.in_fs))
+        self._room = threading.Semaphore(max(2, round(MAX_PENDING_S / self.config.audio.block_s)))
+        self._closing.clear()
+        room, closing = self._room, self._closing
+
+        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            if closing.is_set():
+                return
+            if not room.acquire(timeout=CALLBACK_WAIT_S):
+                self.dropped_blocks += 1
+                return
+            loop.call_soon_threadsafe(queue.put_nowait, (indata[:, 0].copy(), bool(status.input_overflow)))
+
+        def finished() -> None:
+            if not closing.is_set():
+                loop.call_soon_threadsafe(queue.put_nowait, _FINISHED)
+
+        # The device is found again by name: after a replug its index may differ.
+        info = resolve_device(sd, self.device_name)
+        stream = sd.InputStream(
+            device=info["index"], channels=1, samplerate=self.in_fs, dtype="float32",
+            blocksize=blocksize, callback=callback, finished_callback=finished,
+        )
+        stream.start()
+        return stream
+
+    async def _close(self, stream: Any) -> None:
+        self._closing.set()
+        for _ in range(4):  # wake a callback waiting for room, so the stream can stop
+            self._room.release()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(stream.close, True), CLOSE_TIMEOUT_S)
+        except (asyncio.TimeoutError, self._sd.PortAudioError) as err:
+            log.warning("%s: closing input device '%s' failed: %s", self.stream, self.device_name, err or "timeout")
+
+    # -- event-loop side ------------------------------------------------------------------
+
+    def _event(self, level: str, code: str, text: str) -> SourceEvent:
+        counts = dict(self._chunker.counts)
+        if self.dropped_blocks:
+            counts["dropped_blocks"] = self.dropped_blocks
+        return SourceEvent(self.stream, level, code, f"{self.stream}: {text}", counts)  # type: ignore[arg-type]
+
+    async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
+        loop = asyncio.get_running_loop()
+        audio = self.config.audio
+        chunker = self._chunker
+        for ev in chunker.take_events():
+            yield ev
+        first = True
+        last_overflow_report = -OVERFLOW_REPORT_S
+        while True:
+            queue: asyncio.Queue = asyncio.Queue()
+            try:
+                stream = self._open(loop, queue)
+            except (self._sd.PortAudioError, SourceError) as err:
+                if first:
+                    raise SourceError(f"mic: cannot open input device '{self.device_name}': {err}") from None
+                await asyncio.sleep(audio.reconnect_s)
+                continue
+            if not first:
+                yield self._event("info", "reconnected", f"input device '{self.device_name}' is back")
+            first = False
+            try:
+                while True:
+                    try:
+                        item = await asyncio.wait_for(queue.get(), audio.stall_s)
+                    except asyncio.TimeoutError:
+                        yield self._event("error", "device_lost",
+                                          f"no audio from input device '{self.device_name}' for "
+                                          f"{audio.stall_s:g} s (unplugged?); reopening it")
+                        break
+                    if item is _FINISHED:
+                        yield self._event("error", "device_lost",
+                                          f"input device '{self.device_name}' stopped (unplugged?); reopening it")
+                        break
+                    self._room.release()
+                    block, overflow = item
+                    if overflow:
+                        chunker.counts["overflows"] = chunker.counts.get("overflows", 0) + 1
+                        now = loop.time()
+                        if now - last_overflow_report >= OVERFLOW_REPORT_S:
+                            last_overflow_report = now
+                            yield self._event("warning", "overflow",
+                                              f"input overflow: samples were lost "
+                                              f"({chunker.counts['overflows']} overflows so far)")
+                    for out in chunker.process(block):
+                        yield out
+            finally:
+                await self._close(stream)
+            await asyncio.sleep(audio.reconnect_s)

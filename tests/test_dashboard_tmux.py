@@ -32,7 +32,8 @@ class Tmux:
         conf.write_text("set -g status off\n")
         env = {"ECGMON_DATA": os.environ["ECGMON_DATA"], "PYTHONPATH": str(REPO), "LANG": "C.UTF-8",
                "TERM": "xterm-256color"}
-        shell = f"cd {shlex.quote(str(REPO))} && env {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} " \
+        # Without COLUMNS and LINES (pytest sets them), Rich asks the terminal for its size.
+        shell = f"cd {shlex.quote(str(REPO))} && env -u COLUMNS -u LINES {' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items())} " \
                 f"{shlex.join(command)}; echo \"exit=$?\"; sleep 600"
         self.tmux("-f", str(conf), "new-session", "-d", "-x", "120", "-y", "40", "-s", "main", shell)
 
@@ -103,6 +104,26 @@ def test_run_on_a_terminal_shows_the_dashboard_and_ctrl_c_stops_it(tmp_path):
         assert term.tmux("display", "-p", "-t", "main", "#{alternate_on}").strip() == "0"
     finally:
         term.close()
+
+
+def test_acknowledge_and_silence_from_the_keyboard(tmp_path):
+    """A slow heart (30 bpm) raises a bradycardia alarm in the daemon; a and s on the
+    dashboard go through the control socket and come back as published alarm changes."""
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    with daemon_process("ward=sim?hr=30&hr_std=0&ectopic=0&seed=2", 2, endpoint, control):
+        term = Tmux(tmp_path, ecgmon("dashboard", "--connect", endpoint, "--control", control,
+                                     "--user", "nurse1", "--silence-s", "90"))
+        try:
+            term.wait("an alarm", lambda s: "HIGH" in s or "MEDIUM" in s, timeout=120)
+            term.tmux("send-keys", "-t", "main", "a")
+            term.wait("the acknowledgement", lambda s: "✓ ack nurse1" in s and ": done" in s)
+            term.tmux("send-keys", "-t", "main", "s")
+            term.wait("the silence", lambda s: re.search(r"silenced 1:[23]\d", s) is not None)
+            term.tmux("send-keys", "-t", "main", "q")
+            assert term.exit_status() == 0
+        finally:
+            term.close()
 
 
 def test_dashboard_bad_endpoint_is_one_line_on_the_terminal(tmp_path):

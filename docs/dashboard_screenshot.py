@@ -1,6 +1,7 @@
 """Makes docs/dashboard.svg, the README's screenshot: a daemon replays two MIT-BIH records
-(119: ventricular bigeminy, 208: PVCs and fusion beats) and the dashboard, fed with what the
-daemon publishes over ZeroMQ, is drawn into a recording Rich console and saved as SVG.
+(119: ventricular bigeminy, 208: PVCs and fusion beats) with a PhysioNet/CinC 2016 heart-sound
+recording (a0007, normal) on the first patient, and the dashboard, fed with what the daemon
+publishes over ZeroMQ, is drawn into a recording Rich console and saved as SVG.
 
     ECGMON_DATA=../shared/data .venv/bin/python docs/dashboard_screenshot.py [SECONDS]
 """
@@ -22,6 +23,7 @@ from ecgmon.dashboard.view import Dashboard
 
 HERE = Path(__file__).resolve().parent
 RECORDS = ["bed1=mitdb:119", "bed2=mitdb:208"]
+HEART_SOUNDS = "bed1={data}/pcg2016/training-a/a0007.flac"
 
 
 def free_port() -> int:
@@ -32,8 +34,8 @@ def free_port() -> int:
 
 def main(seconds: float) -> None:
     endpoint, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    args = [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--speed", "2", "--endpoint", endpoint,
-            "--control", control]
+    args = [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--endpoint", endpoint, "--control", control,
+            "--pcg", HEART_SOUNDS.format(data=os.environ["ECGMON_DATA"])]
     for spec in RECORDS:
         args += ["--source", spec]
     daemon = subprocess.Popen(args, cwd=HERE.parent, env={**os.environ, "PYTHONPATH": str(HERE.parent)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+from pathlib import PurePath
 import time
 
 import numpy as np
@@ -72,6 +73,11 @@ def _age(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}" if seconds < 3600 else f"{seconds // 3600}h{seconds % 3600 // 60:02d}"
 
 
+def _short_sources(sources: str) -> str:
+    """Sources for a panel title: a file by its name, not its whole path."""
+    return " + ".join(PurePath(s).name if "/" in s and "://" not in s else s for s in sources.split(" + "))
+
+
 def trace_lines(trace: Trace, window_s: float, cells: int, rows: int, floor_span: float) -> list[str]:
     """Braille lines of the trace's last ``window_s`` seconds, scaled to its visible range
     (at least ``floor_span`` tall, so noise on a flat line is not blown up to full height)."""
@@ -125,7 +131,7 @@ def alarm_line(alarm: AlarmMessage, wall: float) -> Text:
     return text
 
 
-def header(v: StreamView, stale: float | None) -> Text:
+def header(v: StreamView, stale: float | None, cells: int) -> Text:
     text = Text(no_wrap=True, overflow="ellipsis")
     alarms = v.active_alarms()
     hr_style = "bold red" if alarms and alarms[0].priority == "high" and not alarms[0].suppressed else "bold green"
@@ -133,7 +139,7 @@ def header(v: StreamView, stale: float | None) -> Text:
     text.append("HR ", "dim")
     text.append(hr, hr_style)
     text.append(" bpm", "dim")
-    text.append("  rhythm ", "dim")
+    text.append("  rhythm " if cells >= 70 else "  ", "dim")  # narrow: the word goes first
     if v.rhythm is not None:
         text.append(f"{v.rhythm.label} {v.rhythm.probability * 100:.0f}%", "bold")
     else:
@@ -190,7 +196,7 @@ def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: 
     pcg_rows = 0 if v.pcg is None else min(MAX_PCG_ROWS, max(1, spare // 3))
     ecg_rows = min(MAX_ECG_ROWS, max(1, spare - pcg_rows))
     window = window_for(cells)
-    body: list[Text | Plain] = [header(v, stale)]
+    body: list[Text | Plain] = [header(v, stale, cells)]
     body.append(Plain(trace_lines(v.wave, window, cells, ecg_rows, 0.5), "dim green" if stale else "green"))
     if stale:
         body.append(Text(f"no data for {_age(stale)}", "bold red", no_wrap=True))
@@ -200,7 +206,7 @@ def stream_panel(v: StreamView, index: int, selected: bool, g: Geometry, stale: 
     body += heart_sounds(v, cells, pcg_rows, window)
     title = Text(no_wrap=True)
     title.append(f" {index + 1} {v.name} ", "bold reverse" if selected else "bold")
-    title.append(f" {v.source} {v.lead} ", "dim")
+    title.append(f" {_short_sources(v.source)} {v.lead} ", "dim")
     state = "NO DATA" if stale else v.state
     title.append(f" {state} ", "bold white on red" if stale or v.state == "failed" else "dim")
     if v.note is not None:

@@ -122,7 +122,7 @@ def test_mel_filterbank() -> None:
 def test_a_tone_lights_the_mel_bin_at_its_frequency() -> None:
     model = PcgMelCNN().eval()
     t = np.arange(WINDOW) / 2000
-    for f in (60.0, 200.0, 500.0):
+    for f in (40.0, 120.0, 300.0):
         mel = model.log_mel(torch.from_numpy(np.sin(2 * np.pi * f * t).astype(np.float32))[None])[0]
         peak = int(mel.mean(dim=1).argmax())
         centre = float((model.mel[peak] * torch.arange(N_FFT // 2 + 1) * 2000 / N_FFT).sum())

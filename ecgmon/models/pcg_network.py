@@ -30,7 +30,9 @@ N_FFT = 512
 WIN_LENGTH = 200  # 100 ms: ~10 Hz resolution, short against the ~300 ms S1-S2 interval
 STFT_HOP = 80  # 40 ms between frames: 126 frames per window
 F_MIN = 25.0  # below: handling noise and the stethoscope's own rumble
-F_MAX = 800.0  # above: hardly any heart sound or murmur energy at 2 kHz sampling
+# Above: little heart-sound or murmur energy, but each site's own noise (speech, friction,
+# the stethoscope's hiss); the daemon's heart-sound DSP keeps the same 25-400 Hz band.
+F_MAX = 400.0
 PREPROCESSING = "none: raw full-scale audio at 2 kHz (mono, resampled by the source if needed)"
 
 
@@ -67,13 +69,15 @@ def mel_filterbank(n_mels: int, n_fft: int, fs: float, f_min: float, f_max: floa
     return (bank / bank.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+def _block(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, pool: int = 2) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
         nn.BatchNorm2d(c_out),
         nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
+    ]
+    if pool > 1:
+        layers.append(nn.MaxPool2d(pool))
+    return nn.Sequential(*layers)
 
 
 class PcgMelCNN(nn.Module):
@@ -119,7 +123,11 @@ class PcgMelCNN(nn.Module):
         self.register_buffer("stft_window", torch.hann_window(WIN_LENGTH).clone())
         self.register_buffer("mel", torch.from_numpy(mel_filterbank(n_mels, N_FFT, fs, F_MIN, F_MAX)))
         c1, c2, c3, c4 = channels
-        self.conv = nn.Sequential(_block(1, c1), _block(c1, c2), _block(c2, c3), _block(c3, c4))
+        # A strided 5x5 first layer halves both axes at once: full-resolution feature maps cost
+        # more than half of a training step and add nothing the next layers need.
+        self.conv = nn.Sequential(
+            _block(1, c1, kernel=5, stride=2, pool=1), _block(c1, c2), _block(c2, c3), _block(c3, c4)
+        )
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(2 * c4, n_classes))
 
     def log_mel(self, audio: Tensor) -> Tensor:

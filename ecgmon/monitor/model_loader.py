@@ -165,9 +165,9 @@ class LoadedModel:
     """A checked, device-placed model with what its card says about its inputs and outputs.
 
     Call it with the inputs of its kind: ``(window [B, window], rr [B, len(rr_features)])``
-    for a beat model, ``(segment [B, window],)`` for a segment model, ``(audio [B, window],)`` for a
-    pcg (heart-sound) model. The first output is the
-    class logits ``[B, len(classes)]``; outputs stay on ``device``.
+    for a beat model, ``(segment [B, window],)`` for a segment model, ``(audio [B, window],)``
+    for a pcg (heart-sound) model. The first output is the class logits ``[B, len(classes)]``;
+    outputs stay on ``device``.
     """
 
     card: dict[str, Any]

@@ -305,6 +305,8 @@ def test_dashboard_shows_real_trace_hr_classes_and_alarm(record_frames):
         assert re.search(rf"\b{c}{labels.get(c, 0)}\b", text), c
     assert "V-tach 152 bpm, 9 beats" in text and "HIGH" in text and "VTACH" in text
     assert len(lines) == 40 and max(len(line) for line in lines) <= 120
+    latency = [m.latency_ms for m in msgs if isinstance(m, BeatMessage) and m.latency_ms is not None]
+    assert re.search(r"beat \d+ ms", text) and latency
 
 
 @pytest.mark.parametrize("width,height", [(80, 24), (60, 12), (250, 70)])

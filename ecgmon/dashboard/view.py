@@ -241,6 +241,10 @@ def status_lines(state: DashboardState, g: Geometry, now: float, width: int) -> 
             line.append(f" · daemon dropped {st.dropped}", "yellow" if st.dropped else "")
         if ln.latency_ms is not None:
             line.append(f" · latency {ln.latency_ms:.0f} ms")
+        # The daemon's own delay, chunk arrival to beat publication, worst stream of this link.
+        beat = [v.beat_latency_ms for v in state.streams.values() if v.link == i and v.beat_latency_ms is not None]
+        if beat:
+            line.append(f" · beat {max(beat):.0f} ms")
     second = Text(no_wrap=True, overflow="ellipsis")
     n = len(state.streams)
     if n > g.shown:

@@ -71,7 +71,7 @@ class AudioChunker:
         self.pending: list[SourceEvent] = self._start_events(channels)
 
     def _event(self, level: str, code: str, text: str) -> SourceEvent:
-        return SourceEvent(self.stream, level, code, f"{self.stream}: {text}", dict(self.counts))  # type: ignore[arg-type]
+        return SourceEvent(self.stream, level, code, text, dict(self.counts))  # type: ignore[arg-type]
 
     def _count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n

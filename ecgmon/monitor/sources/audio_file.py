@@ -94,7 +94,7 @@ class AudioFileSource:
         if declared is not None and declared > self.frames:
             self._chunker.pending.append(SourceEvent(
                 self.stream, "warning", "truncated_file",
-                f"{self.stream}: {self.path.name} is truncated: its header promises "
+                f"{self.path.name} is truncated: its header promises "
                 f"{declared / self.in_fs:.1f} s, the file holds {self.frames / self.in_fs:.1f} s",
             ))
 
@@ -115,7 +115,7 @@ class AudioFileSource:
                     except (sf.SoundFileError, RuntimeError) as err:
                         yield SourceEvent(
                             self.stream, "error", "corrupt_input",
-                            f"{self.stream}: {self.path.name} cannot be decoded after "
+                            f"{self.path.name} cannot be decoded after "
                             f"{read / self.in_fs:.1f} s ({err}); the replay ends there",
                         )
                         break

@@ -31,8 +31,10 @@ log = logging.getLogger("ecgmon.audio")
 
 # Audio handed to the loop but not yet processed, at most (seconds).
 MAX_PENDING_S = 2.0
-# A callback waits at most this long for room before it drops its block (counted).
-CALLBACK_WAIT_S = 0.5
+# A callback waits at most this long for room before it drops its block (counted and
+# reported). A real device overruns its own buffer sooner (PortAudio reports the overflow);
+# a device with no clock of its own (ALSA's file plugin in the tests) is paced by this wait.
+CALLBACK_WAIT_S = 5.0
 # Closing a stream whose device hangs must not hang the daemon.
 CLOSE_TIMEOUT_S = 3.0
 # Overflows are reported once, then at most every this many seconds with the count.
@@ -128,7 +130,8 @@ class MicSource:
             if not room.acquire(timeout=CALLBACK_WAIT_S):
                 self.dropped_blocks += 1
                 return
-            loop.call_soon_threadsafe(queue.put_nowait, (indata[:, 0].copy(), bool(status.input_overflow)))
+            block = indata[:, 0].astype(np.float32) / np.float32(32768.0)
+            loop.call_soon_threadsafe(queue.put_nowait, (block, bool(status.input_overflow)))
 
         def finished() -> None:
             if not closing.is_set():
@@ -136,8 +139,10 @@ class MicSource:
 
         # The device is found again by name: after a replug its index may differ.
         info = resolve_device(sd, self.device_name)
+        # 16-bit, what stethoscopes and USB sound cards deliver: PortAudio then converts
+        # nothing (its float path through ALSA's plug layer can skip input on some plugins).
         stream = sd.InputStream(
-            device=info["index"], channels=1, samplerate=self.in_fs, dtype="float32",
+            device=info["index"], channels=1, samplerate=self.in_fs, dtype="int16",
             blocksize=blocksize, callback=callback, finished_callback=finished,
         )
         stream.start()
@@ -158,7 +163,7 @@ class MicSource:
         counts = dict(self._chunker.counts)
         if self.dropped_blocks:
             counts["dropped_blocks"] = self.dropped_blocks
-        return SourceEvent(self.stream, level, code, f"{self.stream}: {text}", counts)  # type: ignore[arg-type]
+        return SourceEvent(self.stream, level, code, text, counts)  # type: ignore[arg-type]
 
     async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
         loop = asyncio.get_running_loop()
@@ -168,6 +173,7 @@ class MicSource:
             yield ev
         first = True
         last_overflow_report = -OVERFLOW_REPORT_S
+        reported_lost = 0
         while True:
             queue: asyncio.Queue = asyncio.Queue()
             try:
@@ -183,8 +189,11 @@ class MicSource:
             try:
                 while True:
                     try:
-                        item = await asyncio.wait_for(queue.get(), audio.stall_s)
-                    except asyncio.TimeoutError:
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                        # cancellation when the queue is never empty, and the daemon would not stop.
+                        async with asyncio.timeout(audio.stall_s):
+                            item = await queue.get()
+                    except TimeoutError:
                         yield self._event("error", "device_lost",
                                           f"no audio from input device '{self.device_name}' for "
                                           f"{audio.stall_s:g} s (unplugged?); reopening it")
@@ -197,14 +206,17 @@ class MicSource:
                     block, overflow = item
                     if overflow:
                         chunker.counts["overflows"] = chunker.counts.get("overflows", 0) + 1
-                        now = loop.time()
-                        if now - last_overflow_report >= OVERFLOW_REPORT_S:
-                            last_overflow_report = now
-                            yield self._event("warning", "overflow",
-                                              f"input overflow: samples were lost "
-                                              f"({chunker.counts['overflows']} overflows so far)")
+                    lost = chunker.counts.get("overflows", 0) + self.dropped_blocks
+                    if lost > reported_lost and loop.time() - last_overflow_report >= OVERFLOW_REPORT_S:
+                        last_overflow_report, reported_lost = loop.time(), lost
+                        yield self._event("warning", "overflow",
+                                          f"audio lost: {chunker.counts.get('overflows', 0)} device overflows, "
+                                          f"{self.dropped_blocks} blocks dropped while the daemon was behind")
                     for out in chunker.process(block):
                         yield out
+                    # A device that delivers faster than real time (or a backlog) keeps the
+                    # queue full; give the loop's other tasks their turn every block.
+                    await asyncio.sleep(0)
             finally:
                 await self._close(stream)
             await asyncio.sleep(audio.reconnect_s)

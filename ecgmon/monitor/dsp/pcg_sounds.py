@@ -3,8 +3,8 @@ adaptive threshold, S1/S2 by the cardiac cycle's asymmetry (systole, S1 to S2, i
 than diastole, S2 to S1), and the heart rate from the sounds.
 
 Pure and stateful, fed the decimated envelope chunk by chunk; the peak search is vectorised
-per chunk and Python runs once per sound. A peak is decided once ``half_window_s`` of
-envelope after it has arrived, so detection lags the sound by that much.
+per block and Python runs once per sound. A peak is decided once ``HALF_WINDOW_S`` of
+envelope after its block has arrived, so detection lags the sound by 0.16-0.36 s.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from scipy.ndimage import maximum_filter1d
 # A sound is the largest envelope value within +/- this time: shorter than any systole
 # (about 0.22 s at 180 bpm) and longer than a split S2 (up to about 0.08 s).
 HALF_WINDOW_S = 0.16
+# Sounds are decided in blocks of this length (adds up to this much to the detection delay).
+DECISION_BLOCK_S = 0.2
 # The threshold follows the last few seconds: a few cycles, short enough to follow a moved stethoscope.
 HISTORY_S = 4.0
 # Threshold between the envelope's floor (median) and its loud part (98th percentile), in the
@@ -35,9 +37,11 @@ GONE_S = 3.0
 # within CYCLE_TOL_S + CYCLE_TOL_FRACTION of the cycle.
 CYCLE_STEP_S = 0.01
 CYCLE_TOL_S, CYCLE_TOL_FRACTION = 0.04, 0.05
-# The shortest cycle scoring this fraction of the best wins (a cycle's multiples score as well).
+# The shortest cycle scoring this fraction of the best wins: a cycle's multiples score as
+# well, while systole (S1 to S2) never scores above half.
 CYCLE_PREFERENCE = 0.85
-# Below this score the rhythm is too irregular for one repeat cycle (atrial fibrillation, say).
+# When the cycle repeats less than this, the rhythm is too irregular for one repeat cycle
+# (atrial fibrillation, say).
 REGULAR_SCORE = 0.75
 
 
@@ -65,6 +69,7 @@ class HeartSoundDetector:
         self.time_offset_s = time_offset_s
         self._w = max(1, int(round(HALF_WINDOW_S * self.fs)))
         self._hist_n = int(round(HISTORY_S * self.fs))
+        self._block = max(1, int(round(DECISION_BLOCK_S * self.fs)))
         self._buf = np.zeros(0)
         self._buf_start = 0  # absolute index of _buf[0]
         self._next = 0  # first absolute index not yet decided
@@ -78,14 +83,15 @@ class HeartSoundDetector:
         env = np.asarray(env, dtype=np.float64)
         self._buf = np.concatenate([self._buf, env])
         end = self._buf_start + self._buf.size
-        # Indices whose whole +/- w neighbourhood has arrived can be decided now.
-        stop = end - self._w
         out: list[HeartSound] = []
-        if stop > self._next:
-            out = self._decide(self._next, stop)
-            self._next = stop
+        # Decide whole blocks at fixed absolute indices, each once the +/- w neighbourhood of
+        # its last sample has arrived, with a threshold from the history up to that point:
+        # so the sounds found never depend on how the envelope was chunked.
+        while self._next + self._block + self._w <= end:
+            out.extend(self._decide(self._next, self._next + self._block))
+            self._next += self._block
         # Keep the threshold's history and the neighbourhood of undecided samples.
-        keep = max(self._hist_n, end - self._next + self._w)
+        keep = max(self._hist_n, end - self._next) + self._w
         if self._buf.size > keep:
             cut = self._buf.size - keep
             self._buf = self._buf[cut:]
@@ -93,21 +99,22 @@ class HeartSoundDetector:
         return out
 
     def _decide(self, lo: int, hi: int) -> list[HeartSound]:
-        """Sounds at absolute indices [lo, hi), all of whose neighbourhoods are in the buffer."""
-        buf = self._buf
+        """Sounds at absolute indices [lo, hi); the envelope up to hi + w has arrived."""
+        stop = hi + self._w - self._buf_start
+        buf = self._buf[max(0, stop - self._hist_n - self._w) : stop]
+        first = self._buf_start + max(0, stop - self._hist_n - self._w)  # absolute index of buf[0]
         log_env = np.log(buf)
-        floor, loud = np.percentile(log_env, [50.0, 98.0])
+        floor, loud = np.percentile(log_env[-self._hist_n :], [50.0, 98.0])
         threshold = floor + THRESHOLD_FRACTION * (loud - floor)
         local_max = maximum_filter1d(buf, size=2 * self._w + 1, mode="nearest")
         # Strictly above everything just before it: a flat top counts once, at its start.
         left_max = maximum_filter1d(buf, size=self._w, origin=(self._w - 1) // 2, mode="nearest")
         left_max = np.concatenate([[-np.inf], left_max[:-1]])
-        a, b = lo - self._buf_start, hi - self._buf_start
-        seg = slice(max(a, 0), b)
+        seg = slice(max(lo - first, 0), hi - first)
         peak = (buf[seg] >= local_max[seg]) & (buf[seg] > left_max[seg]) & (log_env[seg] > threshold)
         out: list[HeartSound] = []
         for i in np.flatnonzero(peak) + seg.start:
-            out.extend(self._add_sound(int(i) + self._buf_start, float(buf[i])))
+            out.extend(self._add_sound(int(i) + first, float(buf[i])))
         return out
 
     def _add_sound(self, index: int, amplitude: float) -> list[HeartSound]:

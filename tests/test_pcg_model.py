@@ -175,3 +175,19 @@ def test_one_tiny_training_run_exports_a_model_with_fold_figures(tiny_pcg_model:
         assert sum(map(sum, fold["confusion"]["rows_reference_columns_predicted"])) == 4
     assert card["training"]["epochs"] == 1
     assert load_model(tiny_pcg_model, device="cpu").classes == ("normal", "abnormal")
+
+
+def test_cli_train_pcg_refuses_unknown_databases_and_empty_folders(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecgmon.cli import main
+
+    make_database(tmp_path / "db-d", data_dir / "pcg2016" / "training-d", 2)
+    out = str(tmp_path / "m.pt")
+    assert main(["train", "pcg", "--data", str(tmp_path), "--databases", "db-x", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "no database db-x" in err and "db-d" in err and err.count("\n") == 1
+    # One database cannot be left out of itself.
+    assert main(["train", "pcg", "--data", str(tmp_path), "--out", out]) == 2
+    assert "at least two databases" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

@@ -33,6 +33,7 @@ F_MIN = 25.0  # below: handling noise and the stethoscope's own rumble
 # Above: little heart-sound or murmur energy, but each site's own noise (speech, friction,
 # the stethoscope's hiss); the daemon's heart-sound DSP keeps the same 25-400 Hz band.
 F_MAX = 400.0
+GROUPS = 4  # channel groups of the group norms
 PREPROCESSING = "none: raw full-scale audio at 2 kHz (mono, resampled by the source if needed)"
 
 
@@ -72,7 +73,10 @@ def mel_filterbank(n_mels: int, n_fft: int, fs: float, f_min: float, f_max: floa
 def _block(c_in: int, c_out: int, kernel: int = 3, stride: int = 1, pool: int = 2) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False),
-        nn.BatchNorm2d(c_out),
+        # Group norm, not batch norm: statistics of each window, the same in training and
+        # serving. Batch norm's running statistics are those of the training databases' last
+        # batches; on a new stethoscope they are off and shift every output at once.
+        nn.GroupNorm(min(GROUPS, c_out), c_out),
         nn.ReLU(),
     ]
     if pool > 1:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -225,7 +225,7 @@ def train_and_export(data: PcgSet, out: Path, command: str, settings: PcgSetting
     folds = [run_fold(data, held, settings) for _, held in leave_one_database_out(data.databases.tolist())]
     summary = fold_summary(folds)
     n_epochs = epochs or final_epochs(folds)
-    final = PcgSettings(**{**settings.__dict__, "epochs": n_epochs})
+    final = replace(settings, epochs=n_epochs)
     set_seed(settings.seed)
     model = PcgMelCNN()
     _, history = train_pcg(model, data, final, None, desc="final model: every database")
@@ -237,7 +237,7 @@ def train_and_export(data: PcgSet, out: Path, command: str, settings: PcgSetting
         "seed": settings.seed,
         "epochs": n_epochs,
         "epochs_rule": "median of the folds' best epochs (early stopping on each held-out database)",
-        "settings": {k: v for k, v in settings.__dict__.items() if k != "progress"},
+        "settings": {k: v for k, v in asdict(settings).items() if k != "progress"},
         "history": history,
     }
     card["metrics"] = {

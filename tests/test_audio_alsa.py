@@ -20,7 +20,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from ecgmon.schema import EventMessage, PcgMessage
+from ecgmon.schema import EventMessage, PcgClassMessage, PcgMessage
+from pcg_model_helpers import tiny_pcg_model  # noqa: F401 (a fixture)
 from tests.zmq_helpers import collect_into, subscriber
 
 # pcg2016 a0001: a clean normal recording of 35 s.
@@ -110,9 +111,11 @@ def test_devices_lists_the_alsa_device(tmp_path: Path, data_dir: Path) -> None:
     assert " steth " in proc.stdout and f"{DEVICE_RATE} Hz" in proc.stdout
 
 
-async def test_heart_sounds_from_the_alsa_device_beside_ecg(tmp_path: Path, data_dir: Path, endpoint: str) -> None:
-    """ECG and heart sounds on one stream id; S1/S2 and a rate come out; a device gone
-    silent (exact zeros: unplugged or muted) is reported as a lost signal.
+async def test_heart_sounds_from_the_alsa_device_beside_ecg(
+    tmp_path: Path, data_dir: Path, endpoint: str, tiny_pcg_model: Path
+) -> None:
+    """ECG and heart sounds on one stream id; S1/S2, a rate and the heart-sound model's verdict
+    come out; a device gone silent (exact zeros: unplugged or muted) is reported as a lost signal.
 
     At the end of its input file ALSA's file plugin repeats what its buffer last held, so
     the recording is followed by a few seconds of zeros that then last for ever.
@@ -120,7 +123,10 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(tmp_path: Path, data
     raw = tmp_path / "steth.raw"
     raw.write_bytes(_raw_pcm(data_dir, silence_s=3.0))
     (tmp_path / ".asoundrc").write_text(_asoundrc(raw))
-    proc = _start(tmp_path, endpoint, "--source", "bed1=mitdb:100", "--pcg", "bed1=mic:steth", "--speed", "10")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\n')
+    proc = _start(tmp_path, endpoint, "--config", str(config), "--source", "bed1=mitdb:100",
+                  "--pcg", "bed1=mic:steth", "--speed", "10")
     try:
         msgs = await _watch(
             endpoint,
@@ -149,6 +155,10 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(tmp_path: Path, data
     assert 40 <= rate <= 120
     lost = [m for m in msgs if isinstance(m, EventMessage) and m.code == "signal_lost"]
     assert lost[0].stream == "bed1" and "exact zeros" in lost[0].text
+    verdicts = [m for m in msgs if isinstance(m, PcgClassMessage)]
+    # One verdict per 5 s window with 2.5 s hop over the recording, all from bed1's audio.
+    assert len(verdicts) >= int((duration - 5) / 2.5) and all(v.stream == "bed1" for v in verdicts)
+    assert verdicts[-1].label in ("normal", "abnormal") and 0.5 <= verdicts[-1].probability <= 1
     assert "Traceback" not in err
 
 

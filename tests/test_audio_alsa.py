@@ -85,6 +85,23 @@ def _stop(proc: subprocess.Popen) -> str:
     return err
 
 
+async def _run_until_event(home: Path, endpoint: str, code: str, args: list[str], timeout: float,
+                           before_stop=lambda: None) -> tuple[list, str]:
+    """Run the daemon until event ``code`` and an ECG beat were published; messages and stderr."""
+    proc = _start(home, endpoint, *args)
+    try:
+        msgs = await _watch(
+            endpoint,
+            lambda ms: any(isinstance(m, EventMessage) and m.code == code for m in ms)
+            and any(m.kind == "beat" for m in ms),
+            timeout,
+        )
+    finally:
+        before_stop()
+        err = _stop(proc)
+    return msgs, err
+
+
 async def _watch(endpoint: str, until, timeout: float) -> list:
     ctx, sub = await subscriber(endpoint, ("pcg.", "pcg_class.", "event.", "beat."))
     msgs: list = []
@@ -125,17 +142,11 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(
     (tmp_path / ".asoundrc").write_text(_asoundrc(raw))
     config = tmp_path / "config.toml"
     config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\n')
-    proc = _start(tmp_path, endpoint, "--config", str(config), "--source", "bed1=mitdb:100",
-                  "--pcg", "bed1=mic:steth", "--speed", "10")
-    try:
-        msgs = await _watch(
-            endpoint,
-            lambda ms: any(isinstance(m, EventMessage) and m.code == "signal_lost" for m in ms)
-            and any(m.kind == "beat" for m in ms),
-            timeout=120,
-        )
-    finally:
-        err = _stop(proc)
+    msgs, err = await _run_until_event(
+        tmp_path, endpoint, "signal_lost",
+        ["--config", str(config), "--source", "bed1=mitdb:100", "--pcg", "bed1=mic:steth", "--speed", "10"],
+        timeout=120,
+    )
     pcg = [m for m in msgs if isinstance(m, PcgMessage)]
     assert pcg, f"no pcg message: {err[-2000:]}"
     assert all(m.stream == "bed1" for m in pcg)
@@ -170,24 +181,21 @@ async def test_a_device_that_stops_delivering_is_reported(tmp_path: Path, data_d
     # Opened read-write so that neither side blocks opening it and PortAudio's probe of the
     # device at start-up finds a writer.
     fd = os.open(fifo, os.O_RDWR)
+    closed = []
+
+    def close_writer() -> None:  # the blocked read() returns, so the device can be closed
+        if not closed:
+            closed.append(os.close(fd))
+
     try:
         (tmp_path / ".asoundrc").write_text(_asoundrc(fifo))
         os.write(fd, _raw_pcm(data_dir)[: DEVICE_RATE * 2 * 3])  # 3 s, then nothing
-        proc = _start(tmp_path, endpoint, "--source", "ecg=sim", "--pcg", "bed1=mic:steth")
-        try:
-            msgs = await _watch(
-                endpoint,
-                lambda ms: any(isinstance(m, EventMessage) and m.code == "device_lost" for m in ms)
-                and any(m.kind == "beat" for m in ms),
-                timeout=60,
-            )
-        finally:
-            os.close(fd)  # the blocked read() returns, so the device can be closed
-            fd = -1
-            err = _stop(proc)
+        msgs, err = await _run_until_event(
+            tmp_path, endpoint, "device_lost", ["--source", "ecg=sim", "--pcg", "bed1=mic:steth"],
+            timeout=60, before_stop=close_writer,
+        )
     finally:
-        if fd >= 0:
-            os.close(fd)
+        close_writer()
     lost = [m for m in msgs if isinstance(m, EventMessage) and m.code == "device_lost"]
     assert lost, f"no device_lost event: {err[-2000:]}"
     assert lost[0].stream == "bed1" and "steth" in lost[0].text

@@ -558,6 +558,10 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("--channel", type=_channel, default=0, help="channel index or name")
     p.add_argument("--class-weight-power", type=float, default=0.5,
                    help="class weights ∝ count^-power (0.5: 1/sqrt(count); 1: inverse frequency)")
+    p.add_argument("--majority-fraction", type=float, default=1.0, metavar="F",
+                   help="each epoch trains on a fresh random fraction F of the commonest class (N)")
+    p.add_argument("--min-class-count", type=int, default=50, metavar="N",
+                   help="classes with fewer training examples are not learnt (weight 0)")
     p.add_argument("--rr-features", nargs="+", choices=RR_FEATURES, default=list(RR_FEATURES), metavar="NAME",
                    help=f"beat models: RR inputs, in order (of {', '.join(RR_FEATURES)})")
     p.add_argument("--jitter", type=int, default=0, metavar="SAMPLES",
@@ -598,12 +602,14 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         train, val = split_records(records, args.n_val, args.seed)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                              patience=None if args.folds else args.patience, seed=args.seed,
-                             progress=sys.stderr.isatty(), weight_power=args.class_weight_power)
+                             progress=sys.stderr.isatty(), weight_power=args.class_weight_power,
+                             majority_fraction=args.majority_fraction, min_class_count=args.min_class_count)
     # The card records the command that reproduces this model, with every choice spelled out.
     held = f"--folds {args.folds}" if args.folds else f"--val-records {' '.join(val)} --patience {args.patience}"
     command = (f"ecgmon train {args.model} --records {' '.join(train)} {held} "
                f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--seed {args.seed} --channel {args.channel} --class-weight-power {args.class_weight_power:g}")
+               f"--seed {args.seed} --channel {args.channel} --class-weight-power {args.class_weight_power:g} "
+               f"--majority-fraction {args.majority_fraction:g} --min-class-count {args.min_class_count}")
     if args.model != "segment":
         command += (f" --rr-features {' '.join(args.rr_features)} --jitter {args.jitter} "
                     f"--noise {args.noise:g}")

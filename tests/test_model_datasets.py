@@ -12,6 +12,7 @@ import wfdb
 
 from ecgmon.config import DataConfig
 from ecgmon.models.aami import CLASSES, DS1, DS2, PACED, aami_class, aami_index
+from ecgmon.models.augment import centre_crop
 from ecgmon.models.datasets import (
     SEGMENT,
     SEGMENT_STEP,
@@ -171,6 +172,15 @@ def test_windows_are_slices_of_the_causal_filter_output(beats: BeatSet, data: Da
     r = int(mine.samples[100])
     early = ECGFilter(rec.fs)(rec.signal[: r + AFTER, 0])
     np.testing.assert_allclose(mine.windows[100], early[r - BEFORE :], atol=1e-6)
+
+
+def test_a_margin_widens_each_window_around_the_same_r(beats: BeatSet, data: DataConfig) -> None:
+    wide = load_beats(["119"], data, progress=False, margin=5)
+    mine = beats.of_records(["119"])
+    assert wide.windows.shape[1] == WINDOW + 10
+    # Same beats (none of 119's sits within 5 samples of a window's reach past an end).
+    np.testing.assert_array_equal(wide.samples, mine.samples)
+    np.testing.assert_array_equal(centre_crop(wide.windows, 5), mine.windows)
 
 
 def test_beats_in_vf_episodes_are_dropped(beats: BeatSet, data: DataConfig) -> None:

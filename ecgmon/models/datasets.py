@@ -187,14 +187,14 @@ class BeatSet(_RowArrays):
         return {c: int(k) for c, k in zip(CLASSES, counts)}
 
 
-def _empty_beats() -> BeatSet:
+def _empty_beats(margin: int = 0) -> BeatSet:
     return BeatSet(
-        np.zeros((0, BEFORE + AFTER), np.float32), np.zeros((0, 7), np.float32),
+        np.zeros((0, BEFORE + AFTER + 2 * margin), np.float32), np.zeros((0, 7), np.float32),
         np.zeros(0, np.int64), np.zeros(0, dtype=str), np.zeros(0, np.int64),
     )
 
 
-def _record_beats(rid: str, rec: _Loaded) -> BeatSet:
+def _record_beats(rid: str, rec: _Loaded, margin: int = 0) -> BeatSet:
     samples, symbols = rec.ann_samples, rec.ann_symbols
     # RR intervals run over every QRS annotation (flutter waves and unclassifiable beats
     # included), as the live detector's beat sequence would, not only the labelled beats.
@@ -210,7 +210,7 @@ def _record_beats(rid: str, rec: _Loaded) -> BeatSet:
     # (they are edge beats anyway), so every training row has true intervals.
     if keep.size:
         keep[0] = keep[-1] = False
-    windows, fits = beat_windows(rec.signal, qrs_samples[keep])
+    windows, fits = beat_windows(rec.signal, qrs_samples[keep], BEFORE + margin, AFTER + margin)
     chosen = np.flatnonzero(keep)[fits]
     return BeatSet(
         windows=windows.astype(np.float32, copy=False),
@@ -227,6 +227,7 @@ def load_beats(
     channel: Channel = 0,
     dsp: DspConfig | None = None,
     progress: bool = True,
+    margin: int = 0,
 ) -> BeatSet:
     """The AAMI-labelled beats of ``records`` at their reference R peaks.
 
@@ -239,11 +240,14 @@ def load_beats(
     window reaches past either end. Q beats are kept as their own class.
 
     The detector places R at the peak of the filtered signal, 1-3 samples (3-8 ms at 360 Hz)
-    after the reference annotation; train with a few samples of random shift to absorb it.
+    after the reference annotation; train with a few samples of random shift to absorb it:
+    ``margin`` widens every window by that many samples on each side (R then at
+    ``BEFORE + margin``), so that training can cut shifted windows
+    (``ecgmon.models.augment``). Beats whose wider window does not fit are left out.
     """
-    sets = [_record_beats(rid, rec) for rid, rec in _each_record(
+    sets = [_record_beats(rid, rec, margin) for rid, rec in _each_record(
         records, data, channel, dsp, "beats", progress)]
-    return BeatSet.concat(sets) if sets else _empty_beats()
+    return BeatSet.concat(sets) if sets else _empty_beats(margin)
 
 
 # --------------------------------------------------------------------------- segments

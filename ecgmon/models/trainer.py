@@ -1,9 +1,18 @@
-"""`ecgmon train beat|beat-spectrogram|segment`: train a classifier on DS1 records, validate it
-on whole records it never saw, and export it as TorchScript with its model card."""
+"""`ecgmon train beat|beat-spectrogram|segment`: train a classifier on DS1 records, measure it
+on whole records it never saw, and export it as TorchScript with its model card.
+
+Two ways to measure, both leave-records-out:
+
+- held-out records (``val_records``): early stopping on them, their scores in the card;
+- ``folds`` k-fold by record: k models each train a fixed number of epochs on the other
+  folds' records and classify their own fold's records; the pooled predictions give the
+  card's metrics. The shipped model then trains the same fixed epochs on every record, so
+  the estimate is of exactly the procedure that made it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,17 +20,21 @@ from torch import nn
 
 from ecgmon.config import DataConfig
 from ecgmon.models.aami import CLASSES
+from ecgmon.models.augment import BeatAugment, centre_crop
 from ecgmon.models.datasets import (
     SEGMENT_CLASSES,
+    BeatSet,
+    SegmentSet,
     assert_disjoint,
     leave_records_out,
     load_beats,
     load_segments,
+    record_folds,
 )
 from ecgmon.models.export import export_torchscript
 from ecgmon.models.metrics import class_report
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, SegmentAttentionCNN, card_template
-from ecgmon.models.training import TrainSettings, fit, predict, set_seed
+from ecgmon.models.training import FitResult, TrainSettings, fit, predict, set_seed
 from ecgmon.monitor.dsp.beat_features import RR_FEATURES
 
 NAMES = {"beat": "beat-cnn-bilstm", "beat-spectrogram": "beat-spectrogram-cnn", "segment": "segment-attention-cnn"}
@@ -31,11 +44,19 @@ NAMES = {"beat": "beat-cnn-bilstm", "beat-spectrogram": "beat-spectrogram-cnn", 
 class TrainingJob:
     kind: str  # "beat", "beat-spectrogram" or "segment"
     train_records: list[str]
-    val_records: list[str]
+    val_records: list[str]  # empty with folds: the final model trains on every record
     out: Path
     command: str
     settings: TrainSettings
     channel: int | str = 0
+    folds: int = 0  # k-fold by record over train_records (0: measure on val_records)
+    rr_features: tuple[str, ...] = RR_FEATURES  # beat models: RR inputs by name, in order
+    jitter: int = 0  # beat models: random R shift in training, up to this many samples each way
+    noise: float = 0.0  # beat models: white noise in training, times the window's std
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return SEGMENT_CLASSES if self.kind == "segment" else CLASSES
 
 
 def split_records(records: list[str], n_val: int, seed: int) -> tuple[list[str], list[str]]:
@@ -44,45 +65,140 @@ def split_records(records: list[str], n_val: int, seed: int) -> tuple[list[str],
     return train, val
 
 
-def _data_and_model(job: TrainingJob, data: DataConfig):
-    """The training and held-out sets as (inputs, labels), the class names and a fresh network."""
-    records = job.train_records + job.val_records
+def load_data(job: TrainingJob, records: list[str], data: DataConfig) -> BeatSet | SegmentSet:
+    """Every record's labelled rows, beat windows ``job.jitter`` samples wider per side."""
     progress = job.settings.progress
+    if job.kind == "segment":
+        return load_segments(records, data, channel=job.channel, progress=progress)
+    return load_beats(records, data, channel=job.channel, progress=progress, margin=job.jitter)
+
+
+def _inputs(job: TrainingJob, rows: BeatSet | SegmentSet, training: bool) -> tuple[np.ndarray, ...]:
+    """The model's inputs for ``rows``: wide windows to train on (augmentation cuts them),
+    centred ones to classify; the job's RR columns."""
+    if isinstance(rows, SegmentSet):
+        return (rows.windows,)
+    windows = rows.windows if training else centre_crop(rows.windows, job.jitter)
+    columns = [RR_FEATURES.index(name) for name in job.rr_features]
+    return windows, np.ascontiguousarray(rows.rr[:, columns])
+
+
+def _new_model(job: TrainingJob, train_rr: np.ndarray | None) -> nn.Module:
     set_seed(job.settings.seed)
     if job.kind == "segment":
-        segments = load_segments(records, data, channel=job.channel, progress=progress)
-        train, val = segments.of_records(job.train_records), segments.of_records(job.val_records)
-        model: nn.Module = SegmentAttentionCNN(n_classes=len(SEGMENT_CLASSES))
-        sets = ((train.windows,), train.labels), ((val.windows,), val.labels)
-        return sets, SEGMENT_CLASSES, model, {}
-    beats = load_beats(records, data, channel=job.channel, progress=progress)
-    train, val = beats.of_records(job.train_records), beats.of_records(job.val_records)
+        return SegmentAttentionCNN(n_classes=len(SEGMENT_CLASSES))
     network = BeatCNNBiLSTM if job.kind == "beat" else BeatSpectrogramCNN
-    model = network(rr_features=len(RR_FEATURES), n_classes=len(CLASSES))
-    model.rr.set_stats(np.nanmean(train.rr, axis=0), np.nanstd(train.rr, axis=0))
-    sets = ((train.windows, train.rr), train.labels), ((val.windows, val.rr), val.labels)
-    return sets, CLASSES, model, {"rr_features": RR_FEATURES}
+    model = network(rr_features=len(job.rr_features), n_classes=len(CLASSES))
+    model.rr.set_stats(np.nanmean(train_rr, axis=0), np.nanstd(train_rr, axis=0))
+    return model
+
+
+def fit_on(
+    job: TrainingJob, rows: BeatSet | SegmentSet, train_records: list[str], val_records: list[str],
+    settings: TrainSettings | None = None,
+) -> tuple[nn.Module, FitResult]:
+    """A fresh model trained on ``train_records``' rows; ``val_records`` (may be empty) are
+    scored every epoch, and chosen on only when the settings stop early."""
+    settings = settings or job.settings
+    train = rows.of_records(train_records)
+    train_x = _inputs(job, train, training=True)
+    model = _new_model(job, train_x[1] if len(train_x) > 1 else None)
+    val_x = val_y = None
+    if val_records:
+        val = rows.of_records(val_records)
+        val_x, val_y = _inputs(job, val, training=False), val.labels
+    augment = BeatAugment(job.jitter, job.noise) if job.kind != "segment" and (job.jitter or job.noise) else None
+    result = fit(model, train_x, train.labels, val_x, val_y, len(job.classes), settings, augment)
+    return model, result
+
+
+@dataclass
+class CrossValidation:
+    """Pooled and per-fold reports of a k-fold by record, and each fold's history."""
+
+    pooled: dict
+    folds: list[dict] = field(default_factory=list)
+
+
+def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[str]) -> CrossValidation:
+    """k models, each trained a fixed ``settings.epochs`` on the other folds' records and
+    run on its own fold's; metrics per fold and over all folds' predictions pooled."""
+    settings = replace(job.settings, patience=None)
+    labels, probabilities, folds = [], [], []
+    for i, (train, val) in enumerate(record_folds(records, job.folds, job.settings.seed)):
+        assert_disjoint(train, val)
+        model, result = fit_on(job, rows, train, val, settings)
+        held = rows.of_records(val)
+        p = predict(model, _inputs(job, held, training=False))
+        labels.append(held.labels)
+        probabilities.append(p)
+        report = class_report(held.labels, p, job.classes)
+        folds.append({"fold": i + 1, "records": val, **_summary(report), "history": result.history})
+    pooled = class_report(np.concatenate(labels), np.concatenate(probabilities), job.classes)
+    return CrossValidation(pooled, folds)
+
+
+def _summary(report: dict) -> dict:
+    """A fold's report without its confusion matrix (the pooled one carries that)."""
+    return {k: v for k, v in report.items() if k != "confusion"}
 
 
 def train_model(job: TrainingJob, data: DataConfig) -> dict:
-    """Train, validate on the held-out records, export; returns the model card written."""
+    """Measure (held-out records or k-fold), train the model to ship, export; returns the card."""
     assert_disjoint(job.train_records, job.val_records)
-    ((train_x, train_y), (val_x, val_y)), classes, model, card_extra = _data_and_model(job, data)
-    result = fit(model, train_x, train_y, val_x, val_y, len(classes), job.settings)
-    card = card_template(model, NAMES[job.kind], classes=classes, **card_extra)
-    card["training"] = {
+    records = job.train_records + job.val_records
+    rows = load_data(job, records, data)
+    card_training: dict = {
         "command": job.command,
         "records": sorted(job.train_records),
         "validation_records": sorted(job.val_records),
         "seed": job.settings.seed,
+        "channel": job.channel,
+        **({"augmentation": {"r_jitter_samples": job.jitter, "noise_std_fraction": job.noise}}
+           if job.kind != "segment" else {}),
+        "class_weight_power": job.settings.weight_power,
+        "majority_fraction": job.settings.majority_fraction,
+        "min_class_count": job.settings.min_class_count,
+    }
+    if job.folds:
+        if job.val_records:
+            raise ValueError("k-fold measures on the training records themselves: give no validation records")
+        cv = cross_validate(job, rows, job.train_records)
+        metrics = {
+            "evaluation": (
+                f"leave-records-out {job.folds}-fold cross-validation over the training records "
+                f"(each fold's records classified by a model trained on the other folds' records "
+                f"only, {job.settings.epochs} epochs each; predictions of all folds pooled), "
+                f"reference R peaks and labels"
+            ),
+            "records": sorted(job.train_records),
+            **cv.pooled,
+            "folds": cv.folds,
+        }
+        settings = replace(job.settings, patience=None)
+        model, result = fit_on(job, rows, job.train_records, [], settings)
+        card_training["final_model"] = (
+            f"trained on all {len(job.train_records)} records for a fixed {job.settings.epochs} epochs "
+            f"(cosine learning-rate decay), as each fold's model was: no early stopping"
+        )
+    else:
+        model, result = fit_on(job, rows, job.train_records, job.val_records)
+        val = rows.of_records(job.val_records)
+        metrics = {
+            "evaluation": "held-out whole records (leave-records-out within DS1), reference annotations",
+            "records": sorted(job.val_records),
+            **class_report(val.labels, predict(model, _inputs(job, val, training=False)), job.classes),
+        }
+        card_training["best_epoch"] = result.best_epoch
+    train_labels = rows.of_records(job.train_records).labels
+    counts = np.bincount(train_labels, minlength=len(job.classes))
+    card_training.update({
         "epochs_run": len(result.history),
-        "best_epoch": result.best_epoch,
-        "class_counts": {c: int(n) for c, n in zip(classes, np.bincount(train_y, minlength=len(classes)))},
+        "class_counts": {c: int(n) for c, n in zip(job.classes, counts)},
         "history": result.history,
-    }
-    card["metrics"] = {
-        "evaluation": "held-out whole records (leave-records-out within DS1), reference annotations",
-        "records": sorted(job.val_records),
-        **class_report(val_y, predict(model, val_x), classes),
-    }
+    })
+    extra = {} if job.kind == "segment" else {"rr_features": job.rr_features}
+    card = card_template(model, NAMES[job.kind], classes=job.classes, **extra)
+    card["training"] = card_training
+    card["metrics"] = metrics
     return export_torchscript(model, job.out, card)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+from pathlib import Path
 import re
 import signal
 import sys
@@ -443,8 +444,10 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                    help="chunk length of the replay (results do not depend on it; default 10)")
     q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
     q.set_defaults(func=cmd_evaluate_qrs)
+    add_evaluate_beats(kinds, common)
     add_evaluate_model(kinds, common)
     add_evaluate_pcg(kinds, common)
+    add_evaluate_alarms(kinds, common)
 
 
 def _database_records(db: str, config: Config) -> list[str]:
@@ -467,11 +470,7 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
         ("--loop", "replay", "loop", False),
         ("--channel", "replay", "channel", args.channel),
     ])
-    specs = [r if (":" in r or r.endswith(".hea") or not args.db) else f"{args.db}:{r}" for r in args.records]
-    if args.db and not args.records:
-        specs = _database_records(args.db, config)
-    if not specs:
-        raise CommandError("name the records to evaluate, or a database with --db (e.g. --db mitdb)")
+    specs = _evaluation_specs(args, config)
     results, failed = [], 0
     with Progress(console=_stderr(), transient=True) as progress:
         task = progress.add_task("evaluating", total=len(specs))
@@ -490,6 +489,136 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
         console = Console()
         for part in render(result):
             console.print(part)
+    return 1 if failed else 0
+
+
+def _evaluation_specs(args: argparse.Namespace, config: Config) -> list[str]:
+    specs = [r if (":" in r or r.endswith(".hea") or not args.db) else f"{args.db}:{r}" for r in args.records]
+    if args.db and not args.records:
+        specs = _database_records(args.db, config)
+    if not specs:
+        raise CommandError("name the records to evaluate, or a database with --db (e.g. --db mitdb)")
+    return specs
+
+
+def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    b = kinds.add_parser(
+        "beats", parents=[common], help="EC57 V and S statistics of the live beat classes",
+        description="Replay records through the streaming pipeline with the beat model (detector, "
+                    "live windows and RR features, classifier) and score the classified beats against "
+                    "the reference: EC57 V and S Se, +P, false-positive rate, and the gross N/S/V/F/Q "
+                    "confusion, separately over the records the model never trained on. The paced "
+                    "records (102 104 107 217) are left out of --db, as EC57 leaves them out.",
+    )
+    b.add_argument("records", nargs="*", metavar="RECORD",
+                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
+    b.add_argument("--db", help="a PhysioNet database: all its records")
+    b.add_argument("--model", help="beat model file (default: [models] beat of the config)")
+    b.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    b.set_defaults(func=cmd_evaluate_beats)
+
+
+def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
+    from rich.progress import Progress
+
+    from ecgmon.models.aami import PACED
+    from ecgmon.models.beat_evaluation import evaluate_record, record_id, render, summary
+    from ecgmon.monitor.model_loader import ModelError, load_model
+    from ecgmon.monitor.model_set import model_path
+
+    config = _override(config, [("--channel", "replay", "channel", args.channel)])
+    specs = _evaluation_specs(args, config)
+    if args.db and not args.records:
+        specs = [s for s in specs if record_id(s) not in PACED]
+    setting = args.model or config.models.beat
+    if not setting:
+        raise CommandError("no beat model: give --model FILE or set [models] beat in the config")
+    try:
+        model = load_model(model_path(setting), config.models.device)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
+    if model.kind != "beat":
+        raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
+    results, failed = [], 0
+    with Progress(console=_stderr(), transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"classifying {spec}")
+            try:
+                results.append(evaluate_record(spec, config, model))
+            except SourceError as err:
+                failed += 1
+                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
+            progress.advance(task)
+    result = summary(results, model)
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 1 if failed else 0
+
+
+def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    a = kinds.add_parser(
+        "alarms", parents=[common], help="alarm episode sensitivity, false alarms per hour, delays",
+        description="Replay records through the whole pipeline with the configured models and score "
+                    "the alarms (without latching) against the reference: V-tach ((VT of >= 5 beats), "
+                    "VF/flutter, A-fib episodes, and asystole/extreme brady/tachy from the reference "
+                    "beats: per kind episode sensitivity, false alarms per hour, onset-to-alarm delays, "
+                    "over all records and over those the beat model never trained on. With --noise, "
+                    "nstdb noise is added the nst way (2 min on/off after 5 min).",
+    )
+    a.add_argument("records", nargs="*", metavar="RECORD",
+                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
+    a.add_argument("--db", help="a PhysioNet database: all its records")
+    a.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+    a.add_argument("--noise", choices=["em", "ma", "bw"], help="add this nstdb noise record")
+    a.add_argument("--snr", type=float, default=6.0, help="SNR of the added noise, dB (default 6)")
+    a.add_argument("--out", default="eval/alarms", metavar="DIR",
+                   help="where metrics.json and alarms.png go (default eval/alarms)")
+    a.set_defaults(func=cmd_evaluate_alarms)
+
+
+def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
+    from rich.progress import Progress
+
+    from ecgmon.monitor.alarm_evaluation import evaluate_record, summary
+    from ecgmon.monitor.alarm_report import plot, render
+    from ecgmon.monitor.model_set import load_models
+    from ecgmon.monitor.noise_stress import NoiseStress
+
+    config = _override(config, [("--channel", "replay", "channel", args.channel)])
+    specs = _evaluation_specs(args, config)
+    models, errors = load_models(config.models)
+    for error in errors:
+        _stderr().print(Text(f"warning: {error}", style="yellow"), soft_wrap=True)
+    noise = NoiseStress(args.noise, args.snr) if args.noise else None
+    results, failed = [], 0
+    with Progress(console=_stderr(), transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"alarms of {spec}")
+            try:
+                results.append(evaluate_record(spec, config, models, noise=noise))
+            except SourceError as err:
+                failed += 1
+                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
+            progress.advance(task)
+    if not results:
+        raise CommandError("no record could be evaluated")
+    result = summary(results, models, noise)
+    result["command"] = {"records": specs, "channel": config.replay.channel, "out": args.out,
+                         "noise": args.noise, "snr_db": args.snr if args.noise else None}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "alarms.png")
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'alarms.png'}")
     return 1 if failed else 0
 
 

@@ -272,6 +272,18 @@ class Daemon:
             await asyncio.sleep(period)
             self._publish(self.status_message())
 
+    async def _signal_loss_loop(self) -> None:
+        """Signal loss is the one alarm without samples to trigger it: ask each running ECG
+        stream's engine on the wall clock (a silent source yields nothing to feed)."""
+        period = min(1.0, self.config.alarms.signal_loss_s / 4)
+        while True:
+            await asyncio.sleep(period)
+            for st in self._streams.values():
+                alarms = getattr(st.pipeline, "alarms", None)
+                if st.state == "running" and alarms is not None:
+                    for msg in alarms.check_signal_loss(time.time()):
+                        self._publish(msg)
+
     async def run(self) -> None:
         if self.publisher is None:
             pc = self.config.publisher
@@ -280,6 +292,7 @@ class Daemon:
         self._start_batchers()
         self._publish(self.status_message())
         status = asyncio.create_task(self._status_loop(), name="status")
+        loss = asyncio.create_task(self._signal_loss_loop(), name="signal loss")
         tasks = [
             asyncio.create_task(self._run_source(src), name=f"source {src.stream}")
             for src in self.sources
@@ -289,9 +302,9 @@ class Daemon:
             await self._drain_jobs()
         finally:
             # Reached on the end of all streams and on cancellation (Ctrl-C) alike.
-            for t in [status, *tasks]:
+            for t in [status, loss, *tasks]:
                 t.cancel()
-            await asyncio.gather(status, *tasks, return_exceptions=True)
+            await asyncio.gather(status, loss, *tasks, return_exceptions=True)
             for batcher in self._batchers.values():
                 await batcher.close()
             await asyncio.sleep(0)  # let the jobs the close failed finish, unclassified

@@ -36,6 +36,9 @@ VF_LEAKAGE = 0.5
 BEAT_KINDS = ("vtach", "pvc_run", "couplet", "bigeminy", "trigeminy", "brady", "tachy", "hr_low", "hr_high", "afib")
 SIGNAL_KINDS = ("asystole", "vfib") + TECHNICAL
 MAX_PENDING = 64
+# A detected beat whose class has not come back after this much signal time is given up on
+# (its job failed or was dropped); until then beat alarms are not cleared past it.
+UNCLASSIFIED_STALE_S = 30.0
 
 
 class AlarmEngine:
@@ -62,6 +65,7 @@ class AlarmEngine:
         self._shapes: dict[int, tuple[Morphology, np.ndarray]] = {}
         self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
         self._prev_detected: int | None = None
+        self._unclassified: dict[int, None] = {}  # R samples detected, class not yet known (in order)
         self._technical: deque[tuple[float, float]] = deque(maxlen=256)  # spans of technical trouble
         self._last_wall: float | None = None
         self._prev_beat_t: float | None = None
@@ -96,6 +100,7 @@ class AlarmEngine:
                 self._detected[self._prev_detected] = det
             self._prev_detected = r
             self._undone.append((r, det))
+            self._unclassified[r] = None
         while self._next_check <= self._end:
             e = self._next_check
             # Beats known by sample e count for asystole at e.
@@ -146,9 +151,20 @@ class AlarmEngine:
         out = self._apply(obs)
         out += self.book.tick(t, SIGNAL_KINDS)
         # Beat kinds clear on the signal clock too (no beats: nothing else would end them),
-        # with the classifier's wait added so a beat on its way is not overtaken.
-        out += self.book.tick(t - CLASSIFY_WAIT_S, BEAT_KINDS)
+        # but never past a beat whose class is still on its way: the classifier may answer
+        # seconds late (a busy batcher, a fast replay), and that beat may carry the condition on.
+        out += self.book.tick(min(t - CLASSIFY_WAIT_S, self._oldest_unclassified(t)), BEAT_KINDS)
         return out
+
+    def _oldest_unclassified(self, t: float) -> float:
+        """Signal time of the oldest beat still waiting for its class (``inf`` if none)."""
+        stale = round((t - UNCLASSIFIED_STALE_S) * self.fs)
+        while self._unclassified:
+            r = next(iter(self._unclassified))
+            if r >= stale:
+                return r / self.fs
+            del self._unclassified[r]
+        return float("inf")
 
     def _mark_technical(self, a: float, b: float) -> None:
         if self._technical and a <= self._technical[-1][1]:
@@ -211,8 +227,10 @@ class AlarmEngine:
         if shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
+        self._unclassified.pop(msg.sample, None)
         obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong), t_known)
-        return self._apply(obs)
+        # Beat conditions end on the beats' own clock, however late the classes came.
+        return self._apply(obs) + self.book.tick(t_known - CLASSIFY_WAIT_S, BEAT_KINDS)
 
     # -- wall clock and people ---------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """The training loop shared by every ecgmon network: class-weighted cross-entropy, early
-stopping on held-out records, fixed seeds and a rich progress display."""
+stopping on held-out records or a fixed epoch count with cosine decay, optional batch
+augmentation and N-beat subsampling, fixed seeds and a rich progress display."""
 
 from __future__ import annotations
 

@@ -154,7 +154,7 @@ class ModelsConfig(_Section):
     # relative paths are taken from the ecgmon package's shipped weights. Empty: not used.
     beat: str = "beat-cnn-bilstm.pt"
     segment: str = "segment-attention-cnn.pt"
-    pcg: str = ""
+    pcg: str = "pcg-mel-cnn.pt"
 
 
 # The alarm kinds the engine raises (ecgmon.monitor.alarms.kinds has their priorities).

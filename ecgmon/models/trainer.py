@@ -93,7 +93,7 @@ def _new_model(job: TrainingJob, train_rr: np.ndarray | None) -> nn.Module:
     return model
 
 
-def fit_on(
+def _fit_on(
     job: TrainingJob, rows: BeatSet | SegmentSet, train_records: list[str], val_records: list[str],
     settings: TrainSettings | None = None,
 ) -> tuple[nn.Module, FitResult]:
@@ -127,7 +127,7 @@ def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[s
     labels, probabilities, folds = [], [], []
     for i, (train, val) in enumerate(record_folds(records, job.folds, job.settings.seed)):
         assert_disjoint(train, val)
-        model, result = fit_on(job, rows, train, val, settings)
+        model, result = _fit_on(job, rows, train, val, settings)
         held = rows.of_records(val)
         p = predict(model, _inputs(job, held, training=False))
         labels.append(held.labels)
@@ -176,13 +176,13 @@ def train_model(job: TrainingJob, data: DataConfig) -> dict:
             "folds": cv.folds,
         }
         settings = replace(job.settings, patience=None)
-        model, result = fit_on(job, rows, job.train_records, [], settings)
+        model, result = _fit_on(job, rows, job.train_records, [], settings)
         card_training["final_model"] = (
             f"trained on all {len(job.train_records)} records for a fixed {job.settings.epochs} epochs "
             f"(cosine learning-rate decay), as each fold's model was: no early stopping"
         )
     else:
-        model, result = fit_on(job, rows, job.train_records, job.val_records)
+        model, result = _fit_on(job, rows, job.train_records, job.val_records)
         val = rows.of_records(job.val_records)
         metrics = {
             "evaluation": "held-out whole records (leave-records-out within DS1), reference annotations",

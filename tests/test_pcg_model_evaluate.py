@@ -72,6 +72,7 @@ def test_evaluate_scores_every_usable_recording_and_warns_about_the_rest(
     ]
     assert overall["macc"] == pytest.approx((overall["se"] + overall["sp"]) / 2, abs=1e-4)
     assert set(result["databases"]) == {"site-1", "site-2"}
+    assert result["trained_on"] == []  # the tiny model trained on db-a and db-b
     assert sum(d["n"] for d in result["databases"].values()) == overall["n"] == 5
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["overall"] == overall
@@ -96,6 +97,11 @@ def test_cli_evaluate_pcg(tmp_path: Path, data_dir: Path, tiny_pcg_model: Path,
                  "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "MAcc" in out and "confusion" in out
+    assert "flatter" not in out
+    make_database(tmp_path / "db-a", data_dir / "pcg2016" / "training-d", 2)  # a name it trained on
+    assert main(["evaluate", "pcg", str(tmp_path / "db-a"), "--model", str(tiny_pcg_model),
+                 "--out", str(tmp_path / "out2"), "--device", "cpu"]) == 0
+    assert "the model trained on db-a" in capsys.readouterr().out
     assert main(["evaluate", "pcg", str(tmp_path / "nowhere"), "--model", str(tiny_pcg_model)]) == 2
     err = capsys.readouterr().err
     assert "not a folder of recordings" in err and err.count("\n") == 1

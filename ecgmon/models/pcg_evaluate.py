@@ -139,6 +139,8 @@ def evaluate_pcg(root: str | Path, model_path: str | Path, out: str | Path | Non
         "command": f"ecgmon evaluate pcg {root} --model {model_path} --out {out_dir}",
         "decision": model.card["decision"],
         "overall": overall,
+        # A database the model trained on flatters it: only the others measure generalisation.
+        "trained_on": sorted(set(dbs.tolist()) & set((model.card.get("training") or {}).get("databases") or [])),
         "databases": {db: binary_report(labels[dbs == db], scores[dbs == db], threshold)
                       for db in sorted(set(dbs.tolist()))},
         "recordings": [r.__dict__ for r in results],
@@ -169,4 +171,8 @@ def render(result: dict[str, Any]) -> list[RenderableType]:
         cm.add_column(name, justify="right")
     for name, row in zip(CLASSES, result["overall"]["confusion"]["rows_reference_columns_predicted"]):
         cm.add_row(name, *(str(v) for v in row))
-    return [table, cm, Text(f"wrote {result['out']}: metrics.json {' '.join(result['plots'])}")]
+    parts: list[RenderableType] = [table, cm]
+    if result["trained_on"]:
+        parts.append(Text(f"the model trained on {', '.join(result['trained_on'])} (same folder names): "
+                          "those figures flatter it; a database it never saw is what counts", style="yellow"))
+    return parts + [Text(f"wrote {result['out']}: metrics.json {' '.join(result['plots'])}")]

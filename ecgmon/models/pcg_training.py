@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PcgSettings:
+    """Everything a PCG training run depends on besides the data (recorded in the card)."""
+
     epochs: int = 15
     batch_size: int = 64
     lr: float = 2e-3
@@ -41,8 +43,9 @@ class PcgSettings:
     patience: int = 4  # epochs without a better held-out MAcc before a fold stops
     seed: int = 1
     progress: bool = True
-    # Gain is removed inside the model (RMS, then per-bin medians of a log spectrogram), so
-    # the scaling mostly moves the audio against the noise added after it.
+    # Random gain of up to this many dB each way. The model divides by the RMS first, so the
+    # gain is invisible to it (tests/test_pcg_model.py checks that); it stays because it is
+    # part of the random stream that the card's command reproduces.
     gain_db: float = 12.0
     # White noise at a random SNR in [noise_snr_db, noise_snr_db + 30] dB on most crops:
     # stethoscopes and sites differ in their noise floor as much as in their frequency

@@ -4,7 +4,8 @@ baseline wander) scaled to a signal-to-noise ratio, added in alternating two-min
 segments after the first five minutes, as the ``nst`` program builds 118e06, 119e00, ….
 
 The SNR follows ``nst``: the signal's power is that of a sine with the median
-peak-to-peak amplitude of the QRS complexes (ptp² / 8), the noise's is its mean square.
+peak-to-peak amplitude of the QRS complexes (ptp² / 8), the noise's is its mean square
+over the samples it is added to.
 """
 
 from __future__ import annotations
@@ -55,11 +56,12 @@ def add_noise(
     r = r_samples[(r_samples >= half) & (r_samples < n - half)]
     for ch in range(out.shape[1]):
         zc = z[:, ch % z.shape[1]]
-        zc = zc - zc.mean()
+        zc = zc - zc[mask].mean() if mask.any() else zc
         ptp = [np.ptp(out[k - half : k + half, ch]) for k in r[:: max(1, r.size // 500)]]
-        if not ptp or not zc.any():
+        if not ptp or not mask.any() or not zc[mask].any():
             continue
         power = float(np.median(ptp)) ** 2 / 8.0
-        gain = np.sqrt(power / float(np.mean(zc**2)) / 10 ** (stress.snr_db / 10.0))
+        # The noise's power where it is added, so the SNR holds for what the record gets.
+        gain = np.sqrt(power / float(np.mean(zc[mask] ** 2)) / 10 ** (stress.snr_db / 10.0))
         out[:, ch] += gain * zc * mask
     return out.astype(np.float32), mask

@@ -18,18 +18,26 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgmon.config import AlarmsConfig
+from ecgmon.monitor.alarms.morphology import Morphology
 from ecgmon.monitor.alarms.observation import Observation
 
 # A beat the model does not call V still counts as ventricular when its QRS is this much
 # wider than the patient's normal template (V median 5x, normal 95th percentile 1.5x on
 # MIT-BIH) or correlates this poorly with it.
 WIDE_RATIO = 1.6
-# "Clearly wide": beyond every normal beat's width ratio seen on MIT-BIH (99th pct ~2).
-STRONG_WIDE_RATIO = 2.5
 LOW_CORRELATION = 0.6
-# At least this share of a V-tach run's beats must be V to the model or clearly wide: a
-# shape merely unlike the template (low correlation) fills gaps in a run, it does not make one.
-VTACH_LABEL_SHARE = 0.5
+# A wide beat is clearly ventricular when its shape also differs from the template beyond
+# what normal beats show (Morphology.difference). On MIT-BIH the normal beats of clean
+# records stay below 0.4 (99th percentile 0.24-0.43 per record), ventricular beats mostly
+# above (5th percentile 0.33-0.75). Width alone is not enough: on some leads (record 215)
+# the measured width of normal beats flips between 60 and 170 ms as a small S wave crosses
+# the width threshold, while their shape stays that of the template.
+DIFFERENT = 0.4
+# At least this share of a V-tach run's beats must be clearly ventricular (V to the model,
+# or wide and different): a shape merely unlike the template (low correlation) fills gaps
+# in a run, it does not make one. Clearly ventricular beats the model calls N (slow,
+# alternating-morphology V-tach of record 223) still count.
+VTACH_STRONG_SHARE = 0.5
 # Beats for the user HR limits (the displayed HR's span).
 HR_BEATS = 9
 # Atrial fibrillation: irregularity of the RR intervals not touching a ventricular beat.
@@ -48,15 +56,18 @@ class BeatInfo:
     t: float  # signal time of the R peak
     label: str | None
     ventricular: bool
-    strong: bool = False  # V to the model, or a clearly wide QRS (not merely a different shape)
+    strong: bool = False  # V to the model, or wide and unlike the template (not merely a different shape)
 
 
-def is_ventricular(label: str | None, width_ratio: float | None, correlation: float | None) -> tuple[bool, bool]:
-    """(ventricular, strong): V to the model or unlike the template; V or clearly wide."""
-    wide = width_ratio is not None and width_ratio > WIDE_RATIO
-    odd = correlation is not None and correlation < LOW_CORRELATION
-    strong = width_ratio is not None and width_ratio > STRONG_WIDE_RATIO
-    return label == "V" or wide or odd, label == "V" or strong
+def is_ventricular(label: str | None, morph: Morphology | None) -> tuple[bool, bool]:
+    """(ventricular, strong): V to the model or unlike the template; V, or wide and unlike it."""
+    if morph is None or morph.width_ratio is None:
+        return label == "V", label == "V"
+    wide = morph.width_ratio > WIDE_RATIO
+    odd = morph.correlation is not None and morph.correlation < LOW_CORRELATION
+    different = morph.difference is not None and morph.difference > DIFFERENT
+    strong = label == "V" or (wide and different)
+    return strong or odd, strong
 
 
 class BeatRhythm:
@@ -98,12 +109,8 @@ class BeatRhythm:
         run = self._run
         n = len(run)
         rate = _rate(run)
-        # Without a model the morphology alone decides; with one, most of the run must be V
-        # to it. (Counting clearly wide non-V beats as well recovered record 223's slow
-        # V-tach but raised 75 false V-tach alarms on record 215: the width cue is too
-        # unreliable to make a run on its own.)
-        share = sum(b.label == "V" if b.label is not None else b.strong for b in run) / n
-        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and share >= VTACH_LABEL_SHARE:
+        share = sum(b.strong for b in run) / n
+        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and share >= VTACH_STRONG_SHARE:
             self._run_was_vtach = True
             return [Observation("vtach", t, True, run[0].t, f"V-tach {rate:.0f} bpm, {n} beats", round(rate, 1))]
         return []

@@ -220,7 +220,7 @@ class AlarmEngine:
         nxt = self._detected.pop(msg.sample, None)
         # When the live pipeline knows the class: at the next beat's detection, or after the wait.
         t_known = min(nxt / self.fs, t + CLASSIFY_WAIT_S) if nxt is not None else t + CLASSIFY_WAIT_S
-        ventricular, strong = is_ventricular(msg.label, morph.width_ratio if morph else None, morph.correlation if morph else None)
+        ventricular, strong = is_ventricular(msg.label, morph)
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < 0.2 * self._prev_rr

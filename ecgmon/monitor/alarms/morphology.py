@@ -37,6 +37,11 @@ class Morphology:
     correlation: float | None
     width_s: float
     width_ratio: float | None
+    # The part of the complex the template cannot explain once its amplitude is matched:
+    # sqrt(1 - cos²) of the baseline-removed complexes (0 the same shape, 1 orthogonal).
+    # Unlike the width it has no threshold to flip over, and unlike Pearson's correlation
+    # over the window it is not dominated by the one large deflection both complexes share.
+    difference: float | None = None
 
 
 def qrs_width(w: np.ndarray, fs: float) -> float:
@@ -47,6 +52,15 @@ def qrs_width(w: np.ndarray, fs: float) -> float:
         return 0.0
     above = np.flatnonzero(a >= WIDTH_FRACTION * peak)
     return float(above[-1] - above[0] + 1) / fs
+
+
+def _difference(w: np.ndarray, template: np.ndarray) -> float | None:
+    a, b = w - np.median(w), template - np.median(template)
+    den = float(np.sqrt((a @ a) * (b @ b)))
+    if den <= 0:
+        return None
+    cos = float(a @ b) / den
+    return float(np.sqrt(max(0.0, 1.0 - cos * cos)))
 
 
 class MorphologyTracker:
@@ -78,7 +92,7 @@ class MorphologyTracker:
         centre = seg[self.shift : self.shift + n]
         width = qrs_width(centre, self.fs)
         if self._template is None or self._normals < 5:
-            return Morphology(None, width, None), centre
+            return Morphology(None, width, None, None), centre
         # Best Pearson correlation over small shifts, all shifts at once as a strided view.
         views = np.lib.stride_tricks.sliding_window_view(seg, n)
         v = views - views.mean(axis=1, keepdims=True)
@@ -88,7 +102,7 @@ class MorphologyTracker:
             corr = np.where(denom > 0, (v @ t) / denom, 0.0)
         best = int(np.argmax(corr))
         ratio = width / self._template_width if self._template_width > 0 else None
-        return Morphology(float(corr[best]), width, ratio), views[best]
+        return Morphology(float(corr[best]), width, ratio, _difference(views[best], self._template)), views[best]
 
     def learn(self, complex_: np.ndarray) -> None:
         """Fold a normal, regular beat's complex into the template."""

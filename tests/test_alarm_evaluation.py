@@ -1,0 +1,150 @@
+"""`ecgmon evaluate alarms`: reference episodes from MIT-BIH annotations, scoring of alarm
+spans on hand-made episodes, nstdb-style noise at a given SNR, and a slice of record 207
+through the whole pipeline with the shipped models (its ventricular flutter found)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecgmon.cli import main
+from ecgmon.config import AlarmsConfig, Config, DataConfig
+from ecgmon.monitor.alarm_evaluation import (
+    AlarmSpan, Episode, acceptance, beat_episodes, evaluate_record, reference_episodes, rhythm_episodes, score,
+    summary,
+)
+from ecgmon.monitor.alarm_report import plot, render
+from ecgmon.monitor.model_set import load_models
+from ecgmon.monitor.noise_stress import NoiseStress, add_noise, noise_mask
+from ecgmon.replay.records import load_record
+
+FS = 360.0
+
+
+def test_rhythm_episodes_keep_vt_of_five_beats_and_flutter() -> None:
+    # (N, then (VT with 4 beats, (N, (VT with 6 beats, (VFL, (N
+    samples, symbols, aux = [], [], []
+
+    def mark(t: float, name: str) -> None:
+        samples.append(round(t * FS)); symbols.append("+"); aux.append(name)
+
+    def beats(t0: float, n: int, rr: float, sym: str) -> None:
+        for i in range(n):
+            samples.append(round((t0 + i * rr) * FS)); symbols.append(sym); aux.append("")
+
+    mark(0, "(N"); beats(0.5, 10, 0.8, "N")
+    mark(9.0, "(VT"); beats(9.1, 4, 0.4, "V")
+    mark(10.8, "(N"); beats(11.0, 5, 0.8, "N")
+    mark(15.0, "(VT"); beats(15.1, 6, 0.4, "V")
+    mark(17.6, "(VFL"); mark(25.0, "(N"); beats(25.2, 5, 0.8, "N")
+    eps = rhythm_episodes(np.array(samples), symbols, aux, FS, 30.0)
+    kinds = [(e.kind, round(e.onset_s, 1), e.beats) for e in eps]
+    assert ("vtach", 15.0, 6) in kinds and ("vtach_any", 9.0, 4) in kinds
+    assert not [k for k in kinds if k[0] == "vtach" and k[1] == 9.0]  # 4 beats: not an episode
+    assert ("vfib", 17.6, 0) in kinds
+
+
+def test_beat_episodes_asystole_brady_tachy_but_not_inside_flutter() -> None:
+    cfg = AlarmsConfig()
+    t = np.concatenate([np.arange(0, 20, 0.8), 20 + 5.0 + np.arange(0, 10, 2.0), 36 + np.arange(0, 10, 0.35)])
+    eps = beat_episodes(t, cfg)
+    kinds = {e.kind for e in eps}
+    assert {"asystole", "brady", "tachy"} <= kinds
+    gap = [e for e in eps if e.kind == "asystole"]
+    assert gap[0].onset_s == pytest.approx(t[24]) and gap[0].end_s == pytest.approx(25.0 + 0.2, abs=0.3)
+    # The same pause inside annotated flutter is the flutter, not asystole.
+    flutter = [Episode("vfib", 19.0, 26.0)]
+    assert not [e for e in beat_episodes(t, cfg, flutter) if e.kind == "asystole"]
+
+
+def test_score_detection_delay_false_and_suppressed() -> None:
+    episodes = [Episode("vtach", 100.0, 110.0, 12), Episode("vtach", 300.0, 303.0, 6),
+                Episode("vfib", 500.0, 520.0), Episode("vtach_any", 700.0, 701.0, 3)]
+    spans = [
+        AlarmSpan("vtach", 102.5, 112.0, False),  # detected 2.5 s after onset
+        AlarmSpan("vtach", 306.0, 309.0, False),  # within the tolerance after the end: detected
+        AlarmSpan("vtach", 505.0, 515.0, False),  # V-tach in flutter: not false
+        AlarmSpan("vtach", 700.5, 702.0, False),  # a short annotated run: not false
+        AlarmSpan("vtach", 900.0, 905.0, False),  # nothing there: false
+        AlarmSpan("vtach", 950.0, 955.0, True),  # suppressed: neither false nor a detection
+        AlarmSpan("vfib", 520.0 + 10.0, 540.0, False),  # after the tolerance: false, episode missed
+    ]
+    s = score(episodes, spans)
+    assert (s["vtach"].episodes, s["vtach"].detected, s["vtach"].false_alarms) == (2, 2, 1)
+    assert s["vtach"].delays_s == [2.5, 6.0] and s["vtach"].false_s == [900.0]
+    assert s["vtach"].suppressed == 1 and s["vtach"].alarms == 5
+    assert (s["vfib"].detected, s["vfib"].false_alarms, s["vfib"].missed_s) == (0, 1, [500.0])
+    assert s["asystole"].sensitivity is None
+
+
+def test_reference_of_a_slice_starts_in_the_rhythm_in_effect(data_dir) -> None:
+    rec = load_record("mitdb:207", DataConfig(folder=str(data_dir), cache="/nonexistent"))
+    # 45-70 s: inside the flutter that began at 40.8 s, then (N at 51.1 s and flutter again at 54.9 s.
+    eps = reference_episodes(rec, AlarmsConfig(), (round(45 * FS), round(70 * FS)))
+    vf = [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"]
+    assert vf == [(0.0, 6.1), (9.9, 15.6)]
+
+
+def test_noise_at_the_asked_snr_in_alternating_segments(data_dir) -> None:
+    data = DataConfig(folder=str(data_dir), cache="/nonexistent")
+    rec = load_record("mitdb:118", data)
+    n = round(12 * 60 * FS)
+    mask = noise_mask(n, FS)
+    t_on = np.flatnonzero(mask) / FS
+    assert t_on[0] == pytest.approx(300.0) and not mask[round(430 * FS)] and mask[round(545 * FS)]
+    for snr in (6.0, 0.0):
+        noisy, got_mask = add_noise(rec.signal[:n], rec.ann_samples[rec.ann_samples < n], FS, NoiseStress("em", snr), data)
+        np.testing.assert_array_equal(got_mask, mask)
+        added = (noisy - rec.signal[:n])[:, 0]
+        assert not added[~mask].any()
+        r = rec.ann_samples[(rec.ann_samples > 18) & (rec.ann_samples < n - 18)]
+        ptp = np.median([np.ptp(rec.signal[k - 18 : k + 18, 0]) for k in r[:: max(1, r.size // 500)]])
+        measured = 10 * np.log10((ptp**2 / 8) / np.mean(added[mask] ** 2))
+        assert measured == pytest.approx(snr, abs=0.05)
+
+
+@pytest.fixture(scope="module")
+def models():
+    loaded, errors = load_models(Config().models)
+    assert not errors and "beat" in loaded
+    return loaded
+
+
+def test_a_slice_of_207_through_the_pipeline_finds_its_flutter(models, tmp_path) -> None:
+    config = Config()
+    result = evaluate_record("mitdb:207", config, models, span_s=(0.0, 300.0))
+    vf = result.scores["vfib"]
+    assert vf.episodes == 5 and vf.detected >= 4  # 40.8, 54.9, 242.3, 248.1, 269.6 s
+    assert all(0.0 <= d <= 10.0 for d in vf.delays_s)
+    trained = "207" in [str(r) for r in models["beat"].card["training"]["records"]]
+    assert result.trained_on == trained and result.hours == pytest.approx(300 / 3600)
+    report = summary([result], models)
+    assert report["beat_model"]["sha256"] == models["beat"].card["sha256"]
+    assert report["held_out"]["records"] == ([] if trained else ["mitdb:207"])
+    assert report["acceptance"]["vfib_detected_in_207"]["pass"]
+    assert report["all"]["kinds"]["vfib"]["delays_s"] == sorted(vf.delays_s)
+    png = plot(report, tmp_path / "alarms.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(render(report)) == 4
+
+
+def test_acceptance_reads_the_issue_criteria(models) -> None:
+    from ecgmon.monitor.alarm_evaluation import KindScore, RecordAlarms
+
+    def rec(name: str, vt: tuple[int, int, int], vf_found: int) -> RecordAlarms:
+        scores = {k: KindScore() for k in ("vtach", "vfib", "afib", "asystole", "brady", "tachy")}
+        scores["vtach"] = KindScore(episodes=vt[0], detected=vt[1], false_alarms=vt[2], delays_s=[3.0] * vt[1])
+        scores["vfib"] = KindScore(episodes=2, detected=vf_found, delays_s=[20.0] * vf_found)
+        return RecordAlarms(name, 1.0, False, scores)
+
+    ok = acceptance([rec("mitdb:207", (0, 0, 0), 2), rec("mitdb:203", (10, 9, 1), 0)])
+    assert all(c["pass"] for c in ok.values())
+    bad = acceptance([rec("mitdb:207", (0, 0, 0), 0), rec("mitdb:203", (10, 8, 3), 0)])
+    assert not bad["vtach_sensitivity"]["pass"] and not bad["vfib_detected_in_207"]["pass"]
+    assert not bad["vtach_false_per_hour"]["pass"] and bad["vtach_false_per_hour"]["value"] == 1.5
+
+
+def test_cli_unknown_record_is_one_error_line(tmp_path, capsys) -> None:
+    assert main(["evaluate", "alarms", "nosuchdb:1", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "nosuchdb:1" in err and "Traceback" not in err

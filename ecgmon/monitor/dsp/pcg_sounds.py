@@ -28,6 +28,10 @@ HISTORY_S = 4.0
 THRESHOLD_FRACTION = 0.4
 # A cardiac cycle must be 0.3-2 s long (30-200 bpm).
 MIN_CYCLE_S, MAX_CYCLE_S = 0.3, 2.0
+# The rate is looked for in cycles of 0.4-2 s (30-150 bpm): below 0.4 s systole and diastole
+# are both about as long as half a cycle, and a train of S1 and S2 repeats at each of them,
+# so a shorter "cycle" is far more often half a slower one than a real tachycardia.
+RATE_MIN_CYCLE_S = 0.4
 # The rate looks at the sounds of the last RATE_SPAN_S seconds and needs at least MIN_CYCLES
 # repeats of the cycle among them; with no sound for GONE_S it is unknown.
 RATE_SPAN_S = 10.0
@@ -149,7 +153,7 @@ class HeartSoundDetector:
         cycle, score = repeat_cycle(t)
         if score < REGULAR_SCORE:
             pairs = t[2:] - t[:-2]
-            pairs = pairs[(pairs >= MIN_CYCLE_S) & (pairs <= MAX_CYCLE_S)]
+            pairs = pairs[(pairs >= RATE_MIN_CYCLE_S) & (pairs <= MAX_CYCLE_S)]
             if pairs.size < MIN_CYCLES:
                 return None
             cycle = float(np.median(pairs))
@@ -160,7 +164,7 @@ def repeat_cycle(times: np.ndarray) -> tuple[float, float]:
     """The cardiac cycle (s) of a train of sound times, and the fraction of sounds repeating
     at it (0 when too few sounds)."""
     diffs = times[None, :] - times[:, None]  # diffs[i, j] = t_j - t_i
-    cand = np.arange(MIN_CYCLE_S, MAX_CYCLE_S + CYCLE_STEP_S / 2, CYCLE_STEP_S)
+    cand = np.arange(RATE_MIN_CYCLE_S, MAX_CYCLE_S + CYCLE_STEP_S / 2, CYCLE_STEP_S)
     tol = CYCLE_TOL_S + CYCLE_TOL_FRACTION * cand
     # Sound i can show cycle T only if the train goes on long enough after it.
     eligible = times[None, :] + cand[:, None] <= times[-1] + tol[:, None]  # [T, i]
@@ -169,7 +173,7 @@ def repeat_cycle(times: np.ndarray) -> tuple[float, float]:
     n_eligible = eligible.sum(axis=1)
     score = np.where(n_eligible >= MIN_CYCLES, hit.sum(axis=1) / np.maximum(n_eligible, 1), 0.0)
     if score.max() <= 0:
-        return MIN_CYCLE_S, 0.0
+        return RATE_MIN_CYCLE_S, 0.0
     first = int(np.argmax(score >= CYCLE_PREFERENCE * score.max()))
     # The score is a plateau as wide as the tolerance: take its best point, then refine it
     # to the median of the intervals that matched there.

@@ -210,14 +210,14 @@ def reference_episodes(record: Record, cfg: AlarmsConfig, span: tuple[int, int] 
     symbols = [str(x) for x in ann.symbol]
     aux = [str(x) for x in ann.aux_note]
     lo, hi = span if span is not None else (0, record.n_samples)
-    # The rhythm in effect at the span's start begins there.
-    before = [i for i in range(len(samples)) if samples[i] < lo and aux[i].startswith("(")]
-    keep = [i for i in range(len(samples)) if lo <= samples[i] < hi]
-    marks = ([(lo, "", aux[before[-1]])] if before else []) + [(samples[i], symbols[i], aux[i]) for i in keep]
-    s = np.array([m[0] - lo for m in marks], dtype=np.int64)
-    fs, end_s = record.fs, (hi - lo) / record.fs
-    episodes = rhythm_episodes(s, [m[1] for m in marks], [m[2] for m in marks], fs, end_s)
-    beat_t = np.array([(m[0] - lo) / fs for m in marks if m[1] in BEAT_SYMBOLS], dtype=float)
+    marks = [(int(samples[i]) - lo, symbols[i], aux[i]) for i in np.flatnonzero((samples >= lo) & (samples < hi))]
+    earlier = np.flatnonzero(np.array([a.startswith("(") for a in aux], dtype=bool) & (samples < lo))
+    if earlier.size:  # the rhythm in effect at the span's start begins there
+        marks.insert(0, (0, "", aux[earlier[-1]]))
+    at, syms, notes = (list(c) for c in zip(*marks)) if marks else ([], [], [])
+    fs = record.fs
+    episodes = rhythm_episodes(np.array(at, dtype=np.int64), syms, notes, fs, (hi - lo) / fs)
+    beat_t = np.array([a / fs for a, sym in zip(at, syms) if sym in BEAT_SYMBOLS], dtype=float)
     return episodes + beat_episodes(beat_t, cfg, episodes)
 
 

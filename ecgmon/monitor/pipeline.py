@@ -149,10 +149,12 @@ class StreamPipeline:
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end
 
-        timed.extend(self._beats_and_vitals(beats, end, chunk.received))
+        # The alarm engine takes the samples and detections first: without a beat model the
+        # beats are done at once, and their morphology must be measured by then.
         detected = [(b.sample + self._offset, b.detected_at + self._offset) for b in beats]
         alarms = self.alarms.feed(start + self._offset, x, filtered, detected, chunk.received)
         timed.extend((end, 3, m) for m in alarms)
+        timed.extend(self._beats_and_vitals(beats, end, chunk.received))
         timed.extend(self._wave_frames(filtered, start))
         timed.sort(key=lambda t: (t[0], t[1]))
         if self._beat_jobs is not None:

@@ -21,9 +21,9 @@ from ecgmon.config import AlarmsConfig
 from ecgmon.monitor.alarms.morphology import Morphology
 from ecgmon.monitor.alarms.observation import Observation
 
-# A beat the model does not call V still counts as ventricular when its QRS is this much
-# wider than the patient's normal template (V median 5x, normal 95th percentile 1.5x on
-# MIT-BIH) or correlates this poorly with it.
+# A QRS this much wider than the patient's normal template is wide (V median 5x, normal
+# 95th percentile 1.5x on MIT-BIH). A beat the model does not call V still counts as
+# ventricular when it correlates this poorly with the template, or is wide and different.
 WIDE_RATIO = 1.6
 LOW_CORRELATION = 0.6
 # A wide beat is clearly ventricular when its shape also differs from the template beyond

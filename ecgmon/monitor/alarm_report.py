@@ -98,7 +98,7 @@ def plot(result: dict, path: Path) -> Path:
     ax_f.set_yticks(y, SCORED)
     ax_f.set_xlabel("false alarms per hour (dashed: 1/h)")
     ax_f.set_title("False alarms")
-    ax_f.legend(fontsize=8, loc="lower right")
+    ax_f.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))  # below: bars fill the axes
     fig.tight_layout()
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=110)

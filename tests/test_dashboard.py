@@ -3,6 +3,8 @@ restarts) and the drawing, fed with real messages from a real daemon over ZeroMQ
 
 from __future__ import annotations
 
+import asyncio
+
 from collections import Counter
 import contextlib
 import os
@@ -253,6 +255,12 @@ def _collect(endpoint: str, enough, timeout_s: float) -> list[list[bytes]]:
 
 def _published_alarm(stream: str) -> list[bytes]:
     """A synthetic alarm sent through a real PUB socket and received by a real SUB socket."""
+    # The daemon's publisher is a zmq.asyncio socket: it needs an event loop, whatever
+    # earlier tests left behind.
+    return asyncio.run(_publish_and_receive(stream))
+
+
+async def _publish_and_receive(stream: str) -> list[bytes]:
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
     pub = Publisher(endpoint, 100)
     ctx = zmq.Context()

@@ -130,3 +130,19 @@ def test_recovers_after_the_signal_shrinks_tenfold(data_dir):
     late_beats = beats[beats > 70 * fs]
     score = score_beats(ReferenceBeats(late, [], []), late_beats, fs)
     assert score.se >= 0.99 and score.ppv >= 0.99, score
+
+
+def test_heavy_noise_never_reports_one_r_peak_twice(data_dir):
+    """118 with muscle noise at 0 dB once gave two detections, 225 ms apart, of one R peak
+    (the R search reaches back over the previous beat); the beats must strictly increase."""
+    from ecgmon.config import Config, DataConfig
+    from ecgmon.monitor.noise_stress import NoiseStress, add_noise
+    from ecgmon.replay.records import load_record
+
+    data = DataConfig(folder=str(data_dir))
+    rec = load_record("mitdb:118", data)
+    noisy, _ = add_noise(rec.signal[: int(600 * rec.fs)], rec.ann_samples, rec.fs, NoiseStress("ma", 0.0), data)
+    detector = QRSDetector(rec.fs, Config().detector)
+    samples = [b.sample for pos in range(0, noisy.shape[0], 3600) for b in detector.process(noisy[pos : pos + 3600, 0])]
+    assert len(samples) > 500
+    assert np.all(np.diff(samples) > 0)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
 from ecgmon.monitor.batcher import BatcherClosedError, InferenceBatcher
+from ecgmon.monitor.classification import MAX_WAIT_S
 from ecgmon.monitor.inference_job import InferenceJob
 from ecgmon.monitor.pcg_pipeline import PcgPipeline
 from ecgmon.monitor.pipeline import StreamPipeline
@@ -42,6 +43,7 @@ class _Stream:
         # Model jobs in submission order, each with its pending result (None: nothing to
         # compute); results are finished strictly in this order, so beats stay in order.
         self.jobs: deque[tuple[InferenceJob, asyncio.Future | None]] = deque()
+        self.last_chunk = time.monotonic()  # when its pipeline was last fed
 
     def status(self) -> StreamStatus:
         if self.pipeline is not None:
@@ -167,6 +169,7 @@ class Daemon:
         if st is None or st.pipeline is None:
             return
         st.state = "running"
+        st.last_chunk = time.monotonic()
         for msg in st.pipeline.feed(chunk):
             self._publish(msg)
         self._submit(st, st.pipeline.take_jobs())
@@ -273,8 +276,9 @@ class Daemon:
             self._publish(self.status_message())
 
     async def _signal_loss_loop(self) -> None:
-        """Signal loss is the one alarm without samples to trigger it: ask each running ECG
-        stream's engine on the wall clock (a silent source yields nothing to feed)."""
+        """What a silent source cannot trigger, checked on the wall clock for each running ECG
+        stream: the signal-loss alarm, and the beats waiting for a successor that will not
+        come soon (classified without it, as at a stream's end)."""
         period = min(1.0, self.config.alarms.signal_loss_s / 4)
         while True:
             await asyncio.sleep(period)
@@ -283,6 +287,8 @@ class Daemon:
                 if st.state == "running" and alarms is not None:
                     for msg in alarms.check_signal_loss(time.time()):
                         self._publish(msg)
+                    if time.monotonic() - st.last_chunk >= MAX_WAIT_S:
+                        self._submit(st, st.pipeline.finish())
 
     async def run(self) -> None:
         if self.publisher is None:

@@ -169,7 +169,8 @@ class StreamPipeline:
         return jobs
 
     def finish(self) -> list[InferenceJob]:
-        """At the stream's end: jobs for the beats still waiting for a successor."""
+        """Jobs for every beat still waiting for a successor, classified without it: at the
+        stream's end, or when its samples stopped coming (a live source gone quiet)."""
         if self._beat_jobs is not None:
             self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
         return self.take_jobs()

@@ -123,6 +123,7 @@ class QRSDetector:
         self._rr: deque[int] = deque(maxlen=HISTORY)
         self._since_beat: list[_Candidate] = []
         self._last_peak: int | None = None
+        self._last_r: int | None = None
         self._last_slope = 0.0
         self._searched = False
         self._last_relearn: int | None = None
@@ -191,6 +192,7 @@ class QRSDetector:
         self._qrs_heights.append(c.height)
         self._beat_level = self._qrs_level()
         self._last_peak = c.peak
+        self._last_r = c.r_sample
         self._last_slope = c.slope
         self._since_beat = []
         self._searched = False
@@ -203,10 +205,16 @@ class QRSDetector:
             and c.slope < T_WAVE_SLOPE_RATIO * self._last_slope
         )
 
+    def _repeats_last(self, c: _Candidate) -> bool:
+        # The R search reaches back before the feature peak; a candidate whose largest
+        # deflection is the last beat's R (a noisy tail just past the refractory period)
+        # is not a new beat.
+        return self._last_r is not None and c.r_sample <= self._last_r
+
     def _decide(self, c: _Candidate, at: int, beats: list[Beat]) -> None:
         if self._last_peak is not None and c.peak - self._last_peak < self._refractory:
             return
-        if c.height > self.threshold and not self._is_t_wave(c):
+        if c.height > self.threshold and not self._is_t_wave(c) and not self._repeats_last(c):
             self._accept(c, at, beats)
             return
         self._noise_heights.append(c.height)
@@ -215,7 +223,10 @@ class QRSDetector:
     def _search_back(self, due: int, beats: list[Beat]) -> None:
         """A beat is overdue: accept the largest candidate above half the threshold."""
         floor = SEARCHBACK_FRACTION * self.threshold
-        eligible = [c for c in self._since_beat if c.height > floor and not self._is_t_wave(c)]
+        eligible = [
+            c for c in self._since_beat
+            if c.height > floor and not self._is_t_wave(c) and not self._repeats_last(c)
+        ]
         if not eligible:
             self._searched = True
             return

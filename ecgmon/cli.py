@@ -459,9 +459,26 @@ def _database_records(db: str, config: Config) -> list[str]:
         raise CommandError(str(err)) from None
 
 
-def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
+def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object]) -> tuple[list, int]:
+    """``evaluate(spec)`` for every record under a progress bar: the results, and how many
+    records failed (each failure one red line, the others still evaluated)."""
     from rich.progress import Progress
 
+    results, failed = [], 0
+    with Progress(console=_stderr(), transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"{verb} {spec}")
+            try:
+                results.append(evaluate(spec))
+            except SourceError as err:
+                failed += 1
+                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
+            progress.advance(task)
+    return results, failed
+
+
+def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.qrs_evaluation import evaluate_record, render, summary
 
     config = _override(config, [
@@ -471,17 +488,7 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
         ("--channel", "replay", "channel", args.channel),
     ])
     specs = _evaluation_specs(args, config)
-    results, failed = [], 0
-    with Progress(console=_stderr(), transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(specs))
-        for spec in specs:
-            progress.update(task, description=f"evaluating {spec}")
-            try:
-                results.append(evaluate_record(spec, config))
-            except SourceError as err:
-                failed += 1
-                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
-            progress.advance(task)
+    results, failed = _each_record(specs, "evaluating", lambda spec: evaluate_record(spec, config))
     result = summary(results)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -520,8 +527,6 @@ def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.Argum
 
 
 def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
-    from rich.progress import Progress
-
     from ecgmon.models.aami import PACED
     from ecgmon.models.beat_evaluation import evaluate_record, record_id, render, summary
     from ecgmon.monitor.model_loader import ModelError, load_model
@@ -540,17 +545,7 @@ def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(str(err)) from None
     if model.kind != "beat":
         raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
-    results, failed = [], 0
-    with Progress(console=_stderr(), transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(specs))
-        for spec in specs:
-            progress.update(task, description=f"classifying {spec}")
-            try:
-                results.append(evaluate_record(spec, config, model))
-            except SourceError as err:
-                failed += 1
-                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
-            progress.advance(task)
+    results, failed = _each_record(specs, "classifying", lambda spec: evaluate_record(spec, config, model))
     result = summary(results, model)
     console = Console()
     for part in render(result):
@@ -582,8 +577,6 @@ def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.Argu
 
 
 def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
-    from rich.progress import Progress
-
     from ecgmon.monitor.alarm_evaluation import evaluate_record, summary
     from ecgmon.monitor.alarm_report import plot, render
     from ecgmon.monitor.model_set import load_models
@@ -595,17 +588,9 @@ def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
     for error in errors:
         _stderr().print(Text(f"warning: {error}", style="yellow"), soft_wrap=True)
     noise = NoiseStress(args.noise, args.snr) if args.noise else None
-    results, failed = [], 0
-    with Progress(console=_stderr(), transient=True) as progress:
-        task = progress.add_task("evaluating", total=len(specs))
-        for spec in specs:
-            progress.update(task, description=f"alarms of {spec}")
-            try:
-                results.append(evaluate_record(spec, config, models, noise=noise))
-            except SourceError as err:
-                failed += 1
-                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
-            progress.advance(task)
+    results, failed = _each_record(
+        specs, "alarms of", lambda spec: evaluate_record(spec, config, models, noise=noise)
+    )
     if not results:
         raise CommandError("no record could be evaluated")
     result = summary(results, models, noise)

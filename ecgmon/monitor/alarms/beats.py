@@ -124,7 +124,9 @@ class BeatRhythm:
             ("trigeminy", [False, False, True], self.cfg.trigeminy_cycles),
         ):
             need = unit * cycles
-            if len(v) >= len(need) + 1 and v[-len(need):] == need and not v[-len(need) - 1]:
+            # No condition on the beat before the window: in an ongoing pattern it is the
+            # previous cycle's V, and the alarm must go on seeing the pattern to stay raised.
+            if len(v) >= len(need) and v[-len(need):] == need:
                 first = self._beats[-len(need)].t
                 out.append(Observation(kind, t, True, first, f"{kind.capitalize()}, {cycles} cycles", float(cycles)))
         return out

@@ -257,16 +257,18 @@ def test_bigeminy_and_trigeminy_from_classified_beats(kind: str, unit: list[bool
     times, flags = _ectopy(unit, 8)
     msgs = _engine_beats(times, flags)
     raised, cleared = _raised_then_cleared(msgs, kind)
-    first_v = times[flags.index(True)]
     last_v = times[len(flags) - 1 - flags[::-1].index(True)]
     # Onset: the first beat of the first of 4 cycles; raised once 4 cycles are in.
     assert raised.onset_s == pytest.approx(times[flags.index(True) - len(unit) + 1], abs=0.01)
     fourth_v = times[flags.index(True) + 3 * len(unit)]
     # Known when the next beat is detected or 2 s on (CLASSIFY_WAIT_S), as live.
     assert fourth_v < raised.raised_s <= fourth_v + 2.0 + 0.01
-    assert last_v < cleared.cleared_s <= last_v + 5.0 + 2.0 + 3.0
+    # Held while the pattern goes on: cleared clear_s (5 s) after the last cycle at the earliest.
+    assert last_v + 5.0 <= cleared.cleared_s <= last_v + 5.0 + 2.0 + 3.0
+    assert len([m for m in _of(msgs, kind) if m.state == "raised"]) == 1
+    # Every ventricular beat was recognised: no V-tach, no couplet, and not the other pattern.
     other = "trigeminy" if kind == "bigeminy" else "bigeminy"
-    assert not _of(msgs, other) and not _of(msgs, "vtach")
+    assert not _of(msgs, other) and not _of(msgs, "vtach") and not _of(msgs, "couplet")
     # Three cycles are not enough.
     assert not _of(_engine_beats(*_ectopy(unit, 3)), kind)
 
@@ -278,7 +280,11 @@ def test_bigeminy_and_trigeminy_from_wide_complexes_on_the_signal(kind: str, uni
     wide = {k for k, v in enumerate(flags) if v}
     msgs = _feed(_synthetic(times, wide), _config())
     raised, cleared = _raised_then_cleared(msgs, kind)
-    first_v = times[flags.index(True)]
     last_v = times[len(flags) - 1 - flags[::-1].index(True)]
     assert raised.onset_s == pytest.approx(times[flags.index(True) - len(unit) + 1], abs=0.05)
-    assert last_v < cleared.cleared_s <= last_v + 5.0 + 2.0 + 3.0
+    # Held while the pattern goes on: cleared clear_s (5 s) after the last cycle at the earliest.
+    assert last_v + 5.0 <= cleared.cleared_s <= last_v + 5.0 + 2.0 + 3.0
+    assert len([m for m in _of(msgs, kind) if m.state == "raised"]) == 1
+    # Every ventricular beat was recognised: no V-tach, no couplet, and not the other pattern.
+    other = "trigeminy" if kind == "bigeminy" else "bigeminy"
+    assert not _of(msgs, other) and not _of(msgs, "vtach") and not _of(msgs, "couplet")

@@ -77,12 +77,7 @@ def evaluate_record(spec: str, config: Config, model: LoadedModel) -> RecordBeat
     beats = [m for m in msgs if isinstance(m, BeatMessage)]
     beats = [b for b, k in zip(beats, ref.keep(np.array([b.sample for b in beats], dtype=np.int64))) if k]
     confusion = confusion_of(ref.samples[keep], [c for c in labels if c is not None], beats, record.fs)
-    trained = record_id(spec) in {str(r) for r in model.card.get("training", {}).get("records", [])}
-    return RecordBeats(spec, confusion, trained)
-
-
-def record_id(spec: str) -> str:
-    return spec.rsplit(":", 1)[-1]
+    return RecordBeats(spec, confusion, model.trained_on(spec))
 
 
 def detection_stats(confusion: np.ndarray, cls: str) -> dict:

@@ -22,7 +22,7 @@ from ecgmon.config import DataConfig, DspConfig
 from ecgmon.models.aami import CLASSES, CLASS_INDEX, aami_index
 from ecgmon.monitor.dsp.beat_features import AFTER, BEFORE, FS_MODEL, beat_rr_features, beat_windows
 from ecgmon.monitor.dsp.filters import ECGFilter
-from ecgmon.replay.records import Record, RecordError, load_record
+from ecgmon.replay.records import Record, RecordError, load_record, record_id  # noqa: F401 (record_id: the sets' ids)
 from ecgmon.replay.reference import is_beat_symbol, vf_episodes
 
 SEGMENT_S = 10.0
@@ -44,16 +44,6 @@ def record_spec(name: str) -> str:
     if ":" in name or name.endswith(".hea") or os.sep in name or "/" in name:
         return name
     return f"mitdb:{name}"
-
-
-def record_id(name: str) -> str:
-    """The id a record is known by in sets and splits: ``"mitdb:101"`` and ``"101"`` → ``"101"``."""
-    name = name.strip()
-    if name.startswith("mitdb:"):
-        return name[len("mitdb:"):]
-    if name.endswith(".hea"):
-        return Path(name).stem
-    return name
 
 
 # --------------------------------------------------------------------------- signals

@@ -25,7 +25,7 @@ from ecgmon.models.datasets import SEGMENT, SEGMENT_CLASSES, load_beats, load_se
 from ecgmon.models.metrics import class_report
 from ecgmon.models.networks import BeatSpectrogramCNN, grad_cam
 from ecgmon.monitor.dsp.beat_features import BEFORE, FS_MODEL, RR_FEATURES, WINDOW
-from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model
+from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model, trained_records
 from ecgmon.replay.records import RecordError
 
 BATCH = 512
@@ -53,10 +53,6 @@ class EvalSet:
 # --------------------------------------------------------------------------- records
 
 
-def _trained_on(card: dict[str, Any]) -> set[str]:
-    return {record_id(r) for r in (card.get("training") or {}).get("records") or []}
-
-
 def choose_records(card: dict[str, Any], records: Sequence[str] | None, allow_train: bool) -> list[str]:
     """The records to evaluate on: ``records`` or the card's validation records; records the
     model trained on only with ``allow_train`` (its metrics there would flatter it)."""
@@ -66,7 +62,7 @@ def choose_records(card: dict[str, Any], records: Sequence[str] | None, allow_tr
     if not chosen:
         raise EvaluationError(f"the card of {name} names no validation records (it trained on every record it "
                               "lists): name records it never trained on with --records, e.g. DS2 records")
-    trained = _trained_on(card)
+    trained = trained_records(card)
     seen = [r for r in chosen if record_id(r) in trained]
     if seen and not allow_train:
         raise EvaluationError(f"record(s) {' '.join(seen)} were in the training records of {name}: metrics on "
@@ -300,7 +296,7 @@ def evaluate_model(
         _attention_png(model, data_set, probabilities, out_dir / "attention.png") if model.kind == "segment"
         else _gradcam_png(model, data_set, probabilities, out_dir / "gradcam.png"),
     ]
-    trained = _trained_on(model.card)
+    trained = trained_records(model.card)
     result = {
         "model": {"path": str(path), "name": model.name, "kind": model.kind, "format": model.card["format"],
                   "sha256": model.card["sha256"].lower(), "classes": list(model.classes)},

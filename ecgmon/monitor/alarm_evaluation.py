@@ -31,7 +31,7 @@ from ecgmon.monitor.model_loader import LoadedModel
 from ecgmon.monitor.noise_stress import NoiseStress, add_noise
 from ecgmon.monitor.record_run import run_record
 from ecgmon.monitor.sources.base import SourceError
-from ecgmon.replay.records import Record, RecordError, load_record
+from ecgmon.replay.records import Record, RecordError, load_record, record_id
 from ecgmon.schema import AlarmMessage
 
 TOLERANCE_S = 5.0
@@ -252,7 +252,7 @@ def evaluate_record(
     end_s = (hi - lo) / record.fs
     spans = alarm_spans(msgs, end_s)
     beat = models.get("beat")
-    trained = beat is not None and record_id(spec) in {str(r) for r in beat.card.get("training", {}).get("records", [])}
+    trained = beat is not None and beat.trained_on(spec)
     coverage = None if noisy is None else _coverage(noisy, record.fs, [s for s in spans if s.kind == "noise"])
     return RecordAlarms(spec, end_s / 3600.0, trained, score(episodes, spans), coverage)
 
@@ -265,10 +265,6 @@ def _coverage(mask: np.ndarray, fs: float, spans: list[AlarmSpan]) -> float | No
     for s in spans:
         covered[max(0, round(s.raised_s * fs)) : round(s.cleared_s * fs)] = True
     return float((covered & mask).sum() / mask.sum())
-
-
-def record_id(spec: str) -> str:
-    return spec.rsplit(":", 1)[-1]
 
 
 # --------------------------------------------------------------------------- summary

@@ -18,6 +18,8 @@ from typing import Any, Sequence
 
 import torch
 
+from ecgmon.replay.records import record_id
+
 KINDS = ("beat", "segment", "pcg")
 FORMATS = {".pt": "torchscript", ".pt2": "torch.export"}
 REQUIRED_FIELDS = ("name", "kind", "format", "input", "classes", "outputs", "sha256")
@@ -160,6 +162,11 @@ def _check_pcg_card(card: dict[str, Any], where: str) -> None:
         )
 
 
+def trained_records(card: dict[str, Any]) -> set[str]:
+    """The ids of the records a model card says the model trained on."""
+    return {record_id(str(r)) for r in (card.get("training") or {}).get("records") or []}
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A checked, device-placed model with what its card says about its inputs and outputs.
@@ -188,6 +195,10 @@ class LoadedModel:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(self.card["outputs"])
+
+    def trained_on(self, spec: str) -> bool:
+        """Whether the card lists record ``spec`` (``mitdb:101``, ``101``) among its training records."""
+        return record_id(spec) in trained_records(self.card)
 
     def input_shapes(self, batch: int) -> list[tuple[int, ...]]:
         shapes: list[tuple[int, ...]] = [(batch, self.window)]

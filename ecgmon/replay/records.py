@@ -23,6 +23,16 @@ import wfdb
 from ecgmon.config import DataConfig
 
 
+def record_id(name: str) -> str:
+    """The id a record is known by in sets and splits: ``"mitdb:101"`` and ``"101"`` → ``"101"``."""
+    name = name.strip()
+    if name.startswith("mitdb:"):
+        return name[len("mitdb:"):]
+    if name.endswith(".hea"):
+        return Path(name).stem
+    return name
+
+
 class RecordError(Exception):
     """A record that cannot be found or read; the message says what to do."""
 

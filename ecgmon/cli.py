@@ -426,6 +426,15 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
 # --------------------------------------------------------------------------- evaluate
 
 
+def _record_arguments(p: argparse.ArgumentParser) -> None:
+    """The records an evaluation replays (see ``_evaluation_specs``) and their channel."""
+    p.add_argument("records", nargs="*", metavar="RECORD",
+                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
+    p.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
+                                "file, else PhysioNet's list)")
+    p.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+
+
 def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[common], help="score ecgmon against reference annotations")
     kinds = p.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -435,11 +444,7 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
                     "detected beats against the reference 'atr' annotations (ANSI/AAMI EC57: "
                     "150 ms match window, ventricular flutter/fibrillation episodes excluded).",
     )
-    q.add_argument("records", nargs="*", metavar="RECORD",
-                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
-    q.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
-                                "file, else PhysioNet's list)")
-    q.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+    _record_arguments(q)
     q.add_argument("--chunk-s", type=float, default=10.0,
                    help="chunk length of the replay (results do not depend on it; default 10)")
     q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
@@ -517,20 +522,18 @@ def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.Argum
                     "confusion, separately over the records the model never trained on. The paced "
                     "records (102 104 107 217) are left out of --db, as EC57 leaves them out.",
     )
-    b.add_argument("records", nargs="*", metavar="RECORD",
-                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
-    b.add_argument("--db", help="a PhysioNet database: all its records")
+    _record_arguments(b)
     b.add_argument("--model", help="beat model file (default: [models] beat of the config)")
-    b.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
     b.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     b.set_defaults(func=cmd_evaluate_beats)
 
 
 def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.models.aami import PACED
-    from ecgmon.models.beat_evaluation import evaluate_record, record_id, render, summary
+    from ecgmon.models.beat_evaluation import evaluate_record, render, summary
     from ecgmon.monitor.model_loader import ModelError, load_model
     from ecgmon.monitor.model_set import model_path
+    from ecgmon.replay.records import record_id
 
     config = _override(config, [("--channel", "replay", "channel", args.channel)])
     specs = _evaluation_specs(args, config)
@@ -565,10 +568,7 @@ def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.Argu
                     "over all records and over those the beat model never trained on. With --noise, "
                     "nstdb noise is added the nst way (2 min on/off after 5 min).",
     )
-    a.add_argument("records", nargs="*", metavar="RECORD",
-                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
-    a.add_argument("--db", help="a PhysioNet database: all its records")
-    a.add_argument("--channel", type=_channel, help="channel index or name (default from config)")
+    _record_arguments(a)
     a.add_argument("--noise", choices=["em", "ma", "bw"], help="add this nstdb noise record")
     a.add_argument("--snr", type=float, default=6.0, help="SNR of the added noise, dB (default 6)")
     a.add_argument("--out", default="eval/alarms", metavar="DIR",

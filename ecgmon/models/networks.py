@@ -27,6 +27,23 @@ DEFAULT_RR_FEATURES: tuple[str, ...] = ("pre_rr", "post_rr", "local_rr", "avg_rr
 PREPROCESSING = "causal Butterworth bandpass 0.5-40 Hz order 2 (ecgmon.monitor.dsp.filters.ECGFilter)"
 
 
+def stft(x: Tensor, n_fft: int, hop: int, win_length: int, window: Tensor) -> Tensor:
+    """The complex one-sided STFT ``[B, n_fft // 2 + 1, frames]`` both spectrogram networks
+    compute inside their files (centred frames, reflect padding)."""
+    return torch.stft(
+        x,
+        n_fft=n_fft,
+        hop_length=hop,
+        win_length=win_length,
+        window=window,
+        center=True,
+        pad_mode="reflect",
+        normalized=False,
+        onesided=True,
+        return_complex=True,
+    )
+
+
 def _standardise(x: Tensor, eps: float = 1e-6) -> Tensor:
     """Per-window zero mean, unit standard deviation along the last axis.
 
@@ -210,18 +227,7 @@ class BeatSpectrogramCNN(nn.Module):
     def spectrogram(self, window: Tensor) -> Tensor:
         """Log-magnitude STFT ``[B, n_freq, n_frames]`` of the standardised window."""
         x = _standardise(window)
-        spec = torch.stft(
-            x,
-            n_fft=self.n_fft,
-            hop_length=self.hop,
-            win_length=self.win_length,
-            window=self.stft_window,
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
+        spec = stft(x, self.n_fft, self.hop, self.win_length, self.stft_window)
         spec = spec[:, : self.n_freq, :]
         # |z| from real and imaginary parts, + eps inside the log: finite for a flat window.
         power = spec.real * spec.real + spec.imag * spec.imag

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ecgmon.models.networks import stft
 from ecgmon.models.pcg_data import CLASSES, FS, HOP, WINDOW
 
 N_MELS = 128
@@ -139,18 +140,7 @@ class PcgMelCNN(nn.Module):
         x = audio - audio.mean(dim=-1, keepdim=True)
         # The RMS floor (far below 16-bit quantisation) keeps silence finite: zeros stay zeros.
         x = x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + 1e-10)
-        spec = torch.stft(
-            x,
-            n_fft=self.n_fft,
-            hop_length=self.hop,
-            win_length=self.win_length,
-            window=self.stft_window,
-            center=True,
-            pad_mode="reflect",
-            normalized=False,
-            onesided=True,
-            return_complex=True,
-        )
+        spec = stft(x, self.n_fft, self.hop, self.win_length, self.stft_window)
         power = spec.real * spec.real + spec.imag * spec.imag  # [B, F, T]
         return torch.log(torch.matmul(self.mel, power) + 1e-6)
 

@@ -17,7 +17,6 @@ import numpy as np
 import torch
 
 from ecgmon.config import ConfigError
-from ecgmon.monitor.inference_job import InferenceJob  # noqa: F401  (re-exported: the batcher's unit of work)
 
 # What a caller gets back: the model's output row for its item, or one row per output.
 Output = Union[np.ndarray, tuple[np.ndarray, ...]]

@@ -45,6 +45,15 @@ def test_messages_do_not_depend_on_chunking(chunk: int, data_dir: Path) -> None:
     assert sum(len(m.s1_s) for m in pcg) >= 12 and pcg[-1].hr_bpm is not None
 
 
+def test_rate_is_unknown_once_the_heart_sounds_stop(data_dir: Path) -> None:
+    x = audio(data_dir)[:24000]
+    pcg = [m for m in feed(PcgPipeline("bed1", FS, Config()), np.concatenate([x, np.zeros(10000, np.float32)]), 1000)
+           if isinstance(m, PcgMessage)]
+    playing = [m.hr_bpm for m in pcg if 6 <= m.time_s < 12]
+    assert all(r is not None and 50 <= r <= 120 for r in playing)
+    assert [m.hr_bpm for m in pcg if m.time_s >= 15] == [None] * 4
+
+
 def test_gaps_are_filled_and_said(data_dir: Path) -> None:
     x = audio(data_dir)[:20000]
     pipe = PcgPipeline("bed1", FS, Config())

@@ -19,6 +19,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.classification import softmax_label
 from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
 from ecgmon.monitor.dsp.pcg_quality import quality_index
+from ecgmon.monitor.dsp.pcg_rate import RATE_SPAN_S, envelope_rate_bpm
 from ecgmon.monitor.dsp.pcg_sounds import HeartSound, HeartSoundDetector
 from ecgmon.monitor.dsp.ring_buffer import RingBuffer
 from ecgmon.monitor.inference_job import InferenceJob
@@ -33,6 +34,8 @@ QUALITY_WINDOW_S = 5.0
 DEFAULT_WINDOW_S, DEFAULT_HOP_S = 5.0, 2.5
 # Gaps up to this long are filled with silence so the clock stays right; longer ones are spliced.
 MAX_FILL_S = 10.0
+# With no heart sound for this long (stethoscope lifted, silence) the rate is unknown.
+RATE_GONE_S = 3.0
 ENVELOPE_DECIMALS = 6
 
 
@@ -63,7 +66,8 @@ class PcgPipeline:
         self.threshold = float(decision.get("threshold", 0.5))
         quality_n = int(QUALITY_WINDOW_S * self.fs)
         self._audio = RingBuffer(max(self.window, quality_n) + self.hop + int(self.fs), np.float32)
-        self._env = RingBuffer((max(self.window, quality_n) + self.hop) // self._dec + 2 * int(self.env_fs), np.float64)
+        env_n = max(self.window + self.hop, quality_n, int(RATE_SPAN_S * self.fs)) // self._dec
+        self._env = RingBuffer(env_n + 2 * int(self.env_fs), np.float64)
         self._update_n = max(self._dec, int(round(audio.update_s * self.fs)) // self._dec * self._dec)
         self._next_update = self._update_n
         self._next_window = self.window
@@ -137,9 +141,16 @@ class PcgPipeline:
             return 0.0
         return quality_index(audio, env, self.env_fs)
 
+    def _rate(self, end: int) -> float | None:
+        last = self._detector.last_sound_s
+        if last is None or end / self.fs - last > RATE_GONE_S:
+            return None
+        env = self._env.get(max(0, (end - int(RATE_SPAN_S * self.fs)) // self._dec), end // self._dec)
+        return None if env is None else envelope_rate_bpm(env, self.env_fs)
+
     def _update_message(self, due: int) -> PcgMessage:
         now_s = (due + (self._offset or 0)) / self.fs
-        self.hr_bpm = self._detector.rate_bpm(due / self.fs)
+        self.hr_bpm = self._rate(due)
         self.quality = round(self._window_quality(due), 3)
         end = due // self._dec
         env = self._env.get(self._frame_start, end)

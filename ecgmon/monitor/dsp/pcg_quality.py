@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecgmon.monitor.dsp.pcg_sounds import MAX_CYCLE_S, MIN_CYCLE_S
+from ecgmon.monitor.dsp.pcg_rate import autocorrelation
 
+# A heart repeats at some cycle of 0.3-2 s (30-200 bpm).
+MIN_CYCLE_S, MAX_CYCLE_S = 0.3, 2.0
 # Autocorrelation peaks below FLOOR are noise, above FULL are as periodic as real PCG gets.
 PERIODICITY_FLOOR = 0.15
 PERIODICITY_FULL = 0.6
@@ -24,18 +26,12 @@ SILENCE_RMS = 10 ** (-70 / 20)
 
 def periodicity(env: np.ndarray, fs: float) -> float:
     """Largest normalised autocorrelation of the envelope at one plausible cardiac cycle."""
-    x = np.log(np.asarray(env, dtype=np.float64))
-    x = x - x.mean()
-    lo, hi = int(MIN_CYCLE_S * fs), min(int(MAX_CYCLE_S * fs), x.size - 1)
-    if hi <= lo:
-        return 0.0
-    n = 1 << int(np.ceil(np.log2(2 * x.size)))
-    spec = np.fft.rfft(x, n)
-    ac = np.fft.irfft(spec * np.conj(spec), n)[: x.size]
-    if ac[0] <= 0:
+    ac = autocorrelation(np.log(np.asarray(env, dtype=np.float64)))
+    lo, hi = int(MIN_CYCLE_S * fs), min(int(MAX_CYCLE_S * fs), ac.size - 1)
+    if hi <= lo or ac[0] <= 0:
         return 0.0
     # Unbiased: divide each lag by its overlap, so long lags are not penalised for being long.
-    ac = ac / (x.size - np.arange(x.size)) / (ac[0] / x.size)
+    ac = ac / (ac.size - np.arange(ac.size)) / (ac[0] / ac.size)
     return float(np.clip(ac[lo : hi + 1].max(), 0.0, 1.0))
 
 

@@ -1,6 +1,6 @@
 """Online heart-sound detection on the PCG envelope: sounds as envelope peaks above an
-adaptive threshold, S1/S2 by the cardiac cycle's asymmetry (systole, S1 to S2, is shorter
-than diastole, S2 to S1), and the heart rate from the sounds.
+adaptive threshold, and S1/S2 by the cardiac cycle's asymmetry (systole, S1 to S2, is shorter
+than diastole, S2 to S1).
 
 Pure and stateful, fed the decimated envelope chunk by chunk; the peak search is vectorised
 per block and Python runs once per sound. A peak is decided once ``HALF_WINDOW_S`` of
@@ -26,27 +26,6 @@ HISTORY_S = 4.0
 # Threshold between the envelope's floor (median) and its loud part (98th percentile), in the
 # log domain because heart-sound loudness varies tenfold between patients and positions.
 THRESHOLD_FRACTION = 0.4
-# A cardiac cycle must be 0.3-2 s long (30-200 bpm).
-MIN_CYCLE_S, MAX_CYCLE_S = 0.3, 2.0
-# The rate is looked for in cycles of 0.4-2 s (30-150 bpm): below 0.4 s systole and diastole
-# are both about as long as half a cycle, and a train of S1 and S2 repeats at each of them,
-# so a shorter "cycle" is far more often half a slower one than a real tachycardia.
-RATE_MIN_CYCLE_S = 0.4
-# The rate looks at the sounds of the last RATE_SPAN_S seconds and needs at least MIN_CYCLES
-# repeats of the cycle among them; with no sound for GONE_S it is unknown.
-RATE_SPAN_S = 10.0
-MIN_CYCLES = 3
-GONE_S = 3.0
-# Candidate cycles are tried every CYCLE_STEP_S; a sound repeats if another one follows it
-# within CYCLE_TOL_S + CYCLE_TOL_FRACTION of the cycle.
-CYCLE_STEP_S = 0.01
-CYCLE_TOL_S, CYCLE_TOL_FRACTION = 0.04, 0.05
-# The shortest cycle scoring this fraction of the best wins: a cycle's multiples score as
-# well, while systole (S1 to S2) never scores above half.
-CYCLE_PREFERENCE = 0.85
-# When the cycle repeats less than this, the rhythm is too irregular for one repeat cycle
-# (atrial fibrillation, say).
-REGULAR_SCORE = 0.75
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +58,6 @@ class HeartSoundDetector:
         self._next = 0  # first absolute index not yet decided
         # Unlabelled tail: the last two sounds (time, index, amplitude).
         self._recent: deque[tuple[float, int, float]] = deque(maxlen=2)
-        self._times: deque[float] = deque()  # sounds of the last RATE_SPAN_S, for the rate
         self.last_sound_s: float | None = None
         self.sounds = 0
 
@@ -126,7 +104,6 @@ class HeartSoundDetector:
         self.sounds += 1
         self.last_sound_s = t
         out: list[HeartSound] = []
-        self._times.append(t)
         if len(self._recent) == 2:
             (t0, _, _), (t1, i1, a1) = self._recent
             # The middle sound ends the shorter interval when it is S2 (systole before it).
@@ -134,50 +111,3 @@ class HeartSoundDetector:
             out.append(HeartSound(i1, t1, a1, kind))
         self._recent.append((t, index, amplitude))
         return out
-
-    def rate_bpm(self, now_s: float) -> float | None:
-        """Heart rate from the sounds of the last RATE_SPAN_S seconds, or None without enough.
-
-        In a regular rhythm the cycle is the shortest interval after which the sounds repeat:
-        most sounds have another one a cycle later, whether S1 and S2 were both found, only one
-        of them, or a murmur added some (sound-to-sound intervals alone would take systole for
-        a cycle whenever S2 is missed for a beat or two). In an irregular rhythm nothing repeats
-        exactly; there it is the median time from a sound to the sound after next, which spans
-        one cycle as long as S1 and S2 alternate.
-        """
-        while self._times and self._times[0] < now_s - RATE_SPAN_S:
-            self._times.popleft()
-        if self.last_sound_s is None or now_s - self.last_sound_s > GONE_S or len(self._times) < MIN_CYCLES + 1:
-            return None
-        t = np.fromiter(self._times, dtype=np.float64)
-        cycle, score = repeat_cycle(t)
-        if score < REGULAR_SCORE:
-            pairs = t[2:] - t[:-2]
-            pairs = pairs[(pairs >= RATE_MIN_CYCLE_S) & (pairs <= MAX_CYCLE_S)]
-            if pairs.size < MIN_CYCLES:
-                return None
-            cycle = float(np.median(pairs))
-        return 60.0 / cycle
-
-
-def repeat_cycle(times: np.ndarray) -> tuple[float, float]:
-    """The cardiac cycle (s) of a train of sound times, and the fraction of sounds repeating
-    at it (0 when too few sounds)."""
-    diffs = times[None, :] - times[:, None]  # diffs[i, j] = t_j - t_i
-    cand = np.arange(RATE_MIN_CYCLE_S, MAX_CYCLE_S + CYCLE_STEP_S / 2, CYCLE_STEP_S)
-    tol = CYCLE_TOL_S + CYCLE_TOL_FRACTION * cand
-    # Sound i can show cycle T only if the train goes on long enough after it.
-    eligible = times[None, :] + cand[:, None] <= times[-1] + tol[:, None]  # [T, i]
-    near = np.abs(diffs[None, :, :] - cand[:, None, None]) <= tol[:, None, None]  # [T, i, j]
-    hit = near.any(axis=2) & eligible
-    n_eligible = eligible.sum(axis=1)
-    score = np.where(n_eligible >= MIN_CYCLES, hit.sum(axis=1) / np.maximum(n_eligible, 1), 0.0)
-    if score.max() <= 0:
-        return RATE_MIN_CYCLE_S, 0.0
-    first = int(np.argmax(score >= CYCLE_PREFERENCE * score.max()))
-    # The score is a plateau as wide as the tolerance: take its best point, then refine it
-    # to the median of the intervals that matched there.
-    span = first + int(np.ceil(2 * tol[first] / CYCLE_STEP_S)) + 1
-    best = first + int(np.argmax(score[first:span]))
-    matched = np.abs(diffs - cand[best]) <= tol[best]
-    return float(np.median(diffs[matched])), float(score[best])

@@ -606,3 +606,37 @@ def test_replay_to_serial_and_run_from_the_command_line(target: str, fmt: str, t
     for code, err in outcomes:
         assert code == 130 and "Traceback" not in err, err
     assert not (tmp_path / "ttyECG").exists()
+
+
+async def test_cancelling_a_source_that_is_receiving_data_stops_it() -> None:
+    # A cancellation that lands as the device becomes readable must not be swallowed
+    # (asyncio.wait_for on Python 3.11 lost about a third of them here: the daemon could not stop).
+    outcomes = []
+    for delay in np.linspace(0.02, 0.2, 20):
+        master, name = make_pty()
+        source = SerialSource(f"serial:{name}?fs=250", make_config(), "s")
+
+        async def consume() -> None:
+            async for _ in source.chunks():
+                pass
+
+        async def write() -> None:
+            while True:
+                with contextlib.suppress(BlockingIOError):
+                    os.write(master, b"1\n2\n3\n")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(consume())
+        writer = asyncio.create_task(write())
+        try:
+            await wait_reader(master)
+            await asyncio.sleep(delay)
+            task.cancel()
+            await asyncio.wait({task}, timeout=5)
+            outcomes.append("cancelled" if task.cancelled() else "still running" if not task.done() else "ended")
+        finally:
+            writer.cancel()
+            task.cancel()
+            await asyncio.wait({task, writer}, timeout=5)  # not gather: it would wait forever
+            os.close(master)
+    assert outcomes == ["cancelled"] * 20

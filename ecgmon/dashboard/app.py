@@ -176,8 +176,9 @@ async def _keys_loop(queue: asyncio.Queue, controller: Controller, state: Dashbo
                      until: asyncio.Future | None) -> None:
     while True:
         try:
-            key = await asyncio.wait_for(queue.get(), timeout=0.5)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(0.5):  # not wait_for: on 3.11 it can swallow a cancellation
+                key = await queue.get()
+        except TimeoutError:
             if until is not None and until.done():
                 state.say("the daemon has finished: q to quit", "bold yellow", time.monotonic())
             continue

@@ -184,7 +184,8 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) ->
     ready = loop.create_future()
     loop.add_writer(fd, lambda: ready.done() or ready.set_result(True))
     try:
-        await asyncio.wait_for(ready, timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
+            await ready
     except TimeoutError:
         pass
     finally:

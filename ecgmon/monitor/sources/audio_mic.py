@@ -153,8 +153,9 @@ class MicSource:
         for _ in range(4):  # wake a callback waiting for room, so the stream can stop
             self._room.release()
         try:
-            await asyncio.wait_for(asyncio.to_thread(stream.close, True), CLOSE_TIMEOUT_S)
-        except (asyncio.TimeoutError, self._sd.PortAudioError) as err:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):  # not wait_for: on 3.11 it can swallow a cancellation
+                await asyncio.to_thread(stream.close, True)
+        except (TimeoutError, self._sd.PortAudioError) as err:
             log.warning("%s: closing input device '%s' failed: %s", self.stream, self.device_name, err or "timeout")
 
     # -- event-loop side ------------------------------------------------------------------

@@ -298,7 +298,10 @@ async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float | N
     ready = loop.create_future()
     loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
     try:
-        await asyncio.wait_for(ready, timeout)
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+        # arrives as the future completes, and the source would then never stop.
+        async with asyncio.timeout(timeout):
+            await ready
         return True
     except TimeoutError:
         return False

@@ -13,7 +13,8 @@ import time
 import pytest
 import zmq
 
-from ecgmon.cli import build_parser, connect_endpoint, main
+from ecgmon.cli import build_parser, main
+from ecgmon.commands.common import connect_endpoint
 from ecgmon.schema import BeatMessage, EventMessage, StatusMessage, parse_message
 
 REPO = Path(__file__).resolve().parent.parent

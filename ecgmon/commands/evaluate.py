@@ -1,0 +1,274 @@
+"""``ecgmon evaluate qrs|beats|alarms|model|pcg``: ecgmon scored against reference
+annotations, record by record under a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+import sys
+from typing import Callable
+
+from rich.console import Console
+from rich.text import Text
+
+from ecgmon.commands.common import CommandError, channel_arg, override, stderr_console
+from ecgmon.config import Config
+from ecgmon.monitor.sources.base import SourceError
+
+
+def _record_arguments(p: argparse.ArgumentParser) -> None:
+    """The records an evaluation replays (see ``_evaluation_specs``) and their channel."""
+    p.add_argument("records", nargs="*", metavar="RECORD",
+                   help="mitdb:100, a path to a .hea, or with --db a bare record name")
+    p.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
+                                "file, else PhysioNet's list)")
+    p.add_argument("--channel", type=channel_arg, help="channel index or name (default from config)")
+
+
+def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", parents=[common], help="score ecgmon against reference annotations")
+    kinds = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    q = kinds.add_parser(
+        "qrs", parents=[common], help="EC57 beat detection statistics (Se, +P, delay)",
+        description="Replay records through the streaming pipeline at --speed 0 and score the "
+                    "detected beats against the reference 'atr' annotations (ANSI/AAMI EC57: "
+                    "150 ms match window, ventricular flutter/fibrillation episodes excluded).",
+    )
+    _record_arguments(q)
+    q.add_argument("--chunk-s", type=float, default=10.0,
+                   help="chunk length of the replay (results do not depend on it; default 10)")
+    q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    q.set_defaults(func=cmd_evaluate_qrs)
+    add_evaluate_beats(kinds, common)
+    add_evaluate_model(kinds, common)
+    add_evaluate_pcg(kinds, common)
+    add_evaluate_alarms(kinds, common)
+
+
+def _database_records(db: str, config: Config) -> list[str]:
+    from ecgmon.replay.records import RecordError, database_record_names
+
+    try:
+        return [f"{db}:{name}" for name in database_record_names(db, config.data)]
+    except RecordError as err:
+        raise CommandError(str(err)) from None
+
+
+def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object]) -> tuple[list, int]:
+    """``evaluate(spec)`` for every record under a progress bar: the results, and how many
+    records failed (each failure one red line, the others still evaluated)."""
+    from rich.progress import Progress
+
+    results, failed = [], 0
+    with Progress(console=stderr_console(), transient=True) as progress:
+        task = progress.add_task("evaluating", total=len(specs))
+        for spec in specs:
+            progress.update(task, description=f"{verb} {spec}")
+            try:
+                results.append(evaluate(spec))
+            except SourceError as err:
+                failed += 1
+                progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
+            progress.advance(task)
+    return results, failed
+
+
+def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.monitor.qrs_evaluation import evaluate_record, render, summary
+
+    config = override(config, [
+        ("--speed", "replay", "speed", 0.0),
+        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
+        ("--loop", "replay", "loop", False),
+        ("--channel", "replay", "channel", args.channel),
+    ])
+    specs = _evaluation_specs(args, config)
+    results, failed = _each_record(specs, "evaluating", lambda spec: evaluate_record(spec, config))
+    result = summary(results)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        console = Console()
+        for part in render(result):
+            console.print(part)
+    return 1 if failed else 0
+
+
+def _evaluation_specs(args: argparse.Namespace, config: Config) -> list[str]:
+    specs = [r if (":" in r or r.endswith(".hea") or not args.db) else f"{args.db}:{r}" for r in args.records]
+    if args.db and not args.records:
+        specs = _database_records(args.db, config)
+    if not specs:
+        raise CommandError("name the records to evaluate, or a database with --db (e.g. --db mitdb)")
+    return specs
+
+
+def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    b = kinds.add_parser(
+        "beats", parents=[common], help="EC57 V and S statistics of the live beat classes",
+        description="Replay records through the streaming pipeline with the beat model (detector, "
+                    "live windows and RR features, classifier) and score the classified beats against "
+                    "the reference: EC57 V and S Se, +P, false-positive rate, and the gross N/S/V/F/Q "
+                    "confusion, separately over the records the model never trained on. The paced "
+                    "records (102 104 107 217) are left out of --db, as EC57 leaves them out.",
+    )
+    _record_arguments(b)
+    b.add_argument("--model", help="beat model file (default: [models] beat of the config)")
+    b.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    b.set_defaults(func=cmd_evaluate_beats)
+
+
+def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.models.aami import PACED
+    from ecgmon.models.beat_evaluation import evaluate_record, render, summary
+    from ecgmon.monitor.model_loader import ModelError, load_model
+    from ecgmon.monitor.model_set import model_path
+    from ecgmon.replay.records import record_id
+
+    config = override(config, [("--channel", "replay", "channel", args.channel)])
+    specs = _evaluation_specs(args, config)
+    if args.db and not args.records:
+        specs = [s for s in specs if record_id(s) not in PACED]
+    setting = args.model or config.models.beat
+    if not setting:
+        raise CommandError("no beat model: give --model FILE or set [models] beat in the config")
+    try:
+        model = load_model(model_path(setting), config.models.device)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
+    if model.kind != "beat":
+        raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
+    results, failed = _each_record(specs, "classifying", lambda spec: evaluate_record(spec, config, model))
+    result = summary(results, model)
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 1 if failed else 0
+
+
+def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    a = kinds.add_parser(
+        "alarms", parents=[common], help="alarm episode sensitivity, false alarms per hour, delays",
+        description="Replay records through the whole pipeline with the configured models and score "
+                    "the alarms (without latching) against the reference: V-tach ((VT of >= 5 beats), "
+                    "VF/flutter, A-fib episodes, and asystole/extreme brady/tachy from the reference "
+                    "beats: per kind episode sensitivity, false alarms per hour, onset-to-alarm delays, "
+                    "over all records and over those the beat model never trained on. With --noise, "
+                    "nstdb noise is added the nst way (2 min on/off after 5 min).",
+    )
+    _record_arguments(a)
+    a.add_argument("--noise", choices=["em", "ma", "bw"], help="add this nstdb noise record")
+    a.add_argument("--snr", type=float, default=6.0, help="SNR of the added noise, dB (default 6)")
+    a.add_argument("--out", default="eval/alarms", metavar="DIR",
+                   help="where metrics.json and alarms.png go (default eval/alarms)")
+    a.set_defaults(func=cmd_evaluate_alarms)
+
+
+def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.monitor.alarm_evaluation import evaluate_record, summary
+    from ecgmon.monitor.alarm_report import plot, render
+    from ecgmon.monitor.model_set import load_models
+    from ecgmon.monitor.noise_stress import NoiseStress
+
+    config = override(config, [("--channel", "replay", "channel", args.channel)])
+    specs = _evaluation_specs(args, config)
+    models, errors = load_models(config.models)
+    for error in errors:
+        stderr_console().print(Text(f"warning: {error}", style="yellow"), soft_wrap=True)
+    noise = NoiseStress(args.noise, args.snr) if args.noise else None
+    results, failed = _each_record(
+        specs, "alarms of", lambda spec: evaluate_record(spec, config, models, noise=noise)
+    )
+    if not results:
+        raise CommandError("no record could be evaluated")
+    result = summary(results, models, noise)
+    result["command"] = {"records": specs, "channel": config.replay.channel, "out": args.out,
+                         "noise": args.noise, "snr_db": args.snr if args.noise else None}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "alarms.png")
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    console.print(f"wrote {out / 'metrics.json'} and {out / 'alarms.png'}")
+    return 1 if failed else 0
+
+
+def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    m = kinds.add_parser(
+        "model", parents=[common], help="per-class Se/+P/F1, confusion, ROC/PR plots of a model file",
+        description="Load a model file as the daemon does and score it on whole records it never "
+                    "trained on (by default its card's validation records): per-class Se, +P, F1, "
+                    "confusion matrix; metrics.json and PNG plots in --out.",
+    )
+    m.add_argument("model", metavar="MODEL", help="a .pt (TorchScript) or .pt2 (torch.export) file, its card beside it")
+    m.add_argument("--records", nargs="+", metavar="REC", help="records to score on (default: the card's "
+                                                               "validation records)")
+    m.add_argument("--allow-train-records", action="store_true",
+                   help="accept records the model trained on (its scores there flatter it)")
+    m.add_argument("--channel", type=channel_arg, help="channel index or name (default: the one it trained on)")
+    m.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    m.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
+                                                "(default: eval/<model name>)")
+    m.set_defaults(func=cmd_evaluate_model)
+
+
+def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.models.evaluation import EvaluationError, evaluate_model, render
+
+    try:
+        result = evaluate_model(args.model, config.data, records=args.records, out=args.out,
+                                channel=args.channel, allow_train_records=args.allow_train_records,
+                                device=args.device, progress=sys.stderr.isatty())
+    except EvaluationError as err:
+        raise CommandError(str(err)) from None
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    return 0
+
+
+def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    e = kinds.add_parser(
+        "pcg", parents=[common], help="heart-sound model: Se, Sp, MAcc per database, confusion, ROC",
+        description="Score the recordings of DIR (a folder of *.flac/*.wav with a REFERENCE.csv, or a "
+                    "folder of such folders) with a heart-sound model file loaded as the daemon loads "
+                    "it: recording-level Se, Sp, MAcc per database, confusion matrix; metrics.json, "
+                    "roc.png and confusion.png in --out.",
+    )
+    e.add_argument("dir", metavar="DIR", help="recordings with REFERENCE.csv (1 abnormal, -1 normal)")
+    e.add_argument("--model", help="a .pt/.pt2 heart-sound model (default: [models] pcg of the config)")
+    e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
+                                                "(default: eval/<model name>-<DIR name>)")
+    e.set_defaults(func=cmd_evaluate_pcg)
+
+
+def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.models.pcg_data import PcgDataError
+    from ecgmon.models.pcg_evaluate import evaluate_pcg, render
+    from ecgmon.monitor.model_set import model_path
+
+    if not (args.model or config.models.pcg):
+        raise CommandError("no heart-sound model: give --model FILE or set [models] pcg in the config")
+    model = Path(args.model) if args.model else model_path(config.models.pcg)
+    warned: list[str] = []
+
+    def warn(text: str) -> None:
+        warned.append(text)
+        stderr_console().print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+
+    try:
+        result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty())
+    except PcgDataError as err:
+        raise CommandError(str(err)) from None
+    console = Console()
+    for part in render(result):
+        console.print(part)
+    if warned:
+        console.print(Text(f"{len(warned)} warning(s): files skipped or changed are listed above", style="yellow"))
+    return 0

@@ -1,0 +1,141 @@
+"""``ecgmon run``: the daemon with its control socket, and the dashboard in-process when
+it runs on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import logging
+import sys
+
+from ecgmon.commands.common import channel_arg, connect_endpoint, log, override, run_until_signal
+from ecgmon.config import Config
+
+
+def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "run", parents=[common], help="run the daemon: sources → pipeline → ZeroMQ",
+        description="Run the monitoring daemon until Ctrl-C or until every source has ended.",
+    )
+    p.add_argument("--source", action="append", metavar="SPEC",
+                   help="sim, sim?hr=110, mitdb:100, path/to/rec.hea or NAME=SPEC; repeatable "
+                        "(default: [run] sources of the config)")
+    p.add_argument("--pcg", action="append", metavar="SPEC",
+                   help="heart sounds: mic, mic:DEVICE (index or name; see `ecgmon devices`), "
+                        "FILE.wav or FILE.flac, or NAME=SPEC (the ECG's NAME puts both on one "
+                        "patient); repeatable. With --pcg and no --source, no ECG is started")
+    p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
+    p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
+    p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
+    p.add_argument("--channel", type=channel_arg, help="channel index or name (e.g. MLII)")
+    p.add_argument("--endpoint", help="ZeroMQ PUB endpoint to bind (e.g. tcp://127.0.0.1:5555)")
+    p.add_argument("--control", metavar="ENDPOINT",
+                   help="ZeroMQ control endpoint for acknowledge/silence (default: [publisher] "
+                        "control_endpoint; '' for none)")
+    p.add_argument("--headless", action="store_true", help="no dashboard, even on a terminal")
+    p.set_defaults(func=cmd_run)
+
+
+def cmd_run(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.monitor.daemon import Daemon
+    from ecgmon.monitor.model_set import load_models
+    from ecgmon.monitor.publisher import Publisher
+    from ecgmon.monitor.sources.factory import open_pcg_sources, open_sources
+
+    config = override(config, [
+        ("--speed", "replay", "speed", args.speed),
+        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
+        ("--loop", "replay", "loop", args.loop),
+        ("--channel", "replay", "channel", args.channel),
+        ("--endpoint", "publisher", "endpoint", args.endpoint),
+        ("--control", "publisher", "control_endpoint", args.control),
+    ])
+    specs = args.source or ([] if args.pcg else config.run.sources)
+    sources = (open_sources(specs, config) if specs else []) + open_pcg_sources(args.pcg or [], config)
+    pc = config.publisher
+    publisher = Publisher(pc.endpoint, pc.send_hwm)
+    models, model_errors = load_models(config.models)
+    daemon = Daemon(config, sources, publisher, models, model_errors)
+    names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
+    log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
+             names, publisher.endpoint, connect_endpoint(publisher.endpoint))
+    dashboard = None
+    control = _open_control(config.publisher.control_endpoint, daemon)
+    if sys.stdout.isatty() and not args.headless:
+        from ecgmon.dashboard.app import Options
+
+        links = [(connect_endpoint(publisher.endpoint), connect_endpoint(control.endpoint) if control else None)]
+        dashboard = Options(links)
+    try:
+        code = run_until_signal(lambda: _serve(daemon, control, dashboard))
+    finally:
+        if control is not None:
+            control.close()
+    if code == 0 and any(s.state == "failed" for s in daemon.streams):
+        return 1
+    return code
+
+
+def _open_control(endpoint: str, daemon):
+    """The daemon's control socket, or None when not configured or its address is taken
+    (monitoring goes on without acknowledge/silence; a warning says so)."""
+    if not endpoint:
+        return None
+    from ecgmon.monitor.control import ControlError, ControlServer
+
+    try:
+        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publisher.publish)
+    except ControlError as err:
+        log.warning("%s; running without a control socket", err)
+        return None
+    log.info("control socket (acknowledge, silence) on %s", control.endpoint)
+    return control
+
+
+async def _serve(daemon, control, dashboard) -> None:
+    """Run the daemon and its control socket; with ``dashboard`` options, show the dashboard
+    in-process until q (the daemon is stopped then) or, without keys, until the daemon ends."""
+    serving = asyncio.ensure_future(control.serve()) if control is not None else None
+    run = asyncio.ensure_future(daemon.run())
+    try:
+        if dashboard is None:
+            await run
+            return
+        from ecgmon.dashboard.app import run_dashboard
+
+        with _logs_held():
+            await run_dashboard(dashboard, until=run)
+    finally:
+        for task in (run, serving):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (run, serving) if t is not None), return_exceptions=True)
+    if not run.cancelled() and run.exception() is not None:
+        raise run.exception()
+
+
+class _HeldLogs(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: collections.deque[logging.LogRecord] = collections.deque(maxlen=500)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def _logs_held():
+    """While the full-screen dashboard owns the terminal, log lines wait (the dashboard shows
+    the daemon's events) and are printed when it closes."""
+    root = logging.getLogger("ecgmon")
+    handlers, held = root.handlers[:], _HeldLogs()
+    root.handlers[:] = [held]
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        for record in held.records:
+            for handler in handlers:
+                handler.handle(record)

@@ -1,0 +1,144 @@
+"""Watching a daemon: ``ecgmon subscribe`` (messages as JSON lines) and ``ecgmon dashboard``
+(the live terminal dashboard of one or more daemons)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from ecgmon.commands.common import (
+    EXIT_SIGINT,
+    CommandError,
+    connect_endpoint,
+    run_until_signal,
+    stderr_console,
+)
+from ecgmon.config import Config
+
+
+def add_subscribe(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "subscribe", parents=[common], help="print published messages as JSON lines",
+        description="Connect to a daemon and print each message (its JSON frame) on one line.",
+    )
+    p.add_argument("prefix", nargs="?", default="", metavar="PREFIX",
+                   help="topic prefix, e.g. beat. or vitals.bed3 (default: everything)")
+    p.add_argument("--endpoint", help="daemon endpoint (default: [publisher] endpoint)")
+    p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    p.set_defaults(func=cmd_subscribe)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
+    import zmq
+
+    endpoint = connect_endpoint(args.endpoint or config.publisher.endpoint)
+    if args.count is not None and args.count < 1:
+        raise CommandError(f"--count must be at least 1, not {args.count}")
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as err:
+        sock.close()
+        ctx.term()
+        raise CommandError(f"cannot connect to {endpoint}: {err.strerror}") from None
+    sock.setsockopt_string(zmq.SUBSCRIBE, args.prefix)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.stderr.isatty():
+        # ZeroMQ connects lazily: without a daemon this just waits, so say what it waits for.
+        what = f"'{args.prefix}'" if args.prefix else "all topics"
+        stderr_console().print(f"subscribed to {what} on {endpoint}; Ctrl-C to stop", style="dim")
+    out = sys.stdout.buffer
+    last_seq: dict[tuple[str, str], int] = {}
+    missed = received = 0
+    code = 0
+    try:
+        while args.count is None or received < args.count:
+            frames = sock.recv_multipart()
+            payload = frames[-1]
+            out.write(payload + b"\n")
+            out.flush()
+            received += 1
+            missed += _gap(last_seq, frames[0], payload)
+    except KeyboardInterrupt:
+        code = EXIT_SIGINT
+    except _Terminated:
+        code = 0
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly; stdout must not be flushed again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+    if missed:
+        stderr_console().print(f"missed {missed} messages (gaps in seq)", soft_wrap=True)
+    return code
+
+
+def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> int:
+    """Messages missed on this topic since the last one seen from the same publisher."""
+    try:
+        msg = json.loads(payload)
+        key, seq = (msg["pub"], topic.decode()), int(msg["seq"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+    prev = last_seq.get(key)
+    last_seq[key] = seq
+    return max(0, seq - prev - 1) if prev is not None else 0
+
+
+def add_dashboard(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "dashboard", parents=[common], help="the live terminal dashboard of one or more daemons",
+        description="Show the streams of one or more daemons: ECG traces, heart rate, beat classes, "
+                    "rhythm, alarms, heart sounds. Keys: arrows/tab/1-9 select a stream, a "
+                    "acknowledges and s silences its highest alarm, q quits.",
+    )
+    p.add_argument("--connect", action="append", metavar="ENDPOINT",
+                   help="a daemon's PUB endpoint; repeatable (default: [publisher] endpoint)")
+    p.add_argument("--control", action="append", metavar="ENDPOINT",
+                   help="control endpoint of the daemon at the same position in --connect "
+                        "(default for the configured daemon: [publisher] control_endpoint)")
+    p.add_argument("--user", help="name recorded with acknowledgements (default: login name)")
+    p.add_argument("--silence-s", type=float, default=120.0, metavar="S",
+                   help="how long s silences an alarm (default 120)")
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
+    from ecgmon.dashboard.app import DashboardError, Options, run_dashboard
+
+    connects = args.connect or [config.publisher.endpoint]
+    controls = args.control or []
+    if len(controls) > len(connects):
+        raise CommandError(f"{len(controls)} --control for {len(connects)} --connect: give one per daemon")
+    if not 0 < args.silence_s <= 3600:
+        raise CommandError(f"--silence-s must be between 0 and 3600 seconds, not {args.silence_s:g}")
+    if not sys.stdout.isatty():
+        raise CommandError("the dashboard needs a terminal; use `ecgmon subscribe` for a pipe or a file")
+    own = connect_endpoint(config.publisher.endpoint)
+    links = []
+    for i, endpoint in enumerate(connects):
+        if i < len(controls):
+            control = controls[i]
+        else:  # the configured daemon's control socket is known; another daemon's is not
+            control = config.publisher.control_endpoint if connect_endpoint(endpoint) == own else ""
+        links.append((connect_endpoint(endpoint), connect_endpoint(control) if control else None))
+    opts = Options(links, user=args.user or "", silence_s=args.silence_s)
+    try:
+        return run_until_signal(lambda: run_dashboard(opts))
+    except DashboardError as err:
+        raise CommandError(str(err)) from None

@@ -15,6 +15,7 @@ import soxr
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
 from ecgmon.monitor.daemon import Daemon
+from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.audio_blocks import PCG_FS, StreamResampler
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.factory import open_pcg_sources, pcg_stream_id
@@ -174,11 +175,14 @@ async def test_daemon_goes_on_after_a_corrupt_audio_stream(tmp_path: Path, data_
     config.replay.speed = 0
     config.publisher.endpoint = endpoint
     sources = open_pcg_sources([f"good={src}", f"bad={bad}"], config)
+    # Bound before the subscriber connects: at speed 0 the first event leaves at once, and a
+    # subscriber still retrying its connection would miss it.
+    publisher = Publisher(endpoint, config.publisher.send_hwm)
     ctx, sub = await subscriber(endpoint, ("pcg.", "event."))
     msgs: list = []
     task = asyncio.create_task(collect_into(sub, msgs))
     try:
-        await Daemon(config, sources).run()
+        await Daemon(config, sources, publisher).run()
         await asyncio.sleep(0.3)
     finally:
         task.cancel()

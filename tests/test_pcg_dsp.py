@@ -85,7 +85,7 @@ def test_rate_is_one_beat_when_alternate_beats_are_quieter(hr: float) -> None:
 
 def test_no_rate_from_too_little_or_flat_envelope() -> None:
     x, _, _ = synthetic_pcg(72, 20)
-    env, _, det = run(x, 200)
+    env, _, _ = run(x, 200)
     assert envelope_rate_bpm(env[:240], 50.0) is None  # 4.8 s: too short for a slow heart
     assert envelope_rate_bpm(np.full(500, 0.01), 50.0) is None
     _, _, det = run(np.zeros(int(8 * PCG_FS), np.float32), 200)

@@ -32,6 +32,7 @@ from ecgmon.monitor.qrs_scoring import score_beats
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.factory import open_source
 from ecgmon.monitor.sources.record import RecordSource
+from ecgmon.monitor.sources import serial_source
 from ecgmon.monitor.sources.serial_source import SerialSource, parse_serial_spec
 from ecgmon.payloads.serial import AsciiDecoder, from_wire
 from ecgmon.replay.records import load_record
@@ -385,6 +386,48 @@ async def test_a_silent_device_and_a_wrong_setting_are_reported() -> None:
     assert "the device sends 1 channel; channel=1 selects none" in events[0][1].text
     no_data_at, no_data = events[1]
     assert no_data.level == "warning" and no_data_at - written[0] >= 2.5
+
+
+@pytest.mark.parametrize("empty_wakeups", [2, 1000])
+async def test_an_empty_read_ends_the_device_only_when_it_keeps_coming(empty_wakeups: int, monkeypatch) -> None:
+    # pyserial's VMIN=0 makes a read with nothing to read return b"", like an end of file. A
+    # wake-up or two with nothing to read must not count as a disconnect (it used to: a false
+    # disconnect and a false gap); a device that reads empty again and again is gone.
+    real = serial_source._readable
+    left = [empty_wakeups]
+
+    async def readable(loop, fd, timeout):
+        if left[0]:
+            left[0] -= 1
+            return True  # woken with nothing to read
+        return await real(loop, fd, timeout)
+
+    monkeypatch.setattr(serial_source, "_readable", readable)
+    master, name = make_pty()
+    source = SerialSource(f"serial:{name}?fs=250", make_config(), "s")
+    events: list = []
+
+    async def consume() -> None:
+        async for item in source.chunks():
+            if isinstance(item, SourceEvent):
+                events.append(item.code)
+                if item.code == "disconnected" or (empty_wakeups < 10 and item.code == "no_data"):
+                    return
+
+    task = asyncio.create_task(consume())
+    try:
+        if empty_wakeups < 10:
+            await wait_reader(master)
+            os.write(master, b"\n1\n2\n")
+        await asyncio.wait_for(task, 20)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        os.close(master)
+    if empty_wakeups > 10:
+        assert events == ["disconnected"] and source.disconnects == 1
+    else:
+        assert events == ["no_data"] and source.disconnects == 0
 
 
 async def test_emitter_writes_to_an_existing_device(rec100) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from contextlib import aclosing
 import errno
 import os
+import select
 import stat
 import time
 from typing import AsyncIterator, Literal
@@ -32,6 +33,9 @@ SPEC_PARAMS = {
 READ_SIZE = 65536
 EVENT_PERIOD_S = 1.0  # at most one corrupt_input / signal_loss event per second and stream
 NO_DATA_S = 3.0  # an open device silent this long is reported (ECG devices send 50+ samples/s)
+# Readable yet empty this many times in a row: the device is at end of file for good (a single
+# empty read can be a wake-up with nothing to read).
+MAX_EMPTY_READS = 3
 # Fault counters whose increase is worth a corrupt_input event (lines and frames are not).
 _FAULTS = ("bad_lines", "overlong_lines", "garbage_bytes", "crc_errors", "bad_frames", "seq_restarts")
 
@@ -181,6 +185,7 @@ class SerialSource:
         fd = port.fileno()
         loop = asyncio.get_running_loop()
         last_data, silent = time.monotonic(), False
+        empty = 0  # empty reads in a row
         while True:
             if await _readable(loop, fd, self._timeout(None if silent else last_data + NO_DATA_S)):
                 try:
@@ -190,7 +195,15 @@ class SerialSource:
                 except OSError:
                     return  # EIO: the device (or the other end of a pty) is gone
                 if data == b"":
-                    return
+                    # With pyserial's VMIN=0 an empty read may also mean "nothing to read": the
+                    # device is gone when it hung up (a USB adapter pulled) or reads nothing
+                    # again and again (a device at permanent end of file).
+                    empty += 1
+                    if empty >= MAX_EMPTY_READS or _hung_up(fd):
+                        return
+                    data = None
+                else:
+                    empty = 0
                 if data:
                     last_data = time.monotonic()
                     if silent:
@@ -291,6 +304,12 @@ class SerialSource:
         if good == 0:
             return f" (nothing decodable yet: check baud={self.settings.baud} and format={self.settings.format})"
         return ""
+
+
+def _hung_up(fd: int) -> bool:
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poll.poll(0))
 
 
 async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float | None) -> bool:

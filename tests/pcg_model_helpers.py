@@ -34,6 +34,6 @@ def tiny_pcg_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     make_database(root / "db-b", data_dir / "pcg2016" / "training-b", 4)
     data = load_pcg(database_folders(root), print, progress=False, cache=False)
     out = tmp_path_factory.mktemp("pcg-model") / "pcg-tiny.pt"
-    settings = PcgSettings(epochs=1, batch_size=4, patience=1, progress=False, epoch_size=8)
+    settings = PcgSettings(epochs=1, batch_size=4, progress=False, epoch_size=8)
     train_and_export(data, out, "ecgmon train pcg (test)", settings)
     return out

@@ -114,8 +114,6 @@ def add_train_pcg_options(p: argparse.ArgumentParser) -> None:
                         "default: pcg2016 under $ECGMON_DATA or [data] folder)")
     p.add_argument("--databases", nargs="+", metavar="NAME",
                    help="pcg: database folders under --data to use (default: all); one is held out per fold")
-    p.add_argument("--final-epochs", type=int, metavar="N",
-                   help="pcg: epochs of the shipped model (default: median best epoch of the folds)")
 
 
 def _pcg_root(args: argparse.Namespace, config: Config):
@@ -145,14 +143,12 @@ def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:
             folders = [f for f in folders if f.name in args.databases]
         data = load_pcg(folders, lambda text: log.warning("%s", text), progress=sys.stderr.isatty())
         settings = PcgSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               patience=args.patience, seed=args.seed, progress=sys.stderr.isatty())
+                               seed=args.seed, progress=sys.stderr.isatty())
         command = ("ecgmon train pcg" + (f" --data {args.data}" if args.data else "")
                    + f" --databases {' '.join(f.name for f in folders)} "
                    f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
-                   f"--patience {args.patience} --seed {args.seed}"
-                   + (f" --final-epochs {args.final_epochs}" if args.final_epochs else "")
-                   + f" --out {args.out}")
-        card = train_and_export(data, Path(args.out), command, settings, args.final_epochs)
+                   f"--seed {args.seed} --out {args.out}")
+        card = train_and_export(data, Path(args.out), command, settings)
     except (PcgDataError, ValueError) as err:
         raise CommandError(str(err)) from None
     m = card["metrics"]

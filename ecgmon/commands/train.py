@@ -35,7 +35,8 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=5, help="epochs without improvement before stopping")
+    p.add_argument("--patience", type=int, default=5,
+                   help="held-out records: epochs without improvement before stopping (not with --folds or pcg)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--channel", type=channel_arg, default=0, help="channel index or name")
     p.add_argument("--class-weight-power", type=float, default=0.5,

@@ -38,6 +38,10 @@ def print_error(text: str) -> None:
     stderr_console().print(Text(f"error: {text}", style="bold red"), soft_wrap=True)
 
 
+def print_warning(text: str) -> None:
+    stderr_console().print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+
+
 def setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose else logging.INFO
     if sys.stderr.isatty():
@@ -69,6 +73,16 @@ def override(config: Config, changes: list[tuple[str, str, str, object]]) -> Con
         data[section][key] = value
         config = parse_config(data, f"{flag} {value}")
     return config
+
+
+def replay_overrides(args) -> list[tuple[str, str, str, object]]:
+    """``--speed``, ``--chunk-s``, ``--loop`` and ``--channel`` over ``[replay]`` (for ``override``)."""
+    return [
+        ("--speed", "replay", "speed", args.speed),
+        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
+        ("--loop", "replay", "loop", args.loop),
+        ("--channel", "replay", "channel", args.channel),
+    ]
 
 
 def channel_arg(text: str) -> int | str:

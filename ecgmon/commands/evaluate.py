@@ -7,12 +7,12 @@ import argparse
 import json
 from pathlib import Path
 import sys
-from typing import Callable
+from typing import Callable, Iterable
 
 from rich.console import Console
 from rich.text import Text
 
-from ecgmon.commands.common import CommandError, channel_arg, override, stderr_console
+from ecgmon.commands.common import CommandError, channel_arg, override, print_warning, stderr_console
 from ecgmon.config import Config
 from ecgmon.monitor.sources.base import SourceError
 
@@ -44,6 +44,14 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     add_evaluate_model(kinds, common)
     add_evaluate_pcg(kinds, common)
     add_evaluate_alarms(kinds, common)
+
+
+def _show(parts: Iterable[object]) -> Console:
+    """Print a report's parts on stdout; the console, for what follows them."""
+    console = Console()
+    for part in parts:
+        console.print(part)
+    return console
 
 
 def _database_records(db: str, config: Config) -> list[str]:
@@ -89,9 +97,7 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        console = Console()
-        for part in render(result):
-            console.print(part)
+        _show(render(result))
     return 1 if failed else 0
 
 
@@ -141,9 +147,7 @@ def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
     results, failed = _each_record(specs, "classifying", lambda spec: evaluate_record(spec, config, model))
     result = summary(results, model)
-    console = Console()
-    for part in render(result):
-        console.print(part)
+    _show(render(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 1 if failed else 0
@@ -177,7 +181,7 @@ def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
     specs = _evaluation_specs(args, config)
     models, errors = load_models(config.models)
     for error in errors:
-        stderr_console().print(Text(f"warning: {error}", style="yellow"), soft_wrap=True)
+        print_warning(error)
     noise = NoiseStress(args.noise, args.snr) if args.noise else None
     results, failed = _each_record(
         specs, "alarms of", lambda spec: evaluate_record(spec, config, models, noise=noise)
@@ -191,9 +195,7 @@ def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "alarms.png")
-    console = Console()
-    for part in render(result):
-        console.print(part)
+    console = _show(render(result))
     console.print(f"wrote {out / 'metrics.json'} and {out / 'alarms.png'}")
     return 1 if failed else 0
 
@@ -226,9 +228,7 @@ def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
                                 device=args.device, progress=sys.stderr.isatty())
     except EvaluationError as err:
         raise CommandError(str(err)) from None
-    console = Console()
-    for part in render(result):
-        console.print(part)
+    _show(render(result))
     return 0
 
 
@@ -260,15 +260,13 @@ def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
 
     def warn(text: str) -> None:
         warned.append(text)
-        stderr_console().print(Text(f"warning: {text}", style="yellow"), soft_wrap=True)
+        print_warning(text)
 
     try:
         result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty())
     except PcgDataError as err:
         raise CommandError(str(err)) from None
-    console = Console()
-    for part in render(result):
-        console.print(part)
+    console = _show(render(result))
     if warned:
         console.print(Text(f"{len(warned)} warning(s): files skipped or changed are listed above", style="yellow"))
     return 0

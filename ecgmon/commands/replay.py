@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from ecgmon.commands.common import CommandError, channel_arg, override, run_until_signal
+from ecgmon.commands.common import CommandError, channel_arg, override, replay_overrides, run_until_signal
 from ecgmon.config import Config
 
 
@@ -31,12 +31,7 @@ def add_replay(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.sources.factory import open_source
 
-    config = override(config, [
-        ("--speed", "replay", "speed", args.speed),
-        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
-        ("--loop", "replay", "loop", args.loop),
-        ("--channel", "replay", "channel", args.channel),
-    ])
+    config = override(config, replay_overrides(args))
     source = open_source(args.spec, config)
     target = args.to
     if target.startswith(("mqtt://", "mqtts://")):

@@ -10,7 +10,14 @@ import contextlib
 import logging
 import sys
 
-from ecgmon.commands.common import channel_arg, connect_endpoint, log, override, run_until_signal
+from ecgmon.commands.common import (
+    channel_arg,
+    connect_endpoint,
+    log,
+    override,
+    replay_overrides,
+    run_until_signal,
+)
 from ecgmon.config import Config
 
 
@@ -45,10 +52,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.sources.factory import open_pcg_sources, open_sources
 
     config = override(config, [
-        ("--speed", "replay", "speed", args.speed),
-        ("--chunk-s", "replay", "chunk_s", args.chunk_s),
-        ("--loop", "replay", "loop", args.loop),
-        ("--channel", "replay", "channel", args.channel),
+        *replay_overrides(args),
         ("--endpoint", "publisher", "endpoint", args.endpoint),
         ("--control", "publisher", "control_endpoint", args.control),
     ])

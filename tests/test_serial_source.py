@@ -393,16 +393,16 @@ async def test_an_empty_read_ends_the_device_only_when_it_keeps_coming(empty_wak
     # pyserial's VMIN=0 makes a read with nothing to read return b"", like an end of file. A
     # wake-up or two with nothing to read must not count as a disconnect (it used to: a false
     # disconnect and a false gap); a device that reads empty again and again is gone.
-    real = serial_source._readable
+    real = serial_source.fd_ready
     left = [empty_wakeups]
 
-    async def readable(loop, fd, timeout):
+    async def readable(fd, timeout):
         if left[0]:
             left[0] -= 1
             return True  # woken with nothing to read
-        return await real(loop, fd, timeout)
+        return await real(fd, timeout)
 
-    monkeypatch.setattr(serial_source, "_readable", readable)
+    monkeypatch.setattr(serial_source, "fd_ready", readable)
     master, name = make_pty()
     source = SerialSource(f"serial:{name}?fs=250", make_config(), "s")
     events: list = []

@@ -21,6 +21,7 @@ import numpy as np
 
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config, ConfigError, SerialConfig
+from ecgmon.fd_wait import fd_ready
 from ecgmon.payloads.serial import MAX_SAMPLES, encode_ascii, encode_frame, to_wire
 
 log = logging.getLogger("ecgmon.replay.serial")
@@ -180,22 +181,9 @@ class _Encoder:
         return b"".join(frames)
 
 
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> None:
-    ready = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(True))
-    try:
-        async with asyncio.timeout(timeout):  # not wait_for: on 3.11 it can swallow a cancellation
-            await ready
-    except TimeoutError:
-        pass
-    finally:
-        loop.remove_writer(fd)
-
-
 async def _write_all(fd: int, data: bytes, gone: Callable[[], bool]) -> int:
     """Write ``data`` without blocking the loop, waiting while the reader is slow (nothing is
     dropped for slowness); returns the bytes not written because the reader went away."""
-    loop = asyncio.get_running_loop()
     view = memoryview(data)
     while view:
         try:
@@ -203,7 +191,7 @@ async def _write_all(fd: int, data: bytes, gone: Callable[[], bool]) -> int:
         except BlockingIOError:
             if gone():
                 return len(view)
-            await _writable(loop, fd, 1.0)
+            await fd_ready(fd, 1.0, write=True)
     return 0
 
 

@@ -17,6 +17,7 @@ import serial
 
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, SerialConfig
+from ecgmon.fd_wait import fd_ready
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.spec_query import apply_query
 from ecgmon.payloads.serial import AsciiDecoder, FrameDecoder, from_wire
@@ -183,11 +184,10 @@ class SerialSource:
     async def _read(self, port: serial.Serial) -> AsyncIterator[Chunk | SourceEvent]:
         """Chunks and events until the device reads EOF or fails."""
         fd = port.fileno()
-        loop = asyncio.get_running_loop()
         last_data, silent = time.monotonic(), False
         empty = 0  # empty reads in a row
         while True:
-            if await _readable(loop, fd, self._timeout(None if silent else last_data + NO_DATA_S)):
+            if await fd_ready(fd, self._timeout(None if silent else last_data + NO_DATA_S)):
                 try:
                     data = os.read(fd, READ_SIZE)
                 except BlockingIOError:
@@ -310,19 +310,3 @@ def _hung_up(fd: int) -> bool:
     poll = select.poll()
     poll.register(fd, select.POLLIN)
     return any(ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, ev in poll.poll(0))
-
-
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float | None) -> bool:
-    """Wait until ``fd`` can be read (or has hung up), at most ``timeout`` seconds."""
-    ready = loop.create_future()
-    loop.add_reader(fd, lambda: ready.done() or ready.set_result(True))
-    try:
-        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation that
-        # arrives as the future completes, and the source would then never stop.
-        async with asyncio.timeout(timeout):
-            await ready
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)

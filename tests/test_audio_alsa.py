@@ -22,7 +22,7 @@ import soxr
 
 from ecgmon.schema import EventMessage, PcgClassMessage, PcgMessage
 from pcg_model_helpers import tiny_pcg_model  # noqa: F401 (a fixture)
-from tests.zmq_helpers import collect_into, subscriber
+from zmq_helpers import collect_into, subscriber
 
 # pcg2016 a0001: a clean normal recording of 35 s.
 RECORDING = ("training-a", "a0001")

@@ -20,7 +20,7 @@ from ecgmon.monitor.sources.audio_blocks import PCG_FS, StreamResampler
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.factory import open_pcg_sources, pcg_stream_id
 from ecgmon.schema import EventMessage, PcgMessage
-from tests.zmq_helpers import collect_into, subscriber
+from zmq_helpers import collect_into, subscriber
 
 
 def recording(data_dir: Path, name: str = "a0001") -> np.ndarray:

@@ -30,7 +30,8 @@ from rich.table import Table
 import torch
 from torch import Tensor, nn
 
-from ecgmon.monitor.batcher import InferenceBatcher, pick_device
+from ecgmon.monitor.batcher import InferenceBatcher
+from ecgmon.monitor.model_loader import resolve_device
 
 WINDOW = 252  # samples: 0.7 s at 360 Hz around the R peak
 RR_FEATURES = 4
@@ -158,7 +159,7 @@ def main() -> None:
     args = parser.parse_args()
 
     console = Console()
-    device = pick_device(args.device)
+    device = resolve_device(args.device)
     model, description = build_model(device)
     load = os.getloadavg()[0]
     console.print(

@@ -17,14 +17,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from ecgmon.config import ConfigError
-from ecgmon.monitor.batcher import (
-    BatcherClosedError,
-    DeviceError,
-    InferenceBatcher,
-    ModelCallError,
-    pick_device,
-)
+from ecgmon.monitor.batcher import BatcherClosedError, InferenceBatcher, ModelCallError
+from ecgmon.monitor.model_loader import resolve_device
 
 # TorchScript is what the daemon loads, deprecated or not (torch 2.13 warns on every script()).
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
@@ -456,23 +450,9 @@ def test_bad_settings_are_rejected() -> None:
 # -- devices ----------------------------------------------------------------------------------------
 
 
-def test_pick_device() -> None:
-    assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(DeviceError, match="expected"):
-        pick_device("tpu")
-    assert issubclass(DeviceError, ConfigError)  # the CLI shows it as one line
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible here")
-def test_cuda_without_a_gpu_is_a_clear_error() -> None:
-    with pytest.raises(DeviceError, match=r"no GPU is visible.*set \[models\] device = \"auto\" or \"cpu\""):
-        pick_device("cuda")
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU visible")
 async def test_on_cuda_results_come_back_as_cpu_arrays() -> None:
     model = torch.jit.script(IdModel()).cuda()
-    async with InferenceBatcher(model, 8, 2, device=pick_device("cuda")) as batcher:
+    async with InferenceBatcher(model, 8, 2, device=resolve_device("cuda")) as batcher:
         got = await asyncio.wait_for(batcher.submit(*beat(4, np.random.default_rng(17))), HANG)
     assert isinstance(got, np.ndarray) and got[0] == 4

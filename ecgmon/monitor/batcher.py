@@ -16,18 +16,12 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 import torch
 
-from ecgmon.config import ConfigError
 
 # What a caller gets back: the model's output row for its item, or one row per output.
 Output = Union[np.ndarray, tuple[np.ndarray, ...]]
 
 # Latency percentiles in stats() cover this many of the latest items.
 LATENCY_WINDOW = 4096
-
-
-
-class DeviceError(ConfigError):
-    """A `[models] device` that cannot be used here; a ConfigError, so the CLI shows one line."""
 
 
 class BatcherClosedError(RuntimeError):
@@ -41,29 +35,6 @@ class ModelCallError(RuntimeError):
         super().__init__(f"model {model!r} failed on a batch of {batch_size}: {type(err).__name__}: {err}")
         self.model = model
         self.batch_size = batch_size
-
-
-def pick_device(setting: str) -> torch.device:
-    """`[models] device` → a torch device: "auto" is cuda when torch sees a GPU, else the CPU."""
-    setting = setting.strip().lower()
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cpu":
-        return torch.device("cpu")
-    if setting == "cuda" or setting.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise DeviceError(
-                f"models.device = {setting!r} but no GPU is visible to torch {torch.__version__} "
-                f"({build}); set [models] device = \"auto\" or \"cpu\""
-            )
-        device = torch.device(setting)
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"models.device = {setting!r} but torch sees {torch.cuda.device_count()} GPU(s)"
-            )
-        return device
-    raise DeviceError(f"models.device = {setting!r}: expected \"auto\", \"cpu\" or \"cuda\"")
 
 
 @dataclass(eq=False)

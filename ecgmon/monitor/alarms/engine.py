@@ -19,15 +19,16 @@ from ecgmon.monitor.alarms import fibrillation
 from ecgmon.monitor.alarms.beats import BeatInfo, BeatRhythm, is_ventricular
 from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
-from ecgmon.monitor.alarms.morphology import Morphology, MorphologyTracker
+from ecgmon.monitor.alarms.morphology import REGULAR_RR, Morphology, MorphologyTracker
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.alarms.technical import TechnicalMonitor
+# A beat is classified once the next beat is detected or this long after its R peak: the
+# pipeline's rule, which the alarms date their beat decisions by.
+from ecgmon.monitor.classification import MAX_WAIT_S
 from ecgmon.schema import AlarmMessage, BeatMessage
 
 STEP_S = 1.0  # analysis windows every second
 BUFFER_S = 10.0  # signal kept: the analysis window plus room for late morphology
-# A beat is classified once the next beat is detected or this long after its R peak.
-CLASSIFY_WAIT_S = 2.0
 # VF/flutter: the waveform measures that a window must pass (measured on record 207's
 # flutter episodes against the other MIT-BIH records and nstdb-style noise: see README).
 VF_TCSC = 0.4
@@ -153,7 +154,7 @@ class AlarmEngine:
         # Beat kinds clear on the signal clock too (no beats: nothing else would end them),
         # but never past a beat whose class is still on its way: the classifier may answer
         # seconds late (a busy batcher, a fast replay), and that beat may carry the condition on.
-        out += self.book.tick(min(t - CLASSIFY_WAIT_S, self._oldest_unclassified(t)), BEAT_KINDS)
+        out += self.book.tick(min(t - MAX_WAIT_S, self._oldest_unclassified(t)), BEAT_KINDS)
         return out
 
     def _oldest_unclassified(self, t: float) -> float:
@@ -219,18 +220,18 @@ class AlarmEngine:
         t = msg.time_s
         nxt = self._detected.pop(msg.sample, None)
         # When the live pipeline knows the class: at the next beat's detection, or after the wait.
-        t_known = min(nxt / self.fs, t + CLASSIFY_WAIT_S) if nxt is not None else t + CLASSIFY_WAIT_S
+        t_known = min(nxt / self.fs, t + MAX_WAIT_S) if nxt is not None else t + MAX_WAIT_S
         ventricular, strong = is_ventricular(msg.label, morph)
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
-        regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < 0.2 * self._prev_rr
+        regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
         if shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
         self._unclassified.pop(msg.sample, None)
         obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong), t_known)
         # Beat conditions end on the beats' own clock, however late the classes came.
-        return self._apply(obs) + self.book.tick(t_known - CLASSIFY_WAIT_S, BEAT_KINDS)
+        return self._apply(obs) + self.book.tick(t_known - MAX_WAIT_S, BEAT_KINDS)
 
     # -- wall clock and people ---------------------------------------------------------
 

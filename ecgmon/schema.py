@@ -82,7 +82,10 @@ class AlarmMessage(Message):
     silence, suppression) and when cleared. ``id`` is stable over the alarm's life."""
 
     kind: Literal["alarm"] = "alarm"
-    id: str = Field(description="unique per alarm episode, e.g. bed3-vtach-7")
+    id: str = Field(
+        description="unique per alarm episode and daemon run, e.g. bed3-vtach-7-1a2b3c4d (stream, kind, "
+        "count, run)"
+    )
     alarm: str = Field(description="what it is about: asystole, vfib, vtach, brady, tachy, afib, ...")
     category: Literal["physiological", "technical"]
     priority: Literal["high", "medium", "low"]
@@ -96,6 +99,7 @@ class AlarmMessage(Message):
     acknowledged_by: str | None = None
     acknowledged_wall: float | None = None
     silenced_until_wall: float | None = Field(None, description="audible alarm silenced until then")
+    silenced_by: str | None = Field(None, description="who silenced it last (silence is not an acknowledgement)")
     suppressed: bool = Field(
         False, description="a technical condition suppresses this physiological alarm"
     )

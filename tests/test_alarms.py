@@ -9,7 +9,7 @@ import pytest
 from ecgmon.chunk import Chunk
 from ecgmon.config import AlarmsConfig, Config, ConfigError, parse_config
 from ecgmon.monitor.alarms import AlarmEngine
-from ecgmon.monitor.alarms.book import AlarmBook
+from ecgmon.monitor.alarms.book import AlarmBook, AlarmRefused
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import load_record
 from ecgmon.schema import AlarmMessage, BeatMessage
@@ -57,7 +57,9 @@ def test_book_hold_hysteresis_latch_acknowledge_silence() -> None:
     assert silenced.silenced_until_wall is not None
     done = book.acknowledge(v.id, "nurse")
     assert done.state == "cleared" and done.acknowledged_by == "nurse"
-    assert book.acknowledge(v.id, "nurse") is None and book.active() == []
+    with pytest.raises(AlarmRefused, match="no active alarm"):
+        book.acknowledge(v.id, "nurse")
+    assert book.active() == []
 
 
 def test_vtach_raised_and_cleared_from_beats() -> None:

@@ -13,17 +13,32 @@ book turns observations into alarms:
 - suppressed: raised during a technical condition, the alarm is published with
   ``suppressed=True`` (visible, not annunciated); it becomes a real alarm (``updated``) if
   the condition outlives the technical one.
+
+People: an acknowledgement or silence names the alarm by its id, which is unique across daemon
+runs (``bed3-vtach-7-1a2b3c4d``: stream, kind, count, this run), so a stale or replayed request
+can never reach a new alarm of the same kind. The first acknowledgement stands; a later one is
+refused (``AlarmRefused`` says by whom and when it was acknowledged). Silencing is not an
+acknowledgement: it records ``silenced_by``, and a latched alarm stays until acknowledged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timezone
+import secrets
 import time
 
 from ecgmon.monitor.alarms.kinds import KINDS
 from ecgmon.schema import AlarmMessage
 
 UPDATE_S = 5.0
+# This daemon run's part of every alarm id: random, so ids never repeat across runs (a
+# counter restarts with the process, the clock can go back).
+RUN_ID = secrets.token_hex(4)
+
+
+class AlarmRefused(Exception):
+    """An acknowledgement or silence that cannot apply; the message says why, for the person."""
 
 
 @dataclass(slots=True)
@@ -42,10 +57,13 @@ class _Condition:
 class AlarmBook:
     """The alarms of one stream."""
 
-    def __init__(self, stream: str, clear_s: float, latch: list[str] | tuple[str, ...]) -> None:
+    def __init__(
+        self, stream: str, clear_s: float, latch: list[str] | tuple[str, ...], run: str = RUN_ID
+    ) -> None:
         self.stream = stream
         self.clear_s = clear_s
         self.latch = frozenset(latch)
+        self.run = run
         self._conds: dict[str, _Condition] = {}
         self._count = 0
 
@@ -106,24 +124,25 @@ class AlarmBook:
 
     # -- people ------------------------------------------------------------------------
 
-    def acknowledge(self, alarm_id: str, by: str) -> AlarmMessage | None:
+    def acknowledge(self, alarm_id: str, by: str) -> AlarmMessage:
+        """The alarm, acknowledged by ``by`` now; raises AlarmRefused if it is not active in
+        this run or someone acknowledged it already (the first acknowledgement stands)."""
         cond = self._find(alarm_id)
-        if cond is None:
-            return None
         a = cond.alarm
+        if a.acknowledged_by is not None:
+            raise AlarmRefused(f"alarm '{alarm_id}' was already acknowledged by {a.acknowledged_by} "
+                               f"at {_utc(a.acknowledged_wall)}")
         a.acknowledged_by, a.acknowledged_wall = by, time.time()
         if cond.ended:  # a latched alarm whose condition is over ends when acknowledged
             return self._clear(a.alarm, cond, cond.last_s)
         a.state = "updated"
         return a.model_copy()
 
-    def silence(self, alarm_id: str, seconds: float, by: str) -> AlarmMessage | None:
-        cond = self._find(alarm_id)
-        if cond is None:
-            return None
-        a = cond.alarm
-        a.silenced_until_wall = time.time() + seconds
-        a.acknowledged_by = a.acknowledged_by or by
+    def silence(self, alarm_id: str, seconds: float, by: str) -> AlarmMessage:
+        """The alarm, silenced by ``by`` for ``seconds`` from now (a later silence replaces an
+        earlier one); raises AlarmRefused if it is not active in this run."""
+        a = self._find(alarm_id).alarm
+        a.silenced_until_wall, a.silenced_by = time.time() + seconds, by
         a.state = "updated"
         return a.model_copy()
 
@@ -132,8 +151,14 @@ class AlarmBook:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _find(self, alarm_id: str) -> _Condition | None:
-        return next((c for c in self._conds.values() if c.alarm is not None and c.alarm.id == alarm_id), None)
+    def _find(self, alarm_id: str) -> _Condition:
+        cond = next((c for c in self._conds.values() if c.alarm is not None and c.alarm.id == alarm_id), None)
+        if cond is not None:
+            return cond
+        if not alarm_id.endswith(f"-{self.run}"):
+            raise AlarmRefused(f"alarm '{alarm_id}' is not from this daemon run (its ids end in "
+                               f"-{self.run}): it may be stale or replayed; look at the alarm as it is now")
+        raise AlarmRefused(f"no active alarm '{alarm_id}' on {self.stream}: it has cleared or never was")
 
     def _expire(self, kind: str, t: float, clear_s: float | None) -> list[AlarmMessage]:
         cond = self._conds.get(kind)
@@ -154,7 +179,7 @@ class AlarmBook:
         cond.updated_s = t
         cond.alarm = AlarmMessage(
             stream=self.stream,
-            id=f"{self.stream}-{kind}-{self._count}",
+            id=f"{self.stream}-{kind}-{self._count}-{self.run}",
             alarm=kind,
             category=k.category,
             priority=k.priority,
@@ -180,3 +205,7 @@ class AlarmBook:
         a = cond.alarm
         a.state, a.cleared_s = "cleared", round(t, 3)
         return a.model_copy()
+
+
+def _utc(wall: float | None) -> str:
+    return datetime.fromtimestamp(wall or 0.0, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -19,11 +19,11 @@ DAEMON_STREAM = "ecgmon"
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    v: int = SCHEMA_VERSION
-    kind: str
-    stream: str
-    pub: str = ""
-    seq: int = 0
+    v: int = Field(SCHEMA_VERSION, description="schema version")
+    kind: str = Field(description="message kind, the topic's first part")
+    stream: str = Field(description="stream id, the topic's second part (ecgmon for the daemon)")
+    pub: str = Field("", description="random id of this publisher run; a new one means a restart")
+    seq: int = Field(0, description="count of this topic's messages from this publisher, from 0, gapless")
     wall: float = Field(0.0, description="wall-clock time of publication, Unix seconds")
 
     @property
@@ -35,9 +35,9 @@ class BeatMessage(Message):
     kind: Literal["beat"] = "beat"
     sample: int = Field(description="R-peak index in the raw signal, from the stream's start")
     time_s: float = Field(description="signal time of the R peak, sample / fs")
-    fs: float
+    fs: float = Field(description="the stream's sample rate, Hz")
     delay_ms: float = Field(description="signal time from the R peak to its detection")
-    rr_ms: float | None = Field(description="interval from the previous beat")
+    rr_ms: float | None = Field(description="interval from the previous beat; none for the first beat")
     amplitude_mv: float = Field(description="filtered R-peak amplitude")
     latency_ms: float | None = Field(
         None, description="wall time from the chunk holding the detection to publication"
@@ -50,9 +50,9 @@ class BeatMessage(Message):
 
 class VitalsMessage(Message):
     kind: Literal["vitals"] = "vitals"
-    time_s: float
+    time_s: float = Field(description="signal time the figures are for")
     hr_bpm: float | None = Field(description="heart rate, none until enough beats or after asystole")
-    hr_method: str
+    hr_method: str = Field(description="one line naming the heart-rate method and its parameters")
     beats: int = Field(description="beats detected since the stream began")
 
 
@@ -61,7 +61,7 @@ class WaveMessage(Message):
     fs: float = Field(description="rate of the decimated samples")
     start: int = Field(description="index of the first sample at rate fs")
     time_s: float = Field(description="signal time of the first sample")
-    lead: str
+    lead: str = Field(description="the lead's name as the source gives it")
     samples_mv: list[float] = Field(description="filtered, decimated ECG in millivolts")
 
 
@@ -71,10 +71,10 @@ class SegmentMessage(Message):
     kind: Literal["segment"] = "segment"
     start: int = Field(description="index of the window's first sample at the stream's rate")
     time_s: float = Field(description="signal time of the window's start")
-    duration_s: float
+    duration_s: float = Field(description="window length")
     label: str = Field(description="class from the model's card, e.g. normal or abnormal")
-    probability: float
-    probabilities: dict[str, float] = Field(default_factory=dict)
+    probability: float = Field(description="the model's softmax probability of label")
+    probabilities: dict[str, float] = Field(default_factory=dict, description="every class's probability")
 
 
 class AlarmMessage(Message):
@@ -88,16 +88,18 @@ class AlarmMessage(Message):
     )
     alarm: str = Field(description="what it is about: asystole, vfib, vtach, brady, tachy, afib, ...")
     category: Literal["physiological", "technical"]
-    priority: Literal["high", "medium", "low"]
-    state: Literal["raised", "updated", "cleared"]
+    priority: Literal["high", "medium", "low"] = Field(description="fixed per alarm kind (IEC 60601-2-27)")
+    state: Literal["raised", "updated", "cleared"] = Field(
+        description="raised first, updated on every change, cleared last"
+    )
     text: str = Field(description="one line for people, e.g. 'V-tach 152 bpm, 9 beats'")
     onset_s: float = Field(description="signal time the condition began")
     raised_s: float = Field(description="signal time the alarm was raised")
     raised_wall: float = Field(description="wall-clock time the alarm was raised, Unix seconds")
-    cleared_s: float | None = None
+    cleared_s: float | None = Field(None, description="signal time the alarm was cleared; none until then")
     latched: bool = Field(False, description="stays raised after the condition ends until acknowledged")
-    acknowledged_by: str | None = None
-    acknowledged_wall: float | None = None
+    acknowledged_by: str | None = Field(None, description="who acknowledged it; the first acknowledgement stands")
+    acknowledged_wall: float | None = Field(None, description="wall-clock time of the acknowledgement, Unix seconds")
     silenced_until_wall: float | None = Field(None, description="audible alarm silenced until then")
     silenced_by: str | None = Field(None, description="who silenced it last (silence is not an acknowledgement)")
     suppressed: bool = Field(
@@ -112,7 +114,7 @@ class PcgMessage(Message):
     kind: Literal["pcg"] = "pcg"
     fs: float = Field(description="rate of the decimated envelope")
     start: int = Field(description="index of the first envelope sample at rate fs")
-    time_s: float
+    time_s: float = Field(description="signal time of the first envelope sample")
     envelope: list[float] = Field(description="heart-sound envelope, decimated for displays")
     s1_s: list[float] = Field(
         default_factory=list,
@@ -132,7 +134,9 @@ class PcgClassMessage(Message):
     label: str = Field(description="normal or abnormal, for the recording so far")
     probability: float = Field(description="probability of label, aggregated over windows")
     window_probability: float = Field(description="probability of abnormal in the latest window")
-    windows: int = Field(description="windows aggregated")
+    windows: int = Field(
+        description="windows aggregated: those of quality >= [audio] min_quality; while none is, every window"
+    )
     window_quality: float | None = Field(None, description="signal-quality index of the latest window")
     rejected: int = Field(
         0, description="windows below [audio] min_quality, left out of the verdict (while every window "
@@ -144,14 +148,14 @@ class StreamStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stream: str
-    source: str
-    fs: float
-    lead: str
+    source: str = Field(description="the spec of the source that feeds it")
+    fs: float = Field(description="sample rate, Hz; 0 before the first data of a source that does not know it")
+    lead: str = Field(description="lead name, pcg for heart sounds")
     state: Literal["starting", "running", "ended", "failed"]
-    samples: int
-    time_s: float
-    beats: int
-    hr_bpm: float | None
+    samples: int = Field(description="index of the next sample expected")
+    time_s: float = Field(description="signal time reached, samples / fs")
+    beats: int = Field(description="beats detected (heart sounds for a heart-sound stream)")
+    hr_bpm: float | None = Field(description="latest heart rate; none when there is none")
     faults: dict[str, int] = Field(
         default_factory=dict, description="cumulative fault counters of the stream's source"
     )
@@ -160,10 +164,12 @@ class StreamStatus(BaseModel):
 class StatusMessage(Message):
     kind: Literal["status"] = "status"
     stream: str = DAEMON_STREAM
-    uptime_s: float
+    uptime_s: float = Field(description="seconds since the daemon started")
     streams: list[StreamStatus]
-    dropped: int = Field(description="messages ZeroMQ could not queue for slow subscribers")
-    sent: int
+    dropped: int = Field(
+        description="messages the publisher could not queue (0 with a PUB socket: it drops per subscriber)"
+    )
+    sent: int = Field(description="messages published since the start")
     models: dict[str, dict] = Field(
         default_factory=dict, description="per loaded model: its inference batcher's counters"
     )
@@ -174,8 +180,8 @@ class EventMessage(Message):
 
     kind: Literal["event"] = "event"
     level: Literal["info", "warning", "error"]
-    code: str = Field(description="machine-readable event name, e.g. source_ended, source_failed")
-    text: str
+    code: str = Field(description="machine-readable event name; README.md lists every code")
+    text: str = Field(description="one line for people")
     counts: dict[str, int] = Field(
         default_factory=dict, description="the stream's cumulative fault counters, if any"
     )

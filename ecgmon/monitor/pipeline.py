@@ -63,47 +63,57 @@ class StreamPipeline:
         self.fs = float(fs)
         self.lead = lead
         self.config = config
-        dsp = config.dsp
-        self._filter = ECGFilter(
-            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
-        )
-        self._detector = QRSDetector(self.fs, config.detector)
+        self._beat_model = beat_model
+        self._segment_model = segment_model
         self._hr = HeartRateMeter(config.heart_rate)
         # The alarm engine (ecgmon.monitor.alarms): the daemon's control socket reaches it here.
         self.alarms = AlarmEngine(stream, self.fs, config.alarms)
-        # Vitals fall due every `_vitals_every` samples, counted from the stream's start.
+        # Vitals fall due every `_vitals_every` samples, counted from the stream's start (or a splice).
         self._vitals_every = max(1, round(config.heart_rate.update_s * self.fs))
-        self._next_vitals = self._vitals_every
         # Wave frames: every k-th filtered sample (the bandpass already stops at 40 Hz),
         # `_frame_len` decimated samples per frame; indices are absolute, so phase survives chunks.
         self._k = max(1, round(self.fs / config.publisher.wave_fs))
         self.wave_fs = self.fs / self._k
         self._frame_len = max(1, round(config.publisher.wave_period_s * self.wave_fs))
-        self._frame_start = 0  # decimated index of the frame being filled
-        self._frame: list[np.ndarray] = []
-        self._frame_n = 0
-        self.samples = 0  # samples fed so far; the detector counts from the same origin
-        # Stream index of internal sample 0: the first chunk's start, moved on by long gaps.
+        # Stream index of internal sample 0: the first chunk's start, or a splice's.
         self._offset: int | None = None
         self.beats = 0
         self.hr_bpm: float | None = None
-        self._last_beat_sample: int | None = None
         self._jobs: list[InferenceJob] = []
-        self._ring: RingBuffer | None = None
-        self._beat_jobs: BeatClassification | None = None
-        self._segment_jobs: SegmentClassification | None = None
+        self._ring_span = 0
         if beat_model is not None or segment_model is not None:
             # The filtered signal the models' windows are cut from: a beat's window while
             # the beat waits for its successor, or one segment window and a half.
             spans = [MAX_WAIT_S + m.window / m.fs for m in (beat_model,) if m is not None]
             spans += [1.5 * m.window / m.fs for m in (segment_model,) if m is not None]
             self._ring_span = round((max(spans) + 1.0) * self.fs)
-            self._ring = RingBuffer(self._ring_span)
-        if beat_model is not None:
-            self._beat_jobs = BeatClassification(beat_model, self.fs, self._ring, self.beat_done)
-        if segment_model is not None:
+        self._start()
+
+    def _start(self) -> None:
+        """The state of one continuous stretch of signal, from internal sample 0: made at the
+        stream's start and again at a splice, after which nothing from before the gap (filter
+        and detector state, RR, heart rate, the models' context) may shape what follows."""
+        dsp = self.config.dsp
+        self._filter = ECGFilter(
+            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
+        )
+        self._detector = QRSDetector(self.fs, self.config.detector)
+        self._hr.reset()
+        self.hr_bpm = None
+        self.samples = 0  # samples fed since the (re)start; the detector counts from the same origin
+        self._next_vitals = self._vitals_every
+        self._frame_start = 0  # decimated index of the frame being filled
+        self._frame: list[np.ndarray] = []
+        self._frame_n = 0
+        self._last_beat_sample: int | None = None
+        self._ring = RingBuffer(self._ring_span) if self._ring_span else None
+        self._beat_jobs: BeatClassification | None = None
+        self._segment_jobs: SegmentClassification | None = None
+        if self._beat_model is not None:
+            self._beat_jobs = BeatClassification(self._beat_model, self.fs, self._ring, self.beat_done)
+        if self._segment_model is not None:
             self._segment_jobs = SegmentClassification(
-                segment_model, stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done
+                self._segment_model, self.stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done
             )
 
     # -- feeding ------------------------------------------------------------------------
@@ -118,9 +128,11 @@ class StreamPipeline:
 
         Indices published are the source's (``chunk.start`` based). A gap of up to
         ``MAX_FILL_S`` is bridged with invalid samples, which the filters hold at the last
-        value, so detection goes on in step with the stream clock; a longer gap is spliced.
-        Data that overlaps what was already fed (a resend) is dropped. Either way an event says so.
+        value, so detection goes on in step with the stream clock; a longer gap is spliced:
+        the stream starts afresh at the chunk (see ``_splice``). Data that overlaps what was
+        already fed (a resend) is dropped. Either way an event says so.
         """
+        head: list[Message] = []  # what the stretch before a splice leaves, before all else
         timed: list[tuple[int, int, Message]] = []  # (known at sample, tie order, message)
         if self._offset is None:
             self._offset = chunk.start
@@ -129,16 +141,13 @@ class StreamPipeline:
         if gap < 0:
             x = x[-gap:]  # already fed: keep only what is new
             timed.append((self.samples, 0, self._gap_event(chunk, "overlap: the repeated samples were dropped")))
+        elif 0 < gap <= MAX_FILL_S * self.fs:
+            x = np.concatenate([np.full(gap, np.nan, dtype=x.dtype), x])
+            timed.append((self.samples, 0, self._gap_event(chunk, "bridged with held samples")))
         elif gap > 0:
-            if gap <= MAX_FILL_S * self.fs:
-                x = np.concatenate([np.full(gap, np.nan, dtype=x.dtype), x])
-                how = "bridged with held samples"
-            else:
-                self._offset += gap
-                how = "spliced: the gap is too long to bridge"
-            timed.append((self.samples, 0, self._gap_event(chunk, how)))
+            head = self._splice(chunk)
         if x.size == 0:
-            return [m for _, _, m in timed]
+            return head + [m for _, _, m in timed]
         start = self.samples
         end = start + x.size
         filtered = self._filter(x)
@@ -161,7 +170,23 @@ class StreamPipeline:
             self._jobs.extend(self._beat_jobs.jobs(end))
         if self._segment_jobs is not None:
             self._jobs.extend(self._segment_jobs.jobs(end))
-        return [m for _, _, m in timed]
+        return head + [m for _, _, m in timed]
+
+    def _splice(self, chunk: Chunk) -> list[Message]:
+        """A gap too long to bridge: what the stretch before it still owes (its last, partial
+        wave frame; jobs for its beats still waiting for a successor, classified without one)
+        and the event, then the stream starts afresh at ``chunk`` as a new stream would: no RR
+        to the first beat after, no heart rate until enough new beats, the models' RR context
+        and the rhythm alarms (the alarm engine sees the splice) begin again."""
+        out: list[Message] = [self._emit_frame()[2]] if self._frame_n else []
+        out.append(self._gap_event(
+            chunk, "spliced: the gap is too long to bridge; detection, heart rate and rhythm start afresh"
+        ))
+        if self._beat_jobs is not None:
+            self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
+        self._offset = chunk.start
+        self._start()
+        return out
 
     def take_jobs(self) -> list[InferenceJob]:
         """The model jobs made since the last call, in the order their results must be finished."""

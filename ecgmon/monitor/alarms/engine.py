@@ -50,27 +50,41 @@ class AlarmEngine:
         self.fs = float(fs)
         self.cfg = config
         self.book = AlarmBook(stream, config.clear_s, config.latch)
-        self._rhythm = BeatRhythm(config)
-        self._morph = MorphologyTracker(self.fs)
-        self._tech = TechnicalMonitor(self.fs, config)
         self._step = max(1, round(STEP_S * self.fs))
         self._win = round(fibrillation.WINDOW_S * self.fs)
         self._buf_n = max(self._win, round(BUFFER_S * self.fs))
-        self._raw = np.zeros(0)
-        self._filt = np.zeros(0)
-        self._buf_start = 0  # stream index of the buffers' first sample
         self._end = 0  # stream index after the last sample fed
-        self._next_check: int | None = None
-        self._last_beat_s: float | None = None
-        self._undone: deque[tuple[int, int]] = deque()  # detected beats waiting for morphology
         self._shapes: dict[int, tuple[Morphology, np.ndarray]] = {}
         self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
-        self._prev_detected: int | None = None
         self._unclassified: dict[int, None] = {}  # R samples detected, class not yet known (in order)
         self._technical: deque[tuple[float, float]] = deque(maxlen=256)  # spans of technical trouble
         self._last_wall: float | None = None
+        self._start_signal(0)
+        self._start_beats()
+
+    def _start_signal(self, start: int) -> None:
+        """Signal state from stream index ``start`` on: made for the first chunk and again at a
+        splice (a gap the pipeline could not bridge), after which the buffers, the last beat
+        (asystole), the noise baseline and the normal template of before the gap mean nothing."""
+        self._since = start  # where the current continuous stretch of signal began
+        self._tech = TechnicalMonitor(self.fs, self.cfg)
+        self._morph = MorphologyTracker(self.fs)
+        self._raw = np.zeros(0)
+        self._filt = np.zeros(0)
+        self._buf_start = start  # stream index of the buffers' first sample
+        self._next_check = start + self._win
+        self._last_beat_s: float | None = None
+        self._undone: deque[tuple[int, int]] = deque()  # detected beats waiting for morphology
+        self._prev_detected: int | None = None
+
+    def _start_beats(self) -> None:
+        """Beat state (rhythm history, last RR) for the stretch of signal begun at ``_since``.
+        Made afresh at the first beat after a splice, not at the splice itself: the classes
+        of beats from before it may still be on their way, and they come in beat order."""
+        self._rhythm = BeatRhythm(self.cfg)
         self._prev_beat_t: float | None = None
         self._prev_rr: float | None = None
+        self._beats_since = self._since
 
     # -- signal ----------------------------------------------------------------------
 
@@ -82,15 +96,8 @@ class AlarmEngine:
         self._last_wall = time.time() if wall is None else wall
         if not self.cfg.enabled or raw.size == 0:
             return []
-        if self._next_check is None:
-            self._buf_start = start
-            self._next_check = start + self._win
-        elif start != self._end:
-            # A splice: the buffers restart, old content would sit at wrong indices.
-            self._raw = self._filt = np.zeros(0)
-            self._buf_start = start
-            self._next_check = start + self._win
-            self._undone.clear()
+        if start != self._end:
+            self._start_signal(start)  # a splice, or a stream that does not start at 0
         self._end = start + raw.size
         self._raw = np.concatenate([self._raw, np.asarray(raw, dtype=np.float64)])
         self._filt = np.concatenate([self._filt, np.asarray(filtered, dtype=np.float64)])
@@ -217,6 +224,9 @@ class AlarmEngine:
             return []
         shape = self._shapes.pop(msg.sample, None)
         morph = shape[0] if shape else None
+        current = msg.sample >= self._since  # not a late beat from before a splice
+        if current and self._beats_since != self._since:
+            self._start_beats()  # the first beat after a splice
         t = msg.time_s
         nxt = self._detected.pop(msg.sample, None)
         # When the live pipeline knows the class: at the next beat's detection, or after the wait.
@@ -225,7 +235,7 @@ class AlarmEngine:
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
-        if shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
+        if current and shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
         self._unclassified.pop(msg.sample, None)

@@ -66,6 +66,18 @@ def test_gaps_are_filled_and_said(data_dir: Path) -> None:
     assert next(m for m in out if isinstance(m, PcgMessage)).time_s == pytest.approx(0.25)
 
 
+
+def test_a_splice_event_names_the_real_samples(data_dir: Path) -> None:
+    """Issue 12, reproduction 10: the event said 'expected N' with N the chunk's own start."""
+    x = audio(data_dir)[:20000]
+    pipe = PcgPipeline("bed1", FS, Config())
+    feed(pipe, x[:10000], 1000)
+    later = 10000 + int(3600 * FS)
+    out = feed(pipe, x[10000:11000], 1000, start=later)
+    gaps = [m for m in out if isinstance(m, EventMessage)]
+    assert len(gaps) == 1 and f"starts at sample {later}, expected 10000; spliced" in gaps[0].text
+    assert pipe.position == later + 1000
+
 def test_wrong_rate_is_refused() -> None:
     with pytest.raises(ValueError, match="2000 Hz"):
         PcgPipeline("bed1", 4000.0, Config())

@@ -99,8 +99,8 @@ class PcgPipeline:
             x = x[-gap:]
             out.append(self._gap_event(chunk, "overlap: the repeated samples were dropped"))
         elif gap > MAX_FILL_S * self.fs:
-            self._offset += gap
             out.append(self._gap_event(chunk, "spliced: the gap is too long to fill"))
+            self._offset += gap  # after the event, which names the sample that was expected
         elif gap > 0:
             x = np.concatenate([np.zeros(gap, dtype=np.float32), x])
             out.append(self._gap_event(chunk, "filled with silence"))

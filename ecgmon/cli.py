@@ -1,12 +1,14 @@
 """The ``ecgmon`` command: its parser, built from the subcommands in ``ecgmon.commands``,
-and ``main``, which turns a user-fixable error into one red line and exit 2."""
+and ``main``, which turns a user-fixable error into one red line and exit 2, and any other
+exception into one "internal error" line and exit 1 (the traceback only with ``-v``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 
-from ecgmon.commands.common import EXIT_SIGINT, EXIT_USAGE, CommandError, print_error, setup_logging
+from ecgmon.commands.common import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CommandError, print_error, setup_logging
 from ecgmon.commands.devices import add_devices
 from ecgmon.commands.evaluate import add_evaluate
 from ecgmon.commands.replay import add_replay
@@ -47,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    verbose = 0
     try:
         args = build_parser().parse_args(argv)
+        verbose = args.verbose
         setup_logging(args.verbose)
         config = load_config(args.config)
         return args.func(args, config)
@@ -57,6 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGINT
+    except Exception as err:  # a bug: one line for the user, the traceback for -v
+        if verbose:
+            traceback.print_exc()
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        hint = "" if verbose else " (run with -v for the traceback)"
+        print_error(f"internal error: {type(err).__name__}: {first}{hint}")
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

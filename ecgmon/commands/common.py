@@ -21,6 +21,7 @@ from ecgmon.config import Config, parse_config
 
 log = logging.getLogger("ecgmon")
 
+EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 EXIT_SIGINT = 130
 

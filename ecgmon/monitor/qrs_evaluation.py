@@ -14,6 +14,7 @@ from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.qrs_scoring import MATCH_WINDOW_S, QRSScore, score_beats
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.record import RecordSource
+from ecgmon.replay.records import RecordError, load_record
 from ecgmon.replay.reference import reference_beats
 from ecgmon.schema import BeatMessage
 
@@ -66,8 +67,11 @@ def evaluate_record(spec: str, config: Config) -> RecordResult:
 
     Raises SourceError when the record cannot be read or has no reference annotations.
     """
-    source = RecordSource(spec, config)
-    rec = source.record
+    try:
+        rec = load_record(spec, config.data)
+    except RecordError as err:
+        raise SourceError(str(err)) from None
+    source = RecordSource(spec, config, record=rec)
     if rec.ann_samples is None or rec.ann_symbols is None:
         raise SourceError(f"{spec} has no reference beat annotations ('atr') to score against")
     ref = reference_beats(rec.ann_samples, rec.ann_symbols, rec.n_samples)

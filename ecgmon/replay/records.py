@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 import math
+import numbers
 import os
 from pathlib import Path
 import re
@@ -50,6 +51,8 @@ _BYTES_PER_SAMPLE = {
     "212": 1.5, "310": 4 / 3, "311": 4 / 3,
 }
 _COMPRESSED_FORMATS = {"508", "516", "524"}
+# The highest sampling frequency a header may state (audio-rate WFDB records stay below it).
+MAX_HEADER_FS = 1e6
 
 
 # --------------------------------------------------------------------------- resolution
@@ -337,7 +340,7 @@ def _read_header(base: Path):
     try:
         if hea.stat().st_size == 0:
             raise RecordError(f"header {hea} is empty: fetch the record again")
-        return wfdb.rdheader(str(base))
+        header = wfdb.rdheader(str(base))
     except RecordError:
         raise
     except OSError as err:
@@ -347,6 +350,15 @@ def _read_header(base: Path):
             f"{hea} is not a valid WFDB header ({type(err).__name__}: {err}): "
             f"fetch the record again"
         ) from None
+    # wfdb takes any number as the rate (0, and what it makes of a malformed field); the
+    # filters downstream would divide by it.
+    fs = header.fs
+    if not isinstance(fs, numbers.Real) or not 0 < fs <= MAX_HEADER_FS:
+        raise RecordError(
+            f"{hea}: sampling frequency {fs!r} Hz is not valid (a WFDB header needs 0 < fs <= "
+            f"{MAX_HEADER_FS:g}): fix the header or fetch the record again"
+        )
+    return header
 
 
 def _check_signal_files(base: Path, header) -> None:

@@ -8,6 +8,7 @@ from typing import AsyncIterator
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.sources.base import SourceError
+from ecgmon.rates import ecg_rate_problem
 from ecgmon.replay.pacing import Pacer
 from ecgmon.replay.records import Record, RecordError, load_record, record_stream_id
 
@@ -17,9 +18,10 @@ _STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 class RecordSource:
     """Replays channel ``config.replay.channel`` of record ``spec`` in chunks of ``chunk_s``.
 
-    The record is loaded (and downloaded if need be) in the constructor, so a bad spec is
-    reported before anything starts. ``record`` keeps the reference annotations for the
-    evaluator; the chunks carry samples only, so the detector never sees them.
+    The record is loaded (and downloaded if need be) in the constructor, so a bad spec or a
+    rate the detector does not support is reported before anything starts. A live replay
+    reads the samples only: the reference annotations are for evaluators, which load the
+    record themselves and pass it as ``record`` (a corrupt ``.atr`` must not stop a replay).
     """
 
     def __init__(
@@ -32,10 +34,13 @@ class RecordSource:
         self.spec = spec
         self.config = config
         try:
-            self.record = record if record is not None else load_record(spec, config.data)
+            self.record = record if record is not None else load_record(spec, config.data, annotations=False)
             self.channel = self.record.channel_index(config.replay.channel)
         except RecordError as err:
             raise SourceError(str(err)) from None
+        problem = ecg_rate_problem(self.record.fs)
+        if problem:
+            raise SourceError(f"record {spec}: {problem}")
         self.stream = stream if stream is not None else record_stream_id(spec)
         if not _STREAM_ID.match(self.stream):
             raise SourceError(

@@ -54,7 +54,7 @@ async def test_whole_record_concatenates_exactly(tmp_path, rec100):
     source = RecordSource("mitdb:100", make_config(tmp_path, speed=0, chunk_s=1.0))
     assert (source.stream, source.spec) == ("mitdb-100", "mitdb:100")
     assert (source.fs, source.lead) == (360.0, "MLII")
-    assert len(source.record.ann_samples) == 2274  # for the evaluator
+    assert source.record.ann_samples is None  # a live replay reads no annotations
     chunks = await collect(source)
     assert len(chunks) == -(-650000 // 360)
     assert all(c.n == 360 for c in chunks[:-1]) and chunks[-1].n == 650000 % 360
@@ -160,3 +160,23 @@ def test_stream_id_override(tmp_path, rec100, data_dir):
     assert RecordSource(str(data_dir / "mitdb" / "100.hea"), config).stream == "100"
     with pytest.raises(SourceError, match="stream id"):
         RecordSource("mitdb:100", config, stream="bed 3", record=rec100)
+
+
+@pytest.mark.parametrize("atr", [b"", b"garbage" * 3, bytes(range(256)) * 4])
+def test_a_corrupt_reference_does_not_stop_a_live_replay(tmp_path, data_dir, atr):
+    """Issue 12, item 11: the live path never needs the reference annotations, so an empty
+    or corrupt .atr beside the record must not abort its replay; only the evaluator, which
+    needs them, reports the file."""
+    import asyncio
+
+    from ecgmon.monitor.qrs_evaluation import evaluate_record
+
+    for ext in ("hea", "dat"):
+        (tmp_path / f"100.{ext}").write_bytes((data_dir / "mitdb" / f"100.{ext}").read_bytes())
+    (tmp_path / "100.atr").write_bytes(atr)
+    spec = str(tmp_path / "100.hea")
+    config = make_config(tmp_path, speed=0, chunk_s=60)
+    chunks = asyncio.run(collect(RecordSource(spec, config)))
+    assert sum(c.n for c in chunks) == 650000
+    with pytest.raises(SourceError, match="100.atr"):
+        evaluate_record(spec, config)

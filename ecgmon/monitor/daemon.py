@@ -1,7 +1,8 @@
 """The daemon wiring: one task per source, one pipeline per stream (made from the stream's
 first chunk, so one source may carry many streams), one inference batcher per model, the
 publisher, and periodic status; a stream, source or model that fails or ends never stops
-the others."""
+the others: an exception inside one stream's pipeline restarts that stream alone (and after
+too many, stops it), and a stream of a many-stream source that stays idle leaves."""
 
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ log = logging.getLogger("ecgmon.daemon")
 
 # Bounded wait at shutdown for queued messages; a stuck subscriber cannot hold the exit longer.
 CLOSE_LINGER_MS = 250
+# A stream whose pipeline raises starts afresh with its next chunk: a rare input that trips a
+# bug costs seconds of one stream, not the patient's monitoring for good. More than this many
+# failures within RESTART_WINDOW_S is a bug that would only spin: the stream then stops.
+RESTART_LIMIT = 3
+RESTART_WINDOW_S = 600.0
 
 
 class _Stream:
@@ -43,7 +49,8 @@ class _Stream:
         # Model jobs in submission order, each with its pending result (None: nothing to
         # compute); results are finished strictly in this order, so beats stay in order.
         self.jobs: deque[tuple[InferenceJob, asyncio.Future | None]] = deque()
-        self.last_chunk = time.monotonic()  # when its pipeline was last fed
+        self.last_chunk = time.monotonic()  # when a chunk for it last came
+        self.failures: deque[float] = deque()  # when its pipeline raised, within RESTART_WINDOW_S
 
     def status(self) -> StreamStatus:
         if self.pipeline is not None:
@@ -158,6 +165,8 @@ class Daemon:
                 st.state = "failed"
                 log.error("%s: %s: %s", chunk.stream, source.spec, err)
                 self._event(chunk.stream, "error", "source_failed", f"{source.spec}: {err}")
+            except Exception as err:  # a bug: as one inside the running pipeline
+                self._pipeline_failed(st, err, "starting its pipeline")
         return st
 
     def _feed(self, chunk: Chunk, source: Source) -> None:
@@ -166,13 +175,55 @@ class Daemon:
         if own.state == "starting":
             own.state = "running"
         st = self._stream_of(chunk, source)
-        if st is None or st.pipeline is None:
+        if st is None:
+            return
+        st.last_chunk = time.monotonic()
+        if st.pipeline is None:
             return
         st.state = "running"
-        st.last_chunk = time.monotonic()
-        for msg in st.pipeline.feed(chunk):
+        try:
+            msgs = st.pipeline.feed(chunk)
+            jobs = st.pipeline.take_jobs()
+        except Exception as err:
+            self._pipeline_failed(st, err, "processing a chunk")
+            return
+        for msg in msgs:
             self._publish(msg)
-        self._submit(st, st.pipeline.take_jobs())
+        self._submit(st, jobs)
+
+    def _flush(self, st: _Stream) -> None:
+        """Classify the stream's beats still waiting for a successor (its samples stopped)."""
+        if st.pipeline is None:
+            return
+        try:
+            jobs = st.pipeline.finish()
+        except Exception as err:
+            self._pipeline_failed(st, err, "finishing its waiting beats")
+            return
+        self._submit(st, jobs)
+
+    def _pipeline_failed(self, st: _Stream, err: Exception, doing: str) -> None:
+        """One stream's pipeline raised: drop it (and its jobs) and say so; the stream starts
+        afresh with its next chunk, or stays stopped after more than RESTART_LIMIT failures
+        within RESTART_WINDOW_S. The source and its other streams go on."""
+        now = time.monotonic()
+        st.failures.append(now)
+        while now - st.failures[0] > RESTART_WINDOW_S:
+            st.failures.popleft()
+        st.faults["pipeline_errors"] = st.faults.get("pipeline_errors", 0) + 1
+        st.pipeline = None
+        st.jobs.clear()  # results still on their way finish nothing: their pipeline is gone
+        what = f"{st.stream}: internal error {doing}: {type(err).__name__}: {err}"
+        if len(st.failures) > RESTART_LIMIT:
+            st.state = "failed"
+            code = "stream_failed"
+            text = f"{what}; {len(st.failures)} failures within {RESTART_WINDOW_S:g} s: the stream stays stopped"
+        else:
+            code = "stream_reset"
+            text = f"{what}; the stream starts afresh with its next chunk"
+        log.error("%s", text)
+        log.debug("traceback of the %s failure", st.stream, exc_info=err)
+        self._event(st.stream, "error", code, text, dict(st.faults))
 
     # -- models -------------------------------------------------------------------------
 
@@ -200,7 +251,12 @@ class Daemon:
                     result = fut.result()
                 elif not isinstance(err, BatcherClosedError):  # closed: the daemon is stopping
                     self._model_failed(job.model, err)
-            for msg in job.finish(result):
+            try:
+                msgs = job.finish(result)  # the stream's pipeline: its alarms, its messages
+            except Exception as err:
+                self._pipeline_failed(st, err, "finishing a model job")
+                return
+            for msg in msgs:
                 self._publish(msg)
 
     def _model_failed(self, key: str, err: BaseException) -> None:
@@ -251,9 +307,9 @@ class Daemon:
             self._event(sid, "error", "source_failed", f"internal error: {type(err).__name__}: {err}")
         else:
             self._finish(source, "ended")
-            for st in self._streams.values():
-                if st.source is source and st.pipeline is not None:
-                    self._submit(st, st.pipeline.finish())
+            for st in list(self._streams.values()):
+                if st.source is source:
+                    self._flush(st)
             log.info("%s: %s ended", sid, spec)
             self._event(sid, "info", "source_ended", f"{sid}: {spec} ended")
 
@@ -282,13 +338,18 @@ class Daemon:
         period = min(1.0, self.config.alarms.signal_loss_s / 4)
         while True:
             await asyncio.sleep(period)
-            for st in self._streams.values():
+            for st in list(self._streams.values()):
                 alarms = getattr(st.pipeline, "alarms", None)
                 if st.state == "running" and alarms is not None:
-                    for msg in alarms.check_signal_loss(time.time()):
+                    try:
+                        msgs = alarms.check_signal_loss(time.time())
+                    except Exception as err:
+                        self._pipeline_failed(st, err, "checking signal loss")
+                        continue
+                    for msg in msgs:
                         self._publish(msg)
                     if time.monotonic() - st.last_chunk >= MAX_WAIT_S:
-                        self._submit(st, st.pipeline.finish())
+                        self._flush(st)
 
     async def run(self) -> None:
         if self.publisher is None:

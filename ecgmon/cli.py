@@ -11,11 +11,13 @@ import traceback
 from ecgmon.commands.common import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CommandError, print_error, setup_logging
 from ecgmon.commands.devices import add_devices
 from ecgmon.commands.evaluate import add_evaluate
+from ecgmon.commands.keys import add_keys
 from ecgmon.commands.replay import add_replay
 from ecgmon.commands.run import add_run
 from ecgmon.commands.train import add_train
 from ecgmon.commands.watch import add_dashboard, add_subscribe
 from ecgmon.config import ConfigError, load_config
+from ecgmon.curve import CurveError
 from ecgmon.monitor.publisher import PublisherError
 from ecgmon.monitor.sources.base import SourceError
 
@@ -42,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_subscribe(sub, common)
     add_devices(sub, common)
     add_dashboard(sub, common)
+    add_keys(sub, common)
     add_replay(sub, common)
     add_evaluate(sub, common)
     add_train(sub, common)
@@ -56,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         setup_logging(args.verbose)
         config = load_config(args.config)
         return args.func(args, config)
-    except (ConfigError, SourceError, PublisherError, CommandError) as err:
+    except (ConfigError, SourceError, PublisherError, CommandError, CurveError) as err:
         print_error(str(err))
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -89,6 +89,20 @@ class PublisherConfig(_Section):
     send_hwm: int = Field(10000, ge=1)
 
 
+class SecurityConfig(_Section):
+    """CURVE keys (``ecgmon keys``). With ``server_key`` and ``allowed_keys`` the daemon's
+    publisher and control socket let in only the allowed clients; ``key`` and
+    ``server_public`` are what ``subscribe`` and ``dashboard`` connect with. Each pair goes
+    together (checked where it is used, after the command-line flags)."""
+
+    server_key: str = ""  # the daemon's secret key file, e.g. keys/server.key_secret
+    allowed_keys: str = ""  # folder of allowed clients' public keys, e.g. keys/allowed
+    key: str = ""  # a client's secret key file, e.g. keys/nurse1.key_secret
+    server_public: str = ""  # the daemon's public key file, e.g. keys/server.key
+    # Bind beyond loopback without keys: anyone on the network may read and acknowledge.
+    insecure: bool = False
+
+
 class SerialConfig(_Section):
     """Serial ECG devices; ``serial:PORT?fs=250&baud=115200&format=ascii`` overrides per source."""
 
@@ -217,6 +231,7 @@ class Config(_Section):
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     heart_rate: HeartRateConfig = Field(default_factory=HeartRateConfig)
     publisher: PublisherConfig = Field(default_factory=PublisherConfig)
+    security: SecurityConfig = Field(default_factory=SecurityConfig)
     serial: SerialConfig = Field(default_factory=SerialConfig)
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     audio: AudioConfig = Field(default_factory=AudioConfig)

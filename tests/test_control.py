@@ -65,8 +65,8 @@ async def _ask(server: ControlServer, payload, socket_type=zmq.DEALER) -> dict:
 async def test_acknowledge_and_silence_round_trip(served):
     server, alarm, published = served
     reply = await _ask(server, {"op": "ack", "stream": "bed1", "alarm_id": alarm.id, "by": "nurse"})
-    assert reply["ok"] is True and reply["alarm"]["acknowledged_by"] == "nurse"
-    assert published[-1].id == alarm.id and published[-1].acknowledged_by == "nurse"
+    assert reply["ok"] is True and reply["alarm"]["acknowledged_by"] == "nurse (unauthenticated)"
+    assert published[-1].id == alarm.id and published[-1].acknowledged_by == "nurse (unauthenticated)"
     assert published[-1].acknowledged_wall is not None
     reply = await _ask(server, {"op": "silence", "stream": "bed1", "alarm_id": alarm.id, "by": "doc", "seconds": 120})
     assert reply["ok"] is True

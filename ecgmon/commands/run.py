@@ -18,7 +18,9 @@ from ecgmon.commands.common import (
     replay_overrides,
     run_until_signal,
 )
+from ecgmon.commands.keys import server_keys
 from ecgmon.config import Config
+from ecgmon.curve import check_bind
 
 
 def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,12 +44,18 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
                    help="ZeroMQ control endpoint for acknowledge/silence (default: [publisher] "
                         "control_endpoint; '' for none)")
     p.add_argument("--headless", action="store_true", help="no dashboard, even on a terminal")
+    p.add_argument("--server-key", metavar="FILE",
+                   help="the daemon's CURVE secret key (`ecgmon keys server DIR`: DIR/server.key_secret); "
+                        "with --allowed-keys only allowed clients can read or acknowledge")
+    p.add_argument("--allowed-keys", metavar="DIR",
+                   help="folder of the public keys of the clients let in (DIR/allowed), each named by its file")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="bind a non-loopback --endpoint or --control without keys: anyone who reaches "
+                        "it can read every stream and acknowledge alarms")
     p.set_defaults(func=cmd_run)
 
 
 def cmd_run(args: argparse.Namespace, config: Config) -> int:
-    from ecgmon.monitor.daemon import Daemon
-    from ecgmon.monitor.model_set import load_models
     from ecgmon.monitor.publisher import Publisher
     from ecgmon.monitor.sources.factory import open_pcg_sources, open_sources
 
@@ -55,23 +63,42 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         *replay_overrides(args),
         ("--endpoint", "publisher", "endpoint", args.endpoint),
         ("--control", "publisher", "control_endpoint", args.control),
+        ("--server-key", "security", "server_key", args.server_key),
+        ("--allowed-keys", "security", "allowed_keys", args.allowed_keys),
+        ("--insecure", "security", "insecure", args.insecure),
     ])
+    pc, sc = config.publisher, config.security
+    keys = server_keys(sc)
+    # The control socket opens only after the models have loaded: refuse an open one now.
+    if pc.control_endpoint:
+        check_bind(pc.control_endpoint, keys is not None, sc.insecure, "control socket")
     specs = args.source or ([] if args.pcg else config.run.sources)
     sources = (open_sources(specs, config) if specs else []) + open_pcg_sources(args.pcg or [], config)
-    pc = config.publisher
-    publisher = Publisher(pc.endpoint, pc.send_hwm)
+    publisher = Publisher(pc.endpoint, pc.send_hwm, keys=keys, insecure=sc.insecure)
+    # torch comes with these: imported only once everything the user gave has been checked,
+    # so that a mistake is reported at once, not after seconds of loading.
+    from ecgmon.monitor.daemon import Daemon
+    from ecgmon.monitor.model_set import load_models
+
     models, model_errors = load_models(config.models)
     daemon = Daemon(config, sources, publisher, models, model_errors)
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
-    log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s",
-             names, publisher.endpoint, connect_endpoint(publisher.endpoint))
+    log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s%s",
+             names, publisher.endpoint, connect_endpoint(publisher.endpoint),
+             " --key FILE --server-public FILE" if keys is not None else "")
+    if keys is not None:
+        log.info("CURVE keys on: only the clients in %s can read or acknowledge", sc.allowed_keys)
     dashboard = None
-    control = _open_control(config.publisher.control_endpoint, daemon)
-    if sys.stdout.isatty() and not args.headless:
+    control = _open_control(pc.control_endpoint, daemon, keys, sc.insecure)
+    if not args.headless and sys.stdout.isatty():
         from ecgmon.dashboard.app import Options
 
         links = [(connect_endpoint(publisher.endpoint), connect_endpoint(control.endpoint) if control else None)]
-        dashboard = Options(links)
+        # With keys the dashboard in this process is let in with a key of its own, "console".
+        dashboard = Options(links, curve=[keys.console()] if keys is not None else [])
+    elif not args.headless:
+        log.info("running headless: stdout is not a terminal, so no dashboard here (watch with "
+                 "`ecgmon dashboard` on a terminal; --headless says it is meant)")
     try:
         code = run_until_signal(lambda: _serve(daemon, control, dashboard))
     finally:
@@ -82,7 +109,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     return code
 
 
-def _open_control(endpoint: str, daemon):
+def _open_control(endpoint: str, daemon, keys, insecure: bool):
     """The daemon's control socket, or None when not configured or its address is taken
     (monitoring goes on without acknowledge/silence; a warning says so)."""
     if not endpoint:
@@ -90,7 +117,7 @@ def _open_control(endpoint: str, daemon):
     from ecgmon.monitor.control import ControlError, ControlServer
 
     try:
-        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publisher.publish)
+        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publisher.publish, keys, insecure)
     except ControlError as err:
         log.warning("%s; running without a control socket", err)
         return None

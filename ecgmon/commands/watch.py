@@ -16,6 +16,7 @@ from ecgmon.commands.common import (
     run_until_signal,
     stderr_console,
 )
+from ecgmon.commands.keys import client_keys
 from ecgmon.config import Config
 
 
@@ -28,15 +29,40 @@ def add_subscribe(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
                    help="topic prefix, e.g. beat. or vitals.bed3 (default: everything)")
     p.add_argument("--endpoint", help="daemon endpoint (default: [publisher] endpoint)")
     p.add_argument("--count", type=int, metavar="N", help="exit after N messages")
+    _key_options(p)
     p.set_defaults(func=cmd_subscribe)
 
 
-class _Terminated(Exception):
-    pass
+def _key_options(p: argparse.ArgumentParser, per_daemon: str = "") -> None:
+    p.add_argument("--key", metavar="FILE",
+                   help="this client's CURVE secret key, for a daemon with keys (`ecgmon keys client "
+                        "NAME DIR`: DIR/NAME.key_secret; default: [security] key)")
+    p.add_argument("--server-public", metavar="FILE", action="append" if per_daemon else None,
+                   help=f"the daemon's public key (DIR/server.key; default: [security] server_public){per_daemon}")
 
 
-def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+class _Interrupted(Exception):
+    """A stop signal arrived while waiting for a message."""
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop ``subscribe`` once, cleanly: the first one is recorded and the
+    rest ignored (``timeout`` sends SIGTERM twice: to the command, then to its group); it
+    interrupts only the wait for a message, so it can neither land in the cleanup nor cut an
+    output line in half."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.receiving = False
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # kept through interpreter shutdown, unlike a handler
+        self.signum = signum
+        if self.receiving:
+            raise _Interrupted()
 
 
 def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
@@ -45,9 +71,12 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     endpoint = connect_endpoint(args.endpoint or config.publisher.endpoint)
     if args.count is not None and args.count < 1:
         raise CommandError(f"--count must be at least 1, not {args.count}")
+    curve = client_keys(config.security, args.key, args.server_public)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.SUB)
     sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.apply(sock)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as err:
@@ -55,7 +84,7 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
         ctx.term()
         raise CommandError(f"cannot connect to {endpoint}: {err.strerror}") from None
     sock.setsockopt_string(zmq.SUBSCRIBE, args.prefix)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    stop = _StopSignals()
     if sys.stderr.isatty():
         # ZeroMQ connects lazily: without a daemon this just waits, so say what it waits for.
         what = f"'{args.prefix}'" if args.prefix else "all topics"
@@ -63,29 +92,27 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     out = sys.stdout.buffer
     last_seq: dict[tuple[str, str], int] = {}
     missed = received = 0
-    code = 0
     try:
-        while args.count is None or received < args.count:
+        while stop.signum is None and (args.count is None or received < args.count):
+            stop.receiving = True
             frames = sock.recv_multipart()
+            stop.receiving = False
             payload = frames[-1]
             out.write(payload + b"\n")
             out.flush()
             received += 1
             missed += _gap(last_seq, frames[0], payload)
-    except KeyboardInterrupt:
-        code = EXIT_SIGINT
-    except _Terminated:
-        code = 0
+    except _Interrupted:
+        pass
     except BrokenPipeError:
         # The reader went away (| head): stop quietly; stdout must not be flushed again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
     finally:
         sock.close(linger=0)
         ctx.term()
     if missed:
         stderr_console().print(f"missed {missed} messages (gaps in seq)", soft_wrap=True)
-    return code
+    return EXIT_SIGINT if stop.signum == signal.SIGINT else 0
 
 
 def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> int:
@@ -112,9 +139,11 @@ def add_dashboard(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     p.add_argument("--control", action="append", metavar="ENDPOINT",
                    help="control endpoint of the daemon at the same position in --connect "
                         "(default for the configured daemon: [publisher] control_endpoint)")
-    p.add_argument("--user", help="name recorded with acknowledgements (default: login name)")
+    p.add_argument("--user", help="name recorded with acknowledgements by a daemon without keys, marked "
+                                  "'(unauthenticated)' (default: login name); with keys the key's name is recorded")
     p.add_argument("--silence-s", type=float, default=120.0, metavar="S",
                    help="how long s silences an alarm (default 120)")
+    _key_options(p, per_daemon="; repeatable: one for every daemon, or one per --connect")
     p.set_defaults(func=cmd_dashboard)
 
 
@@ -125,6 +154,10 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
     controls = args.control or []
     if len(controls) > len(connects):
         raise CommandError(f"{len(controls)} --control for {len(connects)} --connect: give one per daemon")
+    publics = args.server_public or [""]
+    if len(publics) not in (1, len(connects)):
+        raise CommandError(f"{len(publics)} --server-public for {len(connects)} --connect: give one for "
+                           f"every daemon or one per daemon")
     if not 0 < args.silence_s <= 3600:
         raise CommandError(f"--silence-s must be between 0 and 3600 seconds, not {args.silence_s:g}")
     if not sys.stdout.isatty():
@@ -137,7 +170,8 @@ def cmd_dashboard(args: argparse.Namespace, config: Config) -> int:
         else:  # the configured daemon's control socket is known; another daemon's is not
             control = config.publisher.control_endpoint if connect_endpoint(endpoint) == own else ""
         links.append((connect_endpoint(endpoint), connect_endpoint(control) if control else None))
-    opts = Options(links, user=args.user or "", silence_s=args.silence_s)
+    curve = [client_keys(config.security, args.key, publics[min(i, len(publics) - 1)]) for i in range(len(links))]
+    opts = Options(links, user=args.user or "", silence_s=args.silence_s, curve=curve)
     try:
         return run_until_signal(lambda: run_dashboard(opts))
     except DashboardError as err:

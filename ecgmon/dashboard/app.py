@@ -9,7 +9,7 @@ socket reconnects by itself when a daemon comes back; silence is measured, not a
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import getpass
 import sys
 import time
@@ -19,6 +19,7 @@ from rich.live import Live
 import zmq
 import zmq.asyncio
 
+from ecgmon.curve import ClientKeys
 from ecgmon.dashboard.control_client import ControlUnavailable, request
 from ecgmon.dashboard.keys import key_reader
 from ecgmon.dashboard.state import DashboardState
@@ -41,6 +42,11 @@ class Options:
     user: str = ""
     silence_s: float = 120.0
     keys: bool = True  # read keys from stdin when it is a terminal
+    # CURVE keys for each link's daemon (None or missing: a daemon without keys).
+    curve: list[ClientKeys | None] = field(default_factory=list)
+
+    def curve_of(self, link: int) -> ClientKeys | None:
+        return self.curve[link] if link < len(self.curve) else None
 
 
 async def _receive(sock: zmq.asyncio.Socket, state: DashboardState, link: int) -> None:
@@ -109,7 +115,7 @@ class Controller:
         what = "acknowledge" if op == "ack" else f"silence {self.opts.silence_s:g} s"
         st.say(f"{what} {alarm.id} …", "dim", now)
         try:
-            reply = await request(self.ctx, control, payload)
+            reply = await request(self.ctx, control, payload, keys=self.opts.curve_of(view.link))
         except ControlUnavailable as err:
             st.say(str(err), "bold red", time.monotonic())
             return
@@ -142,6 +148,8 @@ async def run_dashboard(opts: Options, console: Console | None = None, until: as
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt_string(zmq.SUBSCRIBE, "")
+        if (curve := opts.curve_of(len(socks) - 1)) is not None:
+            curve.apply(sock)
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as err:

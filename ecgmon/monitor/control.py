@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import zmq
 import zmq.asyncio
 
+from ecgmon.curve import ServerKeys, check_bind
 from ecgmon.monitor.alarms.book import AlarmRefused
 from ecgmon.monitor.publisher import PublisherError
 from ecgmon.monitor.rate_limit import RateLimiter
@@ -103,7 +104,10 @@ class ControlServer:
         endpoint: str,
         engines: Callable[[str], AlarmControl | None],
         publish: Callable[[AlarmMessage], object],
+        keys: ServerKeys | None = None,
+        insecure: bool = False,
     ) -> None:
+        check_bind(endpoint, keys is not None, insecure, "control socket")
         self.engines = engines
         self.publish = publish
         self.handled = 0
@@ -114,6 +118,8 @@ class ControlServer:
         self._unlogged: Counter[str] = Counter()  # refusals since then, by kind
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
+        # With keys only allowed clients get in, and each request carries its key's name.
+        self._auth = keys.protect(self._sock) if keys is not None else None
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self._sock.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -127,8 +133,13 @@ class ControlServer:
             ) from None
         self.endpoint = self._sock.getsockopt_string(zmq.LAST_ENDPOINT) or endpoint
 
-    def handle(self, payload: bytes) -> dict:
-        """The reply to one request; never raises, whatever the payload."""
+    def handle(self, payload: bytes, key: str | None = None) -> dict:
+        """The reply to one request; never raises, whatever the payload.
+
+        ``key`` is the client's authenticated key name (CURVE): what is recorded as who acted.
+        Without keys nobody is authenticated: the ``by`` the client gave is recorded, marked
+        ``"<by> (unauthenticated)"`` (a key name has no spaces, so the two never mix up).
+        """
         if len(payload) > MAX_REQUEST_BYTES:
             return self._refuse("too_large", f"request too large: {len(payload):,} bytes (at most {MAX_REQUEST_BYTES:,})")
         if _nested(payload):
@@ -139,19 +150,20 @@ class ControlServer:
             return self._refuse("malformed", f"malformed request: {_reason(err)}")
         if req.op == "silence" and req.seconds is None:
             return self._refuse("malformed", "malformed request: silence needs seconds")
+        who = key if key is not None else f"{req.by} (unauthenticated)"
         engine = self.engines(req.stream)
         if engine is None:
             return self._refuse("no_stream", f"no stream '{req.stream}' with alarms here")
         try:
             if req.op == "ack":
-                changed = engine.acknowledge(req.alarm_id, req.by)
+                changed = engine.acknowledge(req.alarm_id, who)
             else:
-                changed = engine.silence(req.alarm_id, req.seconds, req.by)
+                changed = engine.silence(req.alarm_id, req.seconds, who)
         except AlarmRefused as err:
             return self._refuse("alarm", str(err))
         self.publish(changed)  # only a changed alarm gets here: nothing is broadcast twice
         self.handled += 1
-        log.info("%s: %s %s by %s", req.stream, req.op, req.alarm_id, req.by)
+        log.info("%s: %s %s by %s", req.stream, req.op, req.alarm_id, who)
         return {"ok": True, "alarm": changed.model_dump(mode="json")}
 
     def _refuse(self, kind: str, error: str) -> dict:
@@ -178,7 +190,7 @@ class ControlServer:
             reply = self._refuse("rate_limited", f"rate limited: at most {RATE_PER_S:g} requests a second")
         elif len(frames) == 2 or (len(frames) == 3 and not frames[1].bytes):
             try:
-                reply = self.handle(payload.bytes)
+                reply = self.handle(payload.bytes, key)
             except Exception as err:  # a bug behind one request must not end the control socket
                 log.error("control request failed: %s: %s", type(err).__name__, err)
                 reply = {"ok": False, "error": f"internal error: {type(err).__name__}"}
@@ -202,6 +214,8 @@ class ControlServer:
     def close(self) -> None:
         if not self._sock.closed:
             self._sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
 
 

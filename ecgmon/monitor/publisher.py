@@ -10,6 +10,7 @@ import time
 import zmq
 import zmq.asyncio
 
+from ecgmon.curve import ServerKeys, check_bind
 from ecgmon.schema import Message
 
 
@@ -24,9 +25,14 @@ class Publisher:
     subscriber never slows the pipeline nor the other subscribers; it sees the gaps in
     ``seq``. With ``nodrop`` (``XPUB_NODROP``) a full queue is reported instead: the message is
     not sent to anyone and counted in ``dropped``.
+
+    With ``keys`` only allowed CURVE clients receive anything; without, an endpoint beyond
+    loopback is refused (``CurveError``) unless ``insecure``.
     """
 
-    def __init__(self, endpoint: str, send_hwm: int, nodrop: bool = False) -> None:
+    def __init__(self, endpoint: str, send_hwm: int, nodrop: bool = False,
+                 keys: ServerKeys | None = None, insecure: bool = False) -> None:
+        check_bind(endpoint, keys is not None, insecure, "publisher")
         self.endpoint = endpoint
         self.pub = secrets.token_hex(4)
         self.sent = 0
@@ -34,6 +40,7 @@ class Publisher:
         self._seq: dict[str, int] = {}
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.PUB)
+        self._auth = keys.protect(self._sock) if keys is not None else None
         self._sock.setsockopt(zmq.SNDHWM, send_hwm)
         self._sock.setsockopt(zmq.LINGER, 0)
         if nodrop:
@@ -70,6 +77,8 @@ class Publisher:
         """Close the socket; queued messages get ``linger_ms`` to leave (default: dropped)."""
         if not self._sock.closed:
             self._sock.close(linger=linger_ms)
+        if self._auth is not None:
+            self._auth.stop()
         self._ctx.term()
 
 

@@ -11,9 +11,13 @@ from pathlib import Path
 import tomllib
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ecgmon.rates import check_ecg_rate
 
 PositiveFloat = Annotated[float, Field(gt=0)]
+# A rate the QRS detector handles (ecgmon.rates), refused at load rather than at stream start.
+EcgRate = Annotated[float, AfterValidator(check_ecg_rate)]
 
 
 class ConfigError(Exception):
@@ -44,7 +48,7 @@ class ReplayConfig(_Section):
 
 
 class SimulatorConfig(_Section):
-    fs: float = Field(360.0, ge=50, le=2000)
+    fs: EcgRate = 360.0
     heart_rate_bpm: float = Field(72.0, ge=20, le=250)
     hr_std_bpm: float = Field(2.0, ge=0, le=50)
     noise_mv: float = Field(0.02, ge=0, le=5)
@@ -108,7 +112,7 @@ class SerialConfig(_Section):
 
     baud: int = Field(115200, ge=300, le=4_000_000)
     format: Literal["ascii", "binary"] = "ascii"
-    fs: float = Field(250.0, ge=50, le=2000)
+    fs: EcgRate = 250.0
     # Physical value of one unit on the wire: mV = (value - offset) * scale_mv.
     scale_mv: PositiveFloat = 0.001
     offset: float = 0.0
@@ -133,6 +137,9 @@ class MqttConfig(_Section):
     ca_file: str = ""
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 10.0
+    # Streams one source may carry; messages on further topics are counted and ignored, so
+    # that a flood of topics cannot grow the daemon's state (and its status message) unbounded.
+    max_streams: int = Field(64, ge=1, le=10_000)
 
 
 class AudioConfig(_Section):
@@ -244,7 +251,8 @@ def _describe(err: ValidationError) -> str:
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
-    return f"bad value for '{key}': {first['msg']}"
+    # A validator's own ValueError reads "Value error, <its message>": the message says it all.
+    return f"bad value for '{key}': {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(data: dict, origin: str = "config") -> Config:

@@ -19,7 +19,7 @@ Binary payload, little-endian, 28-byte header then the lead name then the sample
     6       2     u16      n, number of samples (1..65535)
     8       4     u32      seq
     12      8     u64      start
-    20      4     f32      fs, Hz
+    20      4     f32      fs, Hz (125..1000: the detector's range)
     24      4     f32      scale, mV per LSB (1 µV = 0.001 by default)
     28      L     ASCII    lead name
     28+L    2n    i16      samples: mV = value * scale
@@ -36,13 +36,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
 
+from ecgmon.rates import ecg_rate_problem
+
 MAGIC = b"ECG1"
 VERSION = 1
 HEADER = struct.Struct("<4sBBHIQff")
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_SAMPLES = 100_000
 MAX_LEAD_CHARS = 32
-MAX_FS = 100_000.0
 DEFAULT_SCALE_MV = 0.001
 _INT16_MAX = 32767
 _UNITS_TO_MV = {"mV": 1.0, "uV": 1e-3, "µV": 1e-3, "V": 1e3}
@@ -55,7 +56,11 @@ class PayloadError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class EcgPayload:
-    """One message of one stream: ``samples`` float32 mV, the first at device index ``start``."""
+    """One message of one stream: ``samples`` float32 mV, the first at device index ``start``.
+
+    A decoded payload is always valid: 1 to MAX_SAMPLES finite samples, ``fs`` in the detector's
+    range, ``seq`` and ``start`` from 0 to 2**63-1, a printable ``lead`` of 1 to 32 characters.
+    """
 
     seq: int
     start: int
@@ -136,8 +141,9 @@ def _decode_binary(payload: bytes) -> EcgPayload:
     except UnicodeDecodeError:
         raise PayloadError("lead name is not ASCII") from None
     ints = np.frombuffer(payload, dtype="<i2", count=n, offset=HEADER.size + lead_len)
-    samples = (ints * np.float64(scale)).astype(np.float32)
-    return EcgPayload(seq, start, float(fs), lead or "ECG", samples)
+    with np.errstate(over="ignore"):  # a huge scale overflows float32: rejected by _finite
+        samples = (ints * np.float64(scale)).astype(np.float32)
+    return EcgPayload(seq, start, float(fs), _lead(lead), _finite(samples))
 
 
 def _decode_json(payload: bytes) -> EcgPayload:
@@ -145,6 +151,8 @@ def _decode_json(payload: bytes) -> EcgPayload:
         obj = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as err:
         raise PayloadError(f"not valid JSON: {err}") from None
+    except RecursionError:  # json recurses once per level of nested lists or objects
+        raise PayloadError("not valid JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise PayloadError("JSON payload is not an object")
     missing = [k for k in ("v", "seq", "start", "fs", "samples") if k not in obj]
@@ -156,13 +164,15 @@ def _decode_json(payload: bytes) -> EcgPayload:
     fs = obj["fs"]
     if not _is_number(fs):
         raise PayloadError(f"'fs' must be a number, not {type(fs).__name__}")
-    _check_fs(float(fs))
+    _check_fs(fs)
     lead = obj.get("lead", "ECG")
-    if not isinstance(lead, str) or len(lead) > MAX_LEAD_CHARS:
-        raise PayloadError(f"'lead' must be a string of at most {MAX_LEAD_CHARS} characters")
+    if not isinstance(lead, str):
+        raise PayloadError(f"'lead' must be a string, not {type(lead).__name__}")
     units = obj.get("units", "mV")
+    if not isinstance(units, str):  # (a list is not even hashable)
+        raise PayloadError(f"'units' must be a string, not {type(units).__name__}")
     if units not in _UNITS_TO_MV:
-        raise PayloadError(f"unknown units {units!r} (use {', '.join(_UNITS_TO_MV)})")
+        raise PayloadError(f"unknown units {units[:20]!r} (use {', '.join(_UNITS_TO_MV)})")
     raw = obj["samples"]
     if not isinstance(raw, list):
         raise PayloadError(f"'samples' must be a list, not {type(raw).__name__}")
@@ -172,14 +182,17 @@ def _decode_json(payload: bytes) -> EcgPayload:
         raise PayloadError(f"{len(raw)} samples exceed {MAX_SAMPLES}")
     # One numpy conversion checks every element: strings, None, bools, nesting or huge
     # integers give a dtype other than int/float (numpy would parse "1.5" only if asked to).
-    arr = np.asarray(raw)
-    if arr.ndim != 1 or arr.dtype.kind not in "iuf":
+    # A ragged list ([[1, 2], [3]], [1, [2]]) or one nested past numpy's 64 dimensions is a
+    # ValueError of numpy's own.
+    try:
+        arr = np.asarray(raw)
+    except (ValueError, TypeError, OverflowError):
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf":
         raise PayloadError("'samples' must be a flat list of numbers")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf, rejected next
         samples = (arr.astype(np.float64) * _UNITS_TO_MV[units]).astype(np.float32)
-    if not np.all(np.isfinite(samples)):
-        raise PayloadError("samples hold NaN or infinite values")
-    return EcgPayload(seq, start, float(fs), lead or "ECG", samples)
+    return EcgPayload(seq, start, float(fs), _lead(lead), _finite(samples))
 
 
 def _is_number(x: object) -> bool:
@@ -196,8 +209,22 @@ def _int(obj: dict, key: str) -> int:
 
 
 def _check_fs(fs: float) -> None:
-    if not (math.isfinite(fs) and 0 < fs <= MAX_FS):
-        raise PayloadError(f"fs must be a positive rate up to {MAX_FS:g} Hz, not {fs}")
+    problem = ecg_rate_problem(fs)
+    if problem:
+        raise PayloadError(f"bad 'fs': {problem}")
+
+
+def _lead(lead: str) -> str:
+    """The lead name, ``ECG`` if empty; it goes into published messages, so printable only."""
+    if len(lead) > MAX_LEAD_CHARS or not lead.isprintable():
+        raise PayloadError(f"'lead' must be at most {MAX_LEAD_CHARS} printable characters")
+    return lead or "ECG"
+
+
+def _finite(samples: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(samples)):
+        raise PayloadError("samples hold NaN or infinite values")
+    return samples
 
 
 # --------------------------------------------------------------------------- addresses
@@ -208,6 +235,15 @@ class MqttUrlError(ValueError):
 
 
 URL_FORM = "mqtt://[USER:PASSWORD@]HOST[:PORT]/TOPIC[?key=value&...] (mqtts:// for TLS)"
+# The password of an address: from "scheme://user:" to the last "@" before the path.
+_PASSWORD = re.compile(r"(mqtts?://[^\s/?#@:]*:)[^\s/?#]*@", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every MQTT address in it shown as ``***``
+    (``mqtt://nurse:s%40cret@host/t`` → ``mqtt://nurse:***@host/t``): specs go into logs,
+    errors, events and status messages, which every subscriber reads."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,33 +262,37 @@ class MqttUrl:
     def broker(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
+    def __repr__(self) -> str:  # never the password, should one end up in a log
+        return f"MqttUrl({self.broker}/{self.topic}, user={self.username!r})"
+
 
 def parse_mqtt_url(url: str, *, wildcards: bool) -> MqttUrl:
     """Split an address; the topic is taken verbatim (not URL-decoded), so ``#`` works as is.
 
     ``wildcards`` says whether ``+``/``#`` are allowed (subscribing) or not (publishing).
     """
+    shown = redact(url)  # what errors may quote
     scheme, sep, rest = url.partition("://")
     if not sep or scheme not in ("mqtt", "mqtts"):
-        raise MqttUrlError(f"'{url}': not an MQTT address; write {URL_FORM}")
+        raise MqttUrlError(f"'{shown}': not an MQTT address; write {URL_FORM}")
     rest, _, query = rest.partition("?")
     netloc, slash, topic = rest.partition("/")
     if not slash or not topic:
-        raise MqttUrlError(f"'{url}': no topic after the broker; write {URL_FORM}")
+        raise MqttUrlError(f"'{shown}': no topic after the broker; write {URL_FORM}")
     try:
         parts = urlsplit("//" + netloc)
         host, port = parts.hostname, parts.port
     except ValueError as err:
-        raise MqttUrlError(f"'{url}': bad broker address '{netloc}': {err}") from None
+        raise MqttUrlError(f"'{shown}': bad broker address '{redact(scheme + '://' + netloc)}': {err}") from None
     if not host:
-        raise MqttUrlError(f"'{url}': no broker host; write {URL_FORM}")
+        raise MqttUrlError(f"'{shown}': no broker host; write {URL_FORM}")
     problem = topic_problem(topic, wildcards)
     if problem:
-        raise MqttUrlError(f"'{url}': {problem}")
+        raise MqttUrlError(f"'{shown}': {problem}")
     try:
         params = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True)) if query else {}
     except ValueError:
-        raise MqttUrlError(f"'{url}': malformed parameters, expected key=value pairs joined by &") from None
+        raise MqttUrlError(f"'{shown}': malformed parameters, expected key=value pairs joined by &") from None
     tls = scheme == "mqtts"
     return MqttUrl(
         tls=tls, host=host, port=port or (8883 if tls else 1883),

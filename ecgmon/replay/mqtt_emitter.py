@@ -7,13 +7,13 @@ import asyncio
 from collections import deque
 import logging
 import re
-import ssl
 from typing import Callable
 
 import aiomqtt
 
 from ecgmon.config import Config, ConfigError
-from ecgmon.payloads.mqtt import MqttUrlError, encode_binary, encode_json, parse_mqtt_url
+from ecgmon.mqtt_client import Backoff, BrokerLink, TlsSetupError, reason
+from ecgmon.payloads.mqtt import MqttUrlError, encode_binary, encode_json, parse_mqtt_url, redact
 
 log = logging.getLogger("ecgmon.replay")
 
@@ -21,16 +21,6 @@ ENCODERS = {"json": encode_json, "binary": encode_binary}
 # The outbox is bounded only by memory; past this many waiting payloads, say so (and again
 # at each doubling), since a long outage at a high speed can hold a whole record.
 OUTBOX_WARN = 10_000
-
-
-class _DebugOnly(logging.LoggerAdapter):
-    """paho logs a lost connection as an error; the warning below already says it once."""
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
-        super().log(logging.DEBUG, msg, *args, **kwargs)  # type: ignore[arg-type]
-
-
-_QUIET = _DebugOnly(logging.getLogger("ecgmon.replay.client"), {})
 
 
 async def _watch(client: aiomqtt.Client) -> None:
@@ -89,17 +79,15 @@ async def emit_mqtt(source, target: str, config: Config, fmt: str) -> None:
         raise ConfigError(f"--to {err}") from None
     encode = ENCODERS[fmt]
     opts = config.mqtt
-    tls = None
-    if url.tls or opts.tls:
-        try:
-            tls = ssl.create_default_context(cafile=opts.ca_file or None)
-        except (OSError, ssl.SSLError) as err:
-            raise ConfigError(f"mqtt.ca_file: cannot use '{opts.ca_file}' for TLS: {err}") from None
     unknown = set(url.params) - {"client_id"}
     if unknown:
-        raise ConfigError(f"--to {target}: unknown parameter '{sorted(unknown)[0]}' (only client_id)")
+        raise ConfigError(f"--to {redact(target)}: unknown parameter '{sorted(unknown)[0]}' (only client_id)")
     client_id = url.params.get("client_id") or (
         f"{opts.client_id}-replay-{re.sub(r'[^A-Za-z0-9_-]+', '-', url.topic).strip('-')}")
+    try:
+        link = BrokerLink(url, opts, client_id)
+    except TlsSetupError as err:
+        raise ConfigError(f"mqtt.ca_file: {err}") from None
     outbox: deque[bytes] = deque()
     wake = asyncio.Event()
     ended = False
@@ -122,30 +110,25 @@ async def emit_mqtt(source, target: str, config: Config, fmt: str) -> None:
         wake.set()
 
     async def send() -> None:
-        delay, down = opts.reconnect_min_s, False
+        backoff, down = Backoff(opts.reconnect_min_s, opts.reconnect_max_s), False
         while True:
             connected = False
             try:
-                async with aiomqtt.Client(
-                    url.host, url.port, identifier=client_id, keepalive=opts.keepalive_s,
-                    username=url.username if url.username is not None else (opts.username or None),
-                    password=url.password if url.password is not None else (opts.password or None),
-                    tls_context=tls, logger=_QUIET,
-                ) as client:
+                async with link.client() as client:
                     if down:
                         log.info("reconnected to %s; sending %d waiting payloads", url.broker, len(outbox))
-                    delay, down, connected = opts.reconnect_min_s, False, True
+                    backoff.reset()
+                    down, connected = False, True
                     await _drain(client, url.topic, outbox, wake, lambda: ended)
                     return
             except aiomqtt.MqttError as err:
                 if not down:
                     log.warning("%s %s (%s); %d payloads wait; retrying every %g to %g s",
                                 "lost the connection to" if connected else "cannot connect to",
-                                url.broker, err.__cause__ or err or type(err).__name__, len(outbox),
+                                url.broker, reason(err), len(outbox),
                                 opts.reconnect_min_s, opts.reconnect_max_s)
                 down = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, opts.reconnect_max_s)
+                await backoff.wait()
 
     log.info("publishing %s to %s/%s as %s (QoS 1, client id %s)", getattr(source, "spec", "source"),
              url.broker, url.topic, fmt, client_id)

@@ -19,6 +19,7 @@ from scipy.ndimage import maximum_filter1d
 
 from ecgmon.config import DetectorConfig
 from ecgmon.monitor.dsp.filters import StatefulSOS, bandpass_sos
+from ecgmon.rates import check_ecg_rate
 
 # Feature chain and decision constants; times in seconds so that any rate behaves alike.
 QRS_BAND_HZ = (5.0, 15.0)
@@ -96,9 +97,7 @@ class QRSDetector:
     """Feed raw single-lead ECG (mV) chunk by chunk; get the beats decided in each chunk."""
 
     def __init__(self, fs: float, config: DetectorConfig | None = None) -> None:
-        if not 100 <= fs <= 2000:
-            raise ValueError(f"sample rate {fs} Hz is outside the detector's range (125-1000 Hz)")
-        self.fs = fs
+        self.fs = check_ecg_rate(fs)
         self.config = config or DetectorConfig()
         self._qrs_band = StatefulSOS(bandpass_sos(fs, *QRS_BAND_HZ, order=2))
         self._locate_band = StatefulSOS(bandpass_sos(fs, *LOCATE_BAND_HZ, order=2))

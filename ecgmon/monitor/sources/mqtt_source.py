@@ -1,5 +1,9 @@
 """ECG telemetry from an MQTT broker: one subscription (wildcards allowed) yields chunks for many
-streams, named by the topic levels the wildcards matched, with a persistent QoS 1 session."""
+streams, named by the topic levels the wildcards matched, with a persistent QoS 1 session.
+
+Every message is untrusted: a topic becomes a stream only with its first valid payload and
+only up to ``[mqtt] max_streams``; anything else is counted and reported under the source's
+own id. Whatever one message does, it is acknowledged and the other streams go on."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import asyncio
 from collections import deque
 import contextlib
 import logging
-import ssl
 import time
 from typing import AsyncIterator
 
@@ -18,40 +21,38 @@ from pydantic import ValidationError
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, MqttConfig
 from ecgmon.monitor.sources.base import SourceError
+from ecgmon.monitor.sources.event_throttle import EVENT_PERIOD_S, EventThrottle  # noqa: F401 (re-exported)
+from ecgmon.mqtt_client import Backoff, BrokerLink, TlsSetupError, reason
 from ecgmon.payloads.mqtt import (
     EcgPayload,
     MqttUrlError,
     PayloadError,
     decode,
     parse_mqtt_url,
+    redact,
     stream_id_of,
     wildcard_levels,
 )
 
 log = logging.getLogger("ecgmon.mqtt")
 
-# Rate-limited events (malformed input, losses, duplicates): at most one per stream and code
-# per this many seconds; the counts they carry are cumulative, so nothing is hidden.
-EVENT_PERIOD_S = 1.0
 # QoS 1 redelivers at most the broker's in-flight window (mosquitto: 20) again; a sequence
 # number this far behind the newest is a device that restarted counting, not a redelivery.
 RESTART_SEQ_BACK = 100
 
 
-class StreamState:
+class StreamState(EventThrottle):
     """Continuity of one stream: which payloads are new, repeated, late or after a gap, its
     fault counters, and its rate-limited events."""
 
     def __init__(self, stream: str) -> None:
-        self.stream = stream
+        self.counts: dict[str, int] = {}
+        super().__init__(stream, lambda: self.counts)
         self.next_start: int | None = None
         self.last_seq: int | None = None
         self.offset = 0
-        self.counts: dict[str, int] = {}
         # Sample ranges declared lost; data arriving later inside one is late, not a duplicate.
         self._gaps: deque[tuple[int, int]] = deque(maxlen=64)
-        self._last_emit: dict[str, float] = {}
-        self._pending: dict[str, tuple[str, str]] = {}
 
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -99,46 +100,10 @@ class StreamState:
         self.last_seq = p.seq
         return start, samples, notes
 
-    def event(self, code: str, level: str, text: str, now: float) -> SourceEvent | None:
-        """The event now, or None if one of this code went out less than EVENT_PERIOD_S ago
-        (then it is held and sent by ``flush``)."""
-        if now - self._last_emit.get(code, -1e9) < EVENT_PERIOD_S:
-            self._pending[code] = (level, text)
-            return None
-        self._last_emit[code] = now
-        self._pending.pop(code, None)
-        return SourceEvent(self.stream, level, code, text, dict(self.counts))  # type: ignore[arg-type]
-
-    def next_flush(self) -> float | None:
-        """Monotonic time at which a held event falls due, if any."""
-        return min((self._last_emit[c] + EVENT_PERIOD_S for c in self._pending), default=None)
-
-    def flush(self, now: float) -> list[SourceEvent]:
-        out = []
-        for code, (level, text) in list(self._pending.items()):
-            ev = self.event(code, level, text, now)
-            if ev is not None:
-                out.append(ev)
-        return out
-
-
-class _DebugOnly(logging.LoggerAdapter):
-    """paho and aiomqtt log a lost connection as an error; our events already report it."""
-
-    def log(self, level: int, msg: object, *args: object, **kwargs: object) -> None:
-        super().log(logging.DEBUG, msg, *args, **kwargs)  # type: ignore[arg-type]
-
-
-QUIET_CLIENT_LOG = _DebugOnly(logging.getLogger("ecgmon.mqtt.client"), {})
-
-
-def reason(err: BaseException) -> str:
-    """Why a connection failed: aiomqtt's "Disconnected during message iteration" hides it."""
-    return str(err.__cause__ or err) or type(err).__name__
-
 
 def _options(spec: str, config: Config, params: dict[str, str]) -> tuple[MqttConfig, str | None]:
-    """``config.mqtt`` with the spec's query overrides; and an explicit client id, if given."""
+    """``config.mqtt`` with the spec's query overrides; and an explicit client id, if given.
+    ``spec`` is the redacted one: it is quoted in errors."""
     params = dict(params)
     explicit_id = params.pop("client_id", None)
     known = [f for f in MqttConfig.model_fields if f != "client_id"]
@@ -151,19 +116,12 @@ def _options(spec: str, config: Config, params: dict[str, str]) -> tuple[MqttCon
         opts = MqttConfig.model_validate({**config.mqtt.model_dump(), **params})
     except ValidationError as err:
         first = err.errors()[0]
-        raise SourceError(f"'{spec}': bad value for '{first['loc'][0]}': {first['msg']}") from None
+        raise SourceError(f"'{spec}': bad value for '{first['loc'][0]}': "
+                          f"{first['msg'].removeprefix('Value error, ')}") from None
     if explicit_id == "" or (explicit_id is None and not opts.client_id):
         raise SourceError(f"'{spec}': a persistent session needs a non-empty client_id")
     return opts, explicit_id
 
-
-def tls_context(ca_file: str, spec: str) -> ssl.SSLContext:
-    """The TLS context for ``ca_file`` (or the system's trust store); SourceError if unusable."""
-    try:
-        return ssl.create_default_context(cafile=ca_file or None)
-    except (OSError, ssl.SSLError) as err:
-        raise SourceError(f"'{spec}': cannot use CA file '{ca_file}' for TLS: {err}; "
-                          f"set [mqtt] ca_file to a PEM certificate") from None
 
 
 class MqttSource:
@@ -174,10 +132,12 @@ class MqttSource:
     that the broker's persistent session keeps what is published while the daemon is away.
     Broker outages are events (``disconnected``, ``reconnected``), never errors; only a bad
     spec or TLS file raises SourceError, here in the constructor.
+
+    ``spec`` shows the password as ``***``: it is what status, events and logs quote.
     """
 
     def __init__(self, spec: str, config: Config, stream: str) -> None:
-        self.spec = spec
+        self.spec = redact(spec)
         self.stream = stream
         self.fs = 0.0  # shown by the daemon before the first chunk
         self.lead = ""
@@ -186,16 +146,21 @@ class MqttSource:
         except MqttUrlError as err:
             raise SourceError(str(err)) from None
         self.url = url
-        self.options, explicit_id = _options(spec, config, url.params)
+        self.options, explicit_id = _options(self.spec, config, url.params)
         self.topic = url.topic
         self.client_id = explicit_id or f"{self.options.client_id}-{stream}"
         self._wildcard = any(level in ("+", "#") for level in url.topic.split("/"))
-        self._username = url.username if url.username is not None else (self.options.username or None)
-        self._password = url.password if url.password is not None else (self.options.password or None)
-        self._tls = tls_context(self.options.ca_file, spec) if (url.tls or self.options.tls) else None
+        try:
+            # clean_start False: the broker keeps our subscription and queue while we are away.
+            self.link = BrokerLink(url, self.options, self.client_id, clean_session=self.options.clean_start)
+        except TlsSetupError as err:
+            raise SourceError(f"'{self.spec}': {err}; set [mqtt] ca_file to a PEM certificate") from None
         self._streams: dict[str, StreamState] = {}
         self._foreign: set[str] = set()
-        self.counts: dict[str, int] = {}  # the connection's own counters (on self.stream)
+        # The source's own counters (connection, and messages that belong to no stream), with
+        # their events on the source's own id: a junk topic never names a stream.
+        self.counts: dict[str, int] = {}
+        self._events = EventThrottle(stream, lambda: self.counts)
 
     def stream_state(self, stream: str) -> StreamState:
         st = self._streams.get(stream)
@@ -203,14 +168,12 @@ class MqttSource:
             st = self._streams[stream] = StreamState(stream)
         return st
 
+    def _count(self, key: str) -> int:
+        self.counts[key] = self.counts.get(key, 0) + 1
+        return self.counts[key]
+
     def _client(self) -> aiomqtt.Client:
-        o = self.options
-        client = aiomqtt.Client(
-            self.url.host, self.url.port, identifier=self.client_id,
-            clean_session=o.clean_start, keepalive=o.keepalive_s,
-            username=self._username, password=self._password, tls_context=self._tls,
-            logger=QUIET_CLIENT_LOG,
-        )
+        client = self.link.client()
         # paho acknowledges a message as it queues it, so messages still queued when the
         # daemon stops would be lost to the persistent session. We acknowledge each one only
         # after its chunk was consumed; aiomqtt 2 has no API for it yet (aiomqtt issue #345,
@@ -220,7 +183,7 @@ class MqttSource:
 
     async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
         o = self.options
-        delay = o.reconnect_min_s
+        backoff = Backoff(o.reconnect_min_s, o.reconnect_max_s)
         down_since: float | None = None
         while True:
             connected = False
@@ -236,14 +199,15 @@ class MqttSource:
                             "reconnected", "info",
                             f"connected to {self.url.broker} after "
                             f"{time.monotonic() - down_since:.1f} s")
-                    delay, down_since, connected = o.reconnect_min_s, None, True
+                    backoff.reset()
+                    down_since, connected = None, True
                     async with contextlib.aclosing(self._receive(client)) as items:
                         async for item in items:
                             yield item
             except aiomqtt.MqttError as err:
                 if down_since is None:
                     down_since = time.monotonic()
-                    self.counts["disconnects"] = self.counts.get("disconnects", 0) + 1
+                    self._count("disconnects")
                     yield self._connection_event(
                         "disconnected", "error",
                         f"{'lost the connection to' if connected else 'cannot connect to'} "
@@ -251,8 +215,7 @@ class MqttSource:
                         f"to {o.reconnect_max_s:g} s")
                 else:
                     log.debug("%s: still no connection to %s: %s", self.stream, self.url.broker, reason(err))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, o.reconnect_max_s)
+                await backoff.wait()
 
     def _check_granted(self, granted: object) -> None:
         code = granted[0] if isinstance(granted, (list, tuple)) and granted else None
@@ -278,15 +241,15 @@ class MqttSource:
                 timeout = None if due is None else max(0.0, due - time.monotonic())
                 done, _ = await asyncio.wait({pending}, timeout=timeout)
                 if not done:
-                    now = time.monotonic()
-                    for st in self._streams.values():
-                        for ev in st.flush(now):
-                            yield ev
+                    for ev in self._flush(time.monotonic()):
+                        yield ev
                     continue
                 message, pending = pending.result(), None
-                for item in self._handle(message.topic.value, message.payload):
+                for item in self._handle_safely(message):
                     yield item
-                # Consumed: the daemon has fed its chunk by the time we are resumed.
+                # Consumed: the daemon has fed its chunk by the time we are resumed. A payload
+                # that gave nothing (malformed, refused) is acknowledged all the same, or the
+                # broker would deliver it again on every reconnect: a poison message.
                 client._client.ack(message.mid, message.qos)  # noqa: SLF001
         finally:
             # Not acknowledged, so the broker delivers it again on the next connection.
@@ -296,7 +259,24 @@ class MqttSource:
                 pending.exception()  # retrieved: no "never retrieved" warning
 
     def _next_flush(self) -> float | None:
-        return min((t for st in self._streams.values() if (t := st.next_flush()) is not None), default=None)
+        throttles = [self._events, *self._streams.values()]
+        return min((t for th in throttles if (t := th.next_flush()) is not None), default=None)
+
+    def _flush(self, now: float) -> list[SourceEvent]:
+        return [ev for th in (self._events, *self._streams.values()) for ev in th.flush(now)]
+
+    def _handle_safely(self, message: aiomqtt.Message) -> list[Chunk | SourceEvent]:
+        """``_handle``, with any unforeseen failure costing this one message only: counted and
+        reported on the source's id, never an end of the source's other streams."""
+        try:
+            return self._handle(message.topic.value, message.payload)
+        except Exception as err:  # a bug, not bad input: that is PayloadError inside _handle
+            n = self._count("internal_errors")
+            log.debug("%s: traceback of the failure on a message", self.stream, exc_info=True)
+            text = (f"a message on {message.topic.value} could not be handled "
+                    f"({type(err).__name__}: {err}); dropped, {n} so far; the other messages go on")
+            ev = self._events.event("internal_error", "error", text, time.monotonic())
+            return [ev] if ev else []
 
     def _handle(self, topic: str, payload: object) -> list[Chunk | SourceEvent]:
         """The chunk and events one message gives; malformed or repeated input never raises."""
@@ -311,25 +291,43 @@ class MqttSource:
                             self.client_id)
             return []
         sid = (stream_id_of(levels) if self._wildcard else "") or self.stream
-        st = self.stream_state(sid)
         now = time.monotonic()
         out: list[Chunk | SourceEvent] = []
+        # A stream exists from its first valid payload on (the source's own id always does).
+        known = sid in self._streams or sid == self.stream
         try:
             data = payload if isinstance(payload, (bytes, bytearray)) else str(payload or "").encode()
             p = decode(bytes(data))
         except PayloadError as err:
-            st.count("malformed")
-            ev = st.event("corrupt_input", "warning",
-                          f"malformed payload on {topic}: {err}; {st.counts['malformed']} so far", now)
+            if known:
+                st = self.stream_state(sid)
+                st.count("malformed")
+                ev = st.event("corrupt_input", "warning",
+                              f"malformed payload on {topic}: {err}; {st.counts['malformed']} so far", now)
+            else:
+                n = self._count("malformed")
+                ev = self._events.event("corrupt_input", "warning",
+                                        f"malformed payload on {topic}, which is no stream yet: {err}; "
+                                        f"{n} such so far", now)
             out.extend([ev] if ev else [])
-            out.extend(st.flush(now))
+            out.extend(self._flush(now))
             return out
+        if not known and len(self._streams) >= self.options.max_streams:
+            n = self._count("over_stream_limit")
+            ev = self._events.event(
+                "stream_limit", "warning",
+                f"ignoring {topic}: this source already carries {len(self._streams)} streams "
+                f"([mqtt] max_streams); {n} messages ignored so far", now)
+            out.extend([ev] if ev else [])
+            out.extend(self._flush(now))
+            return out
+        st = self.stream_state(sid)
         start, samples, notes = st.accept(p)
         for code, level, text in notes:
             ev = st.event(code, level, text, now)
             if ev is not None:
                 out.append(ev)
-        out.extend(st.flush(now))
+        out.extend(self._flush(now))
         if samples is not None:
             out.append(Chunk(sid, p.fs, (p.lead,), start, samples.reshape(-1, 1), received))
         return out

@@ -19,6 +19,7 @@ from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, SerialConfig
 from ecgmon.fd_wait import fd_ready
 from ecgmon.monitor.sources.base import SourceError
+from ecgmon.monitor.sources.event_throttle import EventThrottle
 from ecgmon.monitor.sources.spec_query import apply_query
 from ecgmon.payloads.serial import AsciiDecoder, FrameDecoder, from_wire
 
@@ -32,7 +33,6 @@ SPEC_PARAMS = {
     "offset": "offset",
 }
 READ_SIZE = 65536
-EVENT_PERIOD_S = 1.0  # at most one corrupt_input / signal_loss event per second and stream
 NO_DATA_S = 3.0  # an open device silent this long is reported (ECG devices send 50+ samples/s)
 # Readable yet empty this many times in a row: the device is at end of file for good (a single
 # empty read can be a wake-up with nothing to read).
@@ -61,24 +61,6 @@ def _open_hint(err: Exception) -> str:
     if code == errno.EBUSY:
         return "the device is busy: another program has it open"
     return str(err)
-
-
-class _Throttle:
-    """At most one report per ``period``; a report held back stays pending until it is due."""
-
-    def __init__(self, period: float) -> None:
-        self.period = period
-        self.last = -float("inf")
-        self.pending = False
-
-    def due(self, now: float) -> bool:
-        return self.pending and now - self.last >= self.period
-
-    def deadline(self) -> float | None:
-        return self.last + self.period if self.pending else None
-
-    def sent(self, now: float) -> None:
-        self.last, self.pending = now, False
 
 
 class SerialSource:
@@ -111,10 +93,10 @@ class SerialSource:
         self._pending_n = 0
         self._pending_since = 0.0
         self._received = 0.0
-        self._corrupt = _Throttle(EVENT_PERIOD_S)
-        self._loss = _Throttle(EVENT_PERIOD_S)
+        # corrupt_input and signal_loss at most once a second, with the counts of that moment.
+        self._events = EventThrottle(stream, self.counts)
         self._faults_seen = 0
-        self._loss_since_event = (0, 0)  # (gaps, samples) not yet reported
+        self._gaps = 0  # sequence gaps so far
 
     def _check_port(self) -> None:
         """A path that exists but is no device cannot become one: that is a spec error."""
@@ -222,7 +204,7 @@ class SerialSource:
     def _timeout(self, silence_at: float | None) -> float | None:
         """Seconds until the next thing falls due without new data: a chunk, a report, silence."""
         due = [self._pending_since + self.chunk_s if self._pending else None,
-               self._corrupt.deadline(), self._loss.deadline(), silence_at]
+               self._events.next_flush(), silence_at]
         deadline = min((t for t in due if t is not None), default=None)
         return None if deadline is None else max(0.0, deadline - time.monotonic())
 
@@ -237,13 +219,12 @@ class SerialSource:
             pieces = [(0, self.decoder.feed(data))]
         else:
             pieces = [(f.lost, f.samples) for f in self.decoder.feed(data)]
+        gaps = self._gaps
         for lost, values in pieces:
             if lost:
                 out.extend(self._flush())  # chunks stay contiguous: the gap falls between two
                 self._next += lost
-                gaps, samples = self._loss_since_event
-                self._loss_since_event = (gaps + 1, samples + lost)
-                self._loss.pending = True
+                self._gaps += 1
             if values.size:
                 if not self._pending:
                     self._pending_since = now
@@ -251,11 +232,26 @@ class SerialSource:
                 self._pending_n += values.size
         if self._pending_n >= self.chunk_n:
             out.extend(self._flush(full_only=True))
-        faults = sum(self.decoder.counts().get(k, 0) for k in _FAULTS)
+        c = self.decoder.counts()
+        if self._gaps > gaps:
+            lost = c["lost_samples"]
+            out += self._offer("warning", "signal_loss",
+                               f"{lost} samples ({lost / self.fs:.2f} s) lost in {self._gaps} sequence "
+                               f"gap{'s' if self._gaps > 1 else ''} so far", now)
+        faults = sum(c.get(k, 0) for k in _FAULTS)
         if faults > self._faults_seen:
             self._faults_seen = faults
-            self._corrupt.pending = True
+            what = ", ".join(f"{c[k]} {k.replace('_', ' ')}" for k in _FAULTS if c.get(k))
+            out += self._offer("warning", "corrupt_input",
+                               f"corrupt input from {self.port}: {what} so far{self._hint()}", now)
         return out
+
+    def _offer(self, level: Literal["info", "warning", "error"], code: str, text: str,
+               now: float) -> list[SourceEvent]:
+        """The event now, or nothing if one of its code went out within the last second: then
+        it comes out of ``_due`` once due, with the latest text."""
+        ev = self._events.event(code, level, text, now)
+        return [ev] if ev else []
 
     def _flush(self, full_only: bool = False) -> list[Chunk]:
         """Pending samples as chunks of ``chunk_n``, and the remainder too unless ``full_only``."""
@@ -279,19 +275,7 @@ class SerialSource:
         out: list[Chunk | SourceEvent] = []
         if self._pending and now - self._pending_since >= self.chunk_s:
             out.extend(self._flush())
-        if self._loss.due(now):
-            gaps, samples = self._loss_since_event
-            self._loss_since_event = (0, 0)
-            self._loss.sent(now)
-            out.append(self._event("warning", "signal_loss",
-                                   f"{samples} samples ({samples / self.fs:.2f} s) lost in {gaps} "
-                                   f"sequence gap{'s' if gaps > 1 else ''}"))
-        if self._corrupt.due(now):
-            self._corrupt.sent(now)
-            c = self.decoder.counts()
-            what = ", ".join(f"{c[k]} {k.replace('_', ' ')}" for k in _FAULTS if c.get(k))
-            out.append(self._event("warning", "corrupt_input",
-                                   f"corrupt input from {self.port}: {what} so far{self._hint()}"))
+        out.extend(self._events.flush(now))
         return out
 
     def _hint(self) -> str:

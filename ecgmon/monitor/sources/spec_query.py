@@ -40,5 +40,6 @@ def apply_query(spec: str, query: str, base: Section, params: dict[str, str], wh
         first = err.errors()[0]
         field = str(first["loc"][0]) if first["loc"] else ""
         raise SourceError(
-            f"'{spec}': bad value for {what} parameter '{key_of.get(field, field)}': {first['msg']}"
+            f"'{spec}': bad value for {what} parameter '{key_of.get(field, field)}': "
+            f"{first['msg'].removeprefix('Value error, ')}"
         ) from None

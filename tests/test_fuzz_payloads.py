@@ -1,0 +1,277 @@
+"""Property-based fuzzing (hypothesis) of the device decoders: MQTT JSON and binary payloads,
+serial ASCII lines and binary frames.
+
+For arbitrary bytes and for valid payloads with fields mutated (ragged or nested lists, wrong
+types, huge, negative and non-finite numbers, truncation), an MQTT decode yields a valid,
+bounded EcgPayload or raises PayloadError, nothing else; the serial decoders never raise and
+yield only finite values in range (or NaN standing for a bad line). Encode then decode gives
+the samples back. The budget is ``fuzz_settings`` (ECGMON_FUZZ_EXAMPLES for a long run:
+scripts/fuzz.sh).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+from hypothesis import given, strategies as st
+import numpy as np
+
+from ecgmon.payloads.mqtt import (
+    HEADER,
+    MAX_LEAD_CHARS,
+    MAX_SAMPLES,
+    EcgPayload,
+    PayloadError,
+    decode,
+    encode_binary,
+    encode_json,
+)
+from ecgmon.payloads.serial import (
+    MAX_CHANNELS,
+    MAX_LINE,
+    AsciiDecoder,
+    FrameDecoder,
+    encode_ascii,
+    encode_frame,
+    frame_size,
+)
+from ecgmon.rates import MAX_ECG_FS, MIN_ECG_FS
+
+from fuzz_settings import fuzz_settings
+
+# --------------------------------------------------------------------------- MQTT payloads
+
+
+def assert_valid(p: EcgPayload) -> None:
+    """What every decoded payload must be, whatever came in."""
+    assert isinstance(p, EcgPayload)
+    assert isinstance(p.samples, np.ndarray) and p.samples.dtype == np.float32 and p.samples.ndim == 1
+    assert 1 <= p.n <= MAX_SAMPLES
+    assert np.all(np.isfinite(p.samples))
+    assert isinstance(p.fs, float) and MIN_ECG_FS <= p.fs <= MAX_ECG_FS
+    assert isinstance(p.seq, int) and isinstance(p.start, int)
+    assert 0 <= p.seq and 0 <= p.start <= 2**63 - 1
+    assert isinstance(p.lead, str) and 1 <= len(p.lead) <= MAX_LEAD_CHARS and p.lead.isprintable()
+
+
+def decodes_or_refuses(payload: bytes) -> EcgPayload | None:
+    try:
+        p = decode(payload)
+    except PayloadError as err:
+        assert 0 < len(str(err)) < 300  # a short reason, never the payload itself
+        return None
+    assert_valid(p)
+    return p
+
+
+# Any JSON value, nested a few levels: what a mutated field may become.
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=40),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner, max_size=5),
+    max_leaves=20,
+)
+numbers = (st.integers(min_value=-(2**70), max_value=2**70) | st.floats(allow_nan=True, allow_infinity=True)
+           | st.sampled_from([0, -1, 1, 1e-9, 50, 80, 100, 124.999, 125, 1000, 1000.001, 1e5, 2**63, 2**64]))
+# Lists of samples as devices get them wrong: ragged, nested, mixed types, non-finite.
+sample_lists = st.lists(
+    st.floats(allow_nan=True, allow_infinity=True, width=64) | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.lists(st.integers(-5, 5), max_size=3) | st.booleans() | st.none() | st.text(max_size=3),
+    min_size=0, max_size=50,
+) | st.sampled_from([[[1, 2], [3]], [1, [2]], [[1, 2], [3, 4]], [[]], [1e308, 1e308], [1e39]])
+
+
+def valid_body() -> dict:
+    return {"v": 1, "seq": 7, "start": 252, "fs": 360.0, "lead": "MLII", "units": "mV",
+            "samples": [0.1, -0.2, 1.5]}
+
+
+@fuzz_settings(500)
+@given(st.binary(max_size=400))
+def test_fuzz_mqtt_arbitrary_bytes(data: bytes) -> None:
+    for payload in (data, b"ECG1" + data, b"{" + data, HEADER.pack(b"ECG1", 1, 0, 1, 0, 0, 360.0, 0.001)[:28] + data):
+        decodes_or_refuses(payload)
+
+
+@fuzz_settings(500)
+@given(
+    field=st.sampled_from(["v", "seq", "start", "fs", "lead", "units", "samples", "extra"]),
+    value=json_values | numbers | sample_lists,
+    drop=st.booleans(),
+)
+def test_fuzz_mqtt_json_fields_mutated(field: str, value: object, drop: bool) -> None:
+    body = valid_body()
+    if drop and field in body:
+        del body[field]
+    else:
+        body[field] = value
+    decodes_or_refuses(json.dumps(body, allow_nan=True).encode())
+
+
+@fuzz_settings(300)
+@given(samples=sample_lists, fs=numbers, cut=st.integers(min_value=0, max_value=2000))
+def test_fuzz_mqtt_json_samples_rates_and_truncation(samples: list, fs: object, cut: int) -> None:
+    body = {**valid_body(), "samples": samples, "fs": fs}
+    payload = json.dumps(body, allow_nan=True).encode()
+    decodes_or_refuses(payload)
+    decodes_or_refuses(payload[:cut])
+
+
+@fuzz_settings(300)
+@given(depth=st.integers(min_value=1, max_value=200_000), where=st.sampled_from(["samples", "lead", "top"]))
+def test_fuzz_mqtt_json_deep_nesting(depth: int, where: str) -> None:
+    nested = "[" * depth + "1" + "]" * depth
+    if where == "top":
+        payload = nested.encode()
+    else:
+        payload = json.dumps(valid_body()).replace('"MLII"' if where == "lead" else "[0.1, -0.2, 1.5]", nested).encode()
+    decodes_or_refuses(b"{" + payload if where == "top" else payload)
+
+
+@fuzz_settings(500)
+@given(
+    # Mostly plausible values, so that the checks behind the first ones are reached too.
+    version=st.just(1) | st.integers(0, 255), lead_len=st.integers(0, 40) | st.integers(0, 255),
+    n=st.integers(0, 300) | st.integers(0, 0xFFFF),
+    seq=st.integers(0, 2**32 - 1), start=st.integers(0, 2**64 - 1),
+    fs=st.sampled_from([360.0, 125.0, 1000.0]) | st.floats(width=32, allow_nan=True, allow_infinity=True),
+    scale=st.sampled_from([0.001, 1e-45, 1e30, 3.4e38]) | st.floats(width=32, allow_nan=True, allow_infinity=True),
+    body=st.binary(max_size=300), real_length=st.booleans(),
+)
+def test_fuzz_mqtt_binary_header_mutated(version: int, lead_len: int, n: int, seq: int, start: int, fs: float,
+                                         scale: float, body: bytes, real_length: bool) -> None:
+    header = HEADER.pack(b"ECG1", version, lead_len, n, seq, start, fs, scale)
+    if real_length:  # the length the header announces, so that the fields themselves are tested
+        body = (body * (1 + (lead_len + 2 * n) // max(1, len(body))))[: lead_len + 2 * n] if body else bytes(lead_len + 2 * n)
+    decodes_or_refuses(header + body)
+
+
+@fuzz_settings(300)
+@given(data=st.data())
+def test_fuzz_mqtt_binary_bytes_flipped_or_truncated(data: st.DataObject) -> None:
+    payload = bytearray(encode_binary(3, 1000, 360.0, "MLII", np.linspace(-2, 2, 40)))
+    for _ in range(data.draw(st.integers(0, 6))):
+        payload[data.draw(st.integers(0, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(payload) + 4))
+    decodes_or_refuses(bytes(payload[:cut]) + (b"\x00" * (cut - len(payload)) if cut > len(payload) else b""))
+
+
+finite_mv = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
+good_fs = st.floats(min_value=MIN_ECG_FS, max_value=MAX_ECG_FS, allow_nan=False)
+good_lead = st.text(st.characters(codec="ascii", categories=["L", "N", "P"]), min_size=1, max_size=MAX_LEAD_CHARS)
+
+
+@fuzz_settings(300)
+@given(seq=st.integers(0, 2**63 - 1), start=st.integers(0, 2**63 - 1), fs=good_fs, lead=good_lead,
+       samples=st.lists(finite_mv, min_size=1, max_size=500))
+def test_fuzz_mqtt_json_round_trip_is_exact(seq: int, start: int, fs: float, lead: str, samples: list) -> None:
+    x = np.array(samples, dtype=np.float32)
+    p = decode(encode_json(seq, start, fs, lead, x))
+    assert_valid(p)
+    assert (p.seq, p.start, p.fs, p.lead) == (seq, start, fs, lead)
+    assert np.array_equal(p.samples, x)
+
+
+@fuzz_settings(300)
+@given(seq=st.integers(0, 2**32 - 1), start=st.integers(0, 2**63 - 1), fs=good_fs, lead=good_lead,
+       samples=st.lists(finite_mv, min_size=1, max_size=500))
+def test_fuzz_mqtt_binary_round_trip_within_half_a_step(seq: int, start: int, fs: float, lead: str,
+                                                        samples: list) -> None:
+    x = np.array(samples, dtype=np.float64)
+    payload = encode_binary(seq, start, fs, lead, x)
+    p = decode(payload)
+    assert_valid(p)
+    scale = struct.unpack_from("<f", payload, 24)[0]
+    assert (p.seq, p.start, p.lead) == (seq, start, lead)
+    assert p.fs == float(np.float32(fs))
+    assert np.max(np.abs(p.samples - x)) <= scale * 0.5 + 1e-6 * (1 + np.max(np.abs(x)))
+
+
+# --------------------------------------------------------------------------- serial
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (taken modulo its length, sorted)."""
+    at = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(at, at[1:])]
+
+
+@fuzz_settings(500)
+@given(chunks=st.lists(st.binary(max_size=300) | st.sampled_from([b"\n", b"1,2\n", b"nan\n", b"1e999\n", b"\r\n"]),
+                       max_size=20),
+       channel=st.integers(0, 3))
+def test_fuzz_serial_ascii_any_bytes(chunks: list[bytes], channel: int) -> None:
+    dec = AsciiDecoder(channel)
+    newlines = 0
+    out = []
+    for chunk in chunks:
+        values = dec.feed(chunk)
+        newlines += chunk.count(b"\n")
+        assert values.dtype == np.float64 and values.ndim == 1
+        assert np.all(np.isfinite(values) | np.isnan(values))  # NaN stands for a bad line
+        assert len(dec._partial) <= MAX_LINE  # never buffers more than one line
+        out.append(values)
+    assert sum(v.size for v in out) <= newlines
+    assert np.isnan(np.concatenate(out or [np.zeros(0)])).sum() == dec.bad_lines
+    assert all(v >= 0 for v in dec.counts().values())
+
+
+@fuzz_settings(300)
+@given(rows=st.lists(st.lists(st.integers(-(2**40), 2**40), min_size=2, max_size=2), min_size=1, max_size=60),
+       cuts=st.lists(st.integers(0, 10_000), max_size=10), crlf=st.booleans())
+def test_fuzz_serial_ascii_round_trip(rows: list[list[int]], cuts: list[int], crlf: bool) -> None:
+    data = encode_ascii(np.array(rows), b"\r\n" if crlf else b"\n")
+    dec = AsciiDecoder(channel=1)
+    values = np.concatenate([dec.feed(p) for p in pieces(data, cuts)] or [np.zeros(0)])
+    assert values.tolist() == [float(r[1]) for r in rows]
+    assert dec.bad_lines == 0
+
+
+@fuzz_settings(500)
+@given(chunks=st.lists(st.binary(max_size=600), max_size=12), channel=st.integers(0, MAX_CHANNELS))
+def test_fuzz_serial_frames_any_bytes(chunks: list[bytes], channel: int) -> None:
+    dec = FrameDecoder(channel)
+    for chunk in chunks:
+        for frame in dec.feed(chunk):
+            assert 1 <= frame.samples.size <= 255 and frame.samples.dtype == np.float64
+            assert np.all((frame.samples >= -32768) & (frame.samples <= 32767))
+            assert 0 <= frame.seq <= 0xFFFF and frame.lost >= 0
+        assert len(dec._buf) < frame_size(255, MAX_CHANNELS)  # never more than one frame buffered
+    assert all(v >= 0 for v in dec.counts().values())
+
+
+@fuzz_settings(300)
+@given(data=st.data(), n=st.integers(1, 255), channels=st.integers(1, 4), frames=st.integers(1, 6))
+def test_fuzz_serial_frames_mutated(data: st.DataObject, n: int, channels: int, frames: int) -> None:
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    wire = bytearray(b"".join(
+        encode_frame(i, rng.integers(-32768, 32768, (n, channels)).astype(np.int16)) for i in range(frames)))
+    for _ in range(data.draw(st.integers(0, 8))):
+        wire[data.draw(st.integers(0, len(wire) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(wire)))
+    dec = FrameDecoder(data.draw(st.integers(0, channels)))
+    got = [f for p in pieces(bytes(wire[:cut]), data.draw(st.lists(st.integers(0, 5000), max_size=6)))
+           for f in dec.feed(p)]
+    assert len(got) <= frames
+    for frame in got:
+        assert 1 <= frame.samples.size <= 255 and np.all(np.abs(frame.samples) <= 32768)
+
+
+@fuzz_settings(300)
+@given(data=st.data(), channels=st.integers(1, MAX_CHANNELS), first_seq=st.integers(0, 0xFFFF))
+def test_fuzz_serial_frames_round_trip(data: st.DataObject, channels: int, first_seq: int) -> None:
+    n = data.draw(st.integers(1, 255))
+    blocks = [np.array(data.draw(st.lists(st.integers(-32768, 32767), min_size=n * channels, max_size=n * channels)),
+                       dtype=np.int16).reshape(n, channels) for _ in range(data.draw(st.integers(1, 4)))]
+    channel = data.draw(st.integers(0, channels - 1))
+    wire = b"".join(encode_frame(first_seq + i, b) for i, b in enumerate(blocks))
+    dec = FrameDecoder(channel)
+    got = [f for p in pieces(wire, data.draw(st.lists(st.integers(0, 20_000), max_size=8))) for f in dec.feed(p)]
+    assert [f.seq for f in got] == [(first_seq + i) & 0xFFFF for i in range(len(blocks))]
+    assert all(f.lost == 0 for f in got)
+    for f, b in zip(got, blocks):
+        assert f.samples.tolist() == b[:, channel].astype(float).tolist()
+    assert dec.counts()["crc_errors"] == dec.counts()["garbage_bytes"] == 0
+    assert math.isclose(sum(f.samples.size for f in got), n * len(blocks))

@@ -153,7 +153,8 @@ def _codes_in(node: ast.AST) -> list[tuple[str, str | None]]:
     Recognised: ``code="x"`` (level from ``level="..."``); a snake_case string beside a level
     string ("info", "warning", "error") among a call's arguments or a tuple's items (SourceEvent,
     _event, the MQTT source's (code, level, text) notes); any snake_case string argument of a
-    call whose name ends in "event" (the code passed with a level held in a variable).
+    call whose name ends in "event" (the code passed with a level held in a variable). A code
+    held in a variable ``code`` is _assigned_codes' job.
     """
     if isinstance(node, ast.Call):
         items = node.args
@@ -171,6 +172,31 @@ def _codes_in(node: ast.AST) -> list[tuple[str, str | None]]:
         beside = set(values[max(0, i - 1) : i] + values[i + 1 : i + 2])
         if v is not None and v not in LEVELS and SNAKE.match(v) and (is_event or beside & LEVELS):
             codes.add(v)
+    return [(code, level) for code in codes]
+
+
+def _strings(node: ast.expr) -> list[str]:
+    """The string constant, or those of a conditional expression (``"a" if x else "b"``)."""
+    if isinstance(node, ast.IfExp):
+        return _strings(node.body) + _strings(node.orelse)
+    return [v] if (v := _str(node)) else []
+
+
+def _assigned_codes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[str, str | None]]:
+    """Codes chosen in a variable (``code = "stream_failed"``), with the level the function's
+    event call puts beside that variable, if it is one constant."""
+    codes = [
+        c for n in ast.walk(func) if isinstance(n, ast.Assign)
+        and any(isinstance(t, ast.Name) and t.id == "code" for t in n.targets)
+        for c in _strings(n.value) if SNAKE.match(c)
+    ]
+    levels = {
+        _str(a) for call in ast.walk(func)
+        if isinstance(call, ast.Call) and _name(call.func).lower().endswith("event")
+        for i, arg in enumerate(call.args) if isinstance(arg, ast.Name) and arg.id == "code"
+        for a in call.args[max(0, i - 1) : i + 2] if _str(a) in LEVELS
+    }
+    level = levels.pop() if len(levels) == 1 else None
     return [(code, level) for code in codes]
 
 
@@ -198,20 +224,23 @@ def sources() -> dict[Path, ast.AST]:
     return {p: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def emitted_codes(sources: dict[Path, ast.AST]) -> dict[str, dict[str | None, list[str]]]:
+def emitted_codes(sources: dict[Path, ast.AST]) -> dict[str, dict[str | None, set[str]]]:
     """code → level (None: not a constant) → where."""
-    found: dict[str, dict[str | None, list[str]]] = defaultdict(lambda: defaultdict(list))
+    found: dict[str, dict[str | None, set[str]]] = defaultdict(lambda: defaultdict(set))
     for path, tree in sources.items():
         for node in ast.walk(tree):
-            for code, level in _codes_in(node):
-                found[code][level].append(f"{path.relative_to(REPO)}:{node.lineno}")  # type: ignore[attr-defined]
+            pairs = _codes_in(node)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                pairs += _assigned_codes(node)
+            for code, level in pairs:
+                found[code][level].add(f"{path.relative_to(REPO)}:{node.lineno}")  # type: ignore[attr-defined]
     return found
 
 
 def test_collectors_find_known_emitters(sources: dict[Path, ast.AST]) -> None:
     """The collectors see the forms in use (a guard against a collector that finds nothing)."""
     codes = emitted_codes(sources)
-    for code in ("source_started", "discontinuity", "corrupt_input", "stream_restarted", "reconnected"):
+    for code in ("source_started", "discontinuity", "corrupt_input", "stream_restarted", "reconnected", "stream_failed"):
         assert code in codes, f"the event-code collector no longer finds '{code}'"
     keys = set().union(*map(_count_keys_in, sources.values()))
     assert {"crc_errors", "malformed", "late", "duplicates", "overflows"} <= keys
@@ -223,7 +252,7 @@ def test_event_codes_match_code(tables: dict[str, list[list[str]]], sources: dic
     missing, extra = sorted(found.keys() - rows.keys()), sorted(rows.keys() - found.keys())
     assert not missing and not extra, (
         f"README '{CODES}' disagrees with the code: codes emitted but not in the README: "
-        + ", ".join(f"{c} ({', '.join(w for ws in found[c].values() for w in ws)})" for c in missing)
+        + ", ".join(f"{c} ({', '.join(sorted(set().union(*found[c].values())))})" for c in missing)
         + f"; README codes nothing emits: {extra}"
     )
     for code, sites in found.items():
@@ -232,7 +261,7 @@ def test_event_codes_match_code(tables: dict[str, list[list[str]]], sources: dic
         ok = const <= said if None in sites else const == said
         assert said and ok, (
             f"README '{CODES}': `{code}` is emitted at level {sorted(const)} "
-            f"({', '.join(w for ws in sites.values() for w in ws)}), the README says {sorted(said)}"
+            f"({', '.join(sorted(set().union(*sites.values())))}), the README says {sorted(said)}"
         )
 
 

@@ -91,6 +91,8 @@ class PublisherConfig(_Section):
     wave_period_s: PositiveFloat = 0.2
     status_period_s: PositiveFloat = 1.0
     send_hwm: int = Field(10000, ge=1)
+    # A stream of a many-stream source (an MQTT topic) silent this long leaves the status.
+    idle_stream_s: PositiveFloat = 300.0
 
 
 class SecurityConfig(_Section):

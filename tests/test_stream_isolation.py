@@ -7,8 +7,10 @@ ZeroMQ subscriber; the bug is injected into one stream's pipeline by a monkeypat
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 import time
+import weakref
 
 import aiomqtt
 import numpy as np
@@ -111,10 +113,8 @@ class Watch:
             await asyncio.sleep(0.05)
 
 
-async def _two_mqtt_streams(broker: Broker, endpoint: str, models=None) -> Watch:
-    """Run a daemon on ward1/+/ecg, wait until its subscription is live, replay mitdb 100 to
-    bed3 and 119 to bed4, and wait until bed3 is all in; the caller cancels ``task``."""
-    cfg = config()
+async def _mqtt_daemon(broker: Broker, endpoint: str, cfg: Config, models=None) -> Watch:
+    """A daemon on ward1/+/ecg, once its subscription is live; the caller stops it."""
     source = MqttSource(broker.url("ward1/+/ecg"), cfg, stream="ward1")
     watch = Watch(Daemon(cfg, [source], Publisher(endpoint, 100_000), models=models), endpoint)
     await watch.start()
@@ -126,6 +126,17 @@ async def _two_mqtt_streams(broker: Broker, endpoint: str, models=None) -> Watch
                 await asyncio.sleep(0.2)
                 if watch.task.done():
                     watch.task.result()
+    except BaseException:
+        await watch.stop()
+        raise
+    return watch
+
+
+async def _two_mqtt_streams(broker: Broker, endpoint: str, models=None) -> Watch:
+    """A daemon on ward1/+/ecg; mitdb 100 replayed to bed3 and 119 to bed4, bed3 all in."""
+    cfg = config()
+    watch = await _mqtt_daemon(broker, endpoint, cfg, models)
+    try:
         await asyncio.gather(
             emit_mqtt(FirstChunks(RecordSource("mitdb:100", cfg), CHUNKS), broker.url("ward1/bed3/ecg"), cfg, "binary"),
             emit_mqtt(FirstChunks(RecordSource("mitdb:119", cfg), CHUNKS), broker.url("ward1/bed4/ecg"), cfg, "binary"),
@@ -234,3 +245,49 @@ async def test_a_bug_in_a_heart_sound_pipeline_stops_only_that_stream(
     final = [m for m in msgs if isinstance(m, StatusMessage)][-1]
     states = {(s.stream, s.source.startswith("mitdb")): s.state for s in final.streams}
     assert states == {("bed1", True): "ended", ("bed1", False): "failed"}
+
+
+# -- idle streams ----------------------------------------------------------------------------------
+
+
+class Shifted:
+    """A replay's chunks placed ``by`` samples later on the stream clock (a device back later)."""
+
+    def __init__(self, source: FirstChunks, by: int) -> None:
+        self.source, self.by, self.spec, self.stream = source, by, source.spec, source.stream
+
+    async def chunks(self):
+        async for c in self.source.chunks():
+            yield Chunk(c.stream, c.fs, c.channels, c.start + self.by, c.samples)
+
+
+async def test_an_idle_stream_leaves_and_starts_afresh_when_data_returns(mosquitto: Broker, endpoint: str) -> None:
+    """Issue 12, reproduction 7 (the daemon's side): an MQTT topic silent for idle_stream_s
+    leaves the status and its pipeline is freed; data again makes it a new stream, with events."""
+    cfg = config()
+    cfg.publisher.idle_stream_s = 1.0
+    watch = await _mqtt_daemon(mosquitto, endpoint, cfg)
+    url = mosquitto.url("ward1/bed3/ecg")
+    try:
+        await emit_mqtt(FirstChunks(RecordSource("mitdb:100", cfg), 100), url, cfg, "binary")
+        await watch.until(lambda: watch.status("bed3") and watch.status("bed3").samples == 100 * STEP, "bed3's data")
+        pipeline = weakref.ref(next(s.pipeline for s in watch.daemon.streams if s.stream == "bed3"))
+        await watch.until(lambda: watch.events("bed3", "stream_idle"), "bed3 to be idle")
+        await watch.until(lambda: watch.status("bed3") is None, "a status without bed3")
+        assert watch.status("ward1") is not None  # the source itself stays
+        assert "bed3" not in {s.stream for s in watch.daemon.streams}
+        gc.collect()
+        assert pipeline() is None  # its memory is freed
+        # The device comes back (its sample clock went on meanwhile): a new stream from there.
+        later = 10 * 60 * 360
+        await emit_mqtt(Shifted(FirstChunks(RecordSource("mitdb:100", cfg), 100), later), url, cfg, "binary")
+        await watch.until(lambda: watch.status("bed3") and watch.status("bed3").samples == later + 100 * STEP,
+                          "bed3 back")
+    finally:
+        await watch.stop()
+    codes = [m.code for m in watch.events("bed3", "stream_started", "stream_idle")]
+    assert codes[:3] == ["stream_started", "stream_idle", "stream_started"]  # (idle again since, maybe)
+    assert watch.events("bed3", "stream_idle")[0].level == "warning"
+    back = [m for m in watch.msgs if isinstance(m, BeatMessage) and m.stream == "bed3" and m.sample >= later]
+    assert back and back[0].rr_ms is None  # afresh: nothing carried over the silence
+    assert [m.sample - later for m in back] == reference_beats("mitdb:100", cfg)[: len(back)]

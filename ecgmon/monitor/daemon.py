@@ -51,6 +51,7 @@ class _Stream:
         self.jobs: deque[tuple[InferenceJob, asyncio.Future | None]] = deque()
         self.last_chunk = time.monotonic()  # when a chunk for it last came
         self.failures: deque[float] = deque()  # when its pipeline raised, within RESTART_WINDOW_S
+        self.had_data = False
 
     def status(self) -> StreamStatus:
         if self.pipeline is not None:
@@ -137,8 +138,6 @@ class Daemon:
         st = self._streams.get(_key(chunk.stream, source))
         if st is None:
             st = self._streams[_key(chunk.stream, source)] = _Stream(chunk.stream, source)
-            if chunk.stream != source.stream:
-                self._event(chunk.stream, "info", "stream_started", f"{chunk.stream}: first data from {source.spec}")
         elif st.source is not source:
             # Two sources naming the same stream (an MQTT topic and a NAME=): never mix them.
             if st.faults.get("foreign_chunks", 0) == 0:
@@ -147,6 +146,10 @@ class Daemon:
                             f"belongs to {st.source.spec}; its data is ignored: rename one of them")
             st.faults["foreign_chunks"] = st.faults.get("foreign_chunks", 0) + 1
             return None
+        if not st.had_data:  # (a source's events may have made its entry before)
+            st.had_data = True
+            if chunk.stream != source.stream:
+                self._event(chunk.stream, "info", "stream_started", f"{chunk.stream}: first data from {source.spec}")
         if st.pipeline is not None and st.pipeline.fs != chunk.fs:
             self._event(chunk.stream, "warning", "rate_changed",
                         f"{chunk.stream}: sample rate changed from {st.pipeline.fs:g} to {chunk.fs:g} Hz; "
@@ -329,27 +332,46 @@ class Daemon:
         period = self.config.publisher.status_period_s
         while True:
             await asyncio.sleep(period)
+            self._drop_idle()
             self._publish(self.status_message())
 
+    def _drop_idle(self) -> None:
+        """Streams that a many-stream source (MQTT topics) opened and that sent nothing for
+        ``[publisher] idle_stream_s`` leave, pipeline and all, so that state stays bounded by
+        the streams alive; new data makes a new stream. A source's own stream stays: it is
+        the source's place in the status."""
+        limit = self.config.publisher.idle_stream_s
+        now = time.monotonic()
+        for key, st in list(self._streams.items()):
+            if st.stream != st.source.stream and now - st.last_chunk >= limit:
+                del self._streams[key]
+                text = (f"{st.stream}: no data from {st.source.spec} for {limit:g} s: the stream leaves the "
+                        f"status; new data starts it afresh")
+                log.warning("%s", text)
+                self._event(st.stream, "warning", "stream_idle", text)
+
     async def _signal_loss_loop(self) -> None:
-        """What a silent source cannot trigger, checked on the wall clock for each running ECG
-        stream: the signal-loss alarm, and the beats waiting for a successor that will not
-        come soon (classified without it, as at a stream's end)."""
         period = min(1.0, self.config.alarms.signal_loss_s / 4)
         while True:
             await asyncio.sleep(period)
-            for st in list(self._streams.values()):
-                alarms = getattr(st.pipeline, "alarms", None)
-                if st.state == "running" and alarms is not None:
-                    try:
-                        msgs = alarms.check_signal_loss(time.time())
-                    except Exception as err:
-                        self._pipeline_failed(st, err, "checking signal loss")
-                        continue
-                    for msg in msgs:
-                        self._publish(msg)
-                    if time.monotonic() - st.last_chunk >= MAX_WAIT_S:
-                        self._flush(st)
+            self._check_quiet_streams()
+
+    def _check_quiet_streams(self) -> None:
+        """What a silent source cannot trigger, checked on the wall clock for each running ECG
+        stream: the signal-loss alarm, and the beats waiting for a successor that will not
+        come soon (classified without it, as at a stream's end)."""
+        for st in list(self._streams.values()):
+            alarms = getattr(st.pipeline, "alarms", None)
+            if st.state == "running" and alarms is not None:
+                try:
+                    msgs = alarms.check_signal_loss(time.time())
+                except Exception as err:
+                    self._pipeline_failed(st, err, "checking signal loss")
+                    continue
+                for msg in msgs:
+                    self._publish(msg)
+                if time.monotonic() - st.last_chunk >= MAX_WAIT_S:
+                    self._flush(st)
 
     async def run(self) -> None:
         if self.publisher is None:

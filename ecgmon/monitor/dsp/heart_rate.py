@@ -53,10 +53,9 @@ class HeartRateMeter:
         keep = max(self.config.intervals, self.config.short_intervals)
         self._rr: deque[float] = deque(maxlen=keep)
         self._last: float | None = None
-        self.beats = 0
 
     def reset(self) -> None:
-        """Forget all beats (after a gap in the signal the old intervals mean nothing)."""
+        """Forget all beats: after a spliced gap the old intervals mean nothing (the pipeline's restart)."""
         self._rr.clear()
         self._last = None
 
@@ -68,7 +67,6 @@ class HeartRateMeter:
                 )
             self._rr.append(time_s - self._last)
         self._last = time_s
-        self.beats += 1
 
     @property
     def rr_s(self) -> float | None:

@@ -47,13 +47,14 @@ BRAILLE = re.compile("[\u2801-\u28ff]")
 
 
 @contextlib.contextmanager
-def daemon_process(source: str, speed: float, endpoint: str, control: str) -> Iterator[subprocess.Popen]:
-    """``ecgmon run --headless`` as a user starts it, stopped with SIGTERM at the end."""
+def daemon_process(source: str, speed: float, endpoint: str, control: str, *extra: str) -> Iterator[subprocess.Popen]:
+    """``ecgmon run --headless`` (and ``extra`` arguments) as a user starts it, stopped with
+    SIGTERM at the end."""
     env = {k: v for k, v in os.environ.items() if k != "ECGMON_CONFIG"}
     env["PYTHONPATH"] = str(REPO)
     proc = subprocess.Popen(
         [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--source", source, "--speed", str(speed),
-         "--endpoint", endpoint, "--control", control],
+         "--endpoint", endpoint, "--control", control, *extra],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     try:

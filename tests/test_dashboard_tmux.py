@@ -13,8 +13,11 @@ import time
 from typing import Callable
 
 import pytest
+import zmq
 
 from conftest import free_tcp_port
+from ecgmon.curve import ClientKeys
+from ecgmon.schema import parse_message
 from test_dashboard import BRAILLE, daemon_process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -117,7 +120,8 @@ def test_acknowledge_and_silence_from_the_keyboard(tmp_path):
         try:
             term.wait("an alarm", lambda s: "HIGH" in s or "MEDIUM" in s, timeout=120)
             term.tmux("send-keys", "-t", "main", "a")
-            term.wait("the acknowledgement", lambda s: "✓ ack nurse1" in s and ": done" in s)
+            # A daemon without keys records the name typed, marked as such.
+            term.wait("the acknowledgement", lambda s: "✓ ack nurse1 (unauthenticated)" in s and ": done" in s)
             term.tmux("send-keys", "-t", "main", "s")
             term.wait("the silence", lambda s: re.search(r"silenced 1:[23]\d", s) is not None)
             term.tmux("send-keys", "-t", "main", "q")
@@ -149,3 +153,108 @@ def test_dashboard_bad_arguments_are_one_line(bad, needle):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+# -- issue 12: who may read and acknowledge (CURVE keys)
+
+
+def make_keys(tmp_path: Path) -> Path:
+    """A daemon's keys with nurse1 let in, made by the real `ecgmon keys`."""
+    folder = tmp_path / "keys"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args in (["server", str(folder)], ["client", "nurse1", str(folder)]):
+        subprocess.run(ecgmon("keys", *args), env=env, check=True, capture_output=True, timeout=60)
+    return folder
+
+
+def keyed_alarms(keys: Path, endpoint: str) -> tuple[zmq.Context, zmq.Socket]:
+    """A subscriber to the alarms, let in with nurse1's key."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    ClientKeys.load(str(keys / "nurse1.key_secret"), str(keys / "server.key")).apply(sub)
+    sub.setsockopt_string(zmq.SUBSCRIBE, "alarm.")
+    sub.connect(endpoint)
+    return ctx, sub
+
+
+def acknowledged_by(sub: zmq.Socket, timeout_s: float = 30.0) -> str | None:
+    """Who the first published acknowledgement names."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if sub.poll(500):
+            msg = parse_message(sub.recv_multipart()[1])
+            if msg.acknowledged_by:
+                return msg.acknowledged_by
+    return None
+
+
+def test_dashboard_with_a_key_shows_data_and_acknowledges_under_the_key_name(tmp_path):
+    """A daemon with keys; the dashboard connects with nurse1's key, sees the stream, and its
+    acknowledgement is published naming the key, not the --user it typed."""
+    keys = make_keys(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    with daemon_process("ward=sim?hr=30&hr_std=0&ectopic=0&seed=2", 2, endpoint, control,
+                        "--server-key", str(keys / "server.key_secret"), "--allowed-keys", str(keys / "allowed")):
+        ctx, sub = keyed_alarms(keys, endpoint)
+        term = Tmux(tmp_path, ecgmon("dashboard", "--connect", endpoint, "--control", control, "--user", "mallory",
+                                     "--key", str(keys / "nurse1.key_secret"), "--server-public", str(keys / "server.key")))
+        try:
+            term.wait("the stream live", lambda s: live(s) and "ward" in s)
+            term.wait("an alarm", lambda s: "HIGH" in s or "MEDIUM" in s, timeout=120)
+            term.tmux("send-keys", "-t", "main", "a")
+            term.wait("the acknowledgement", lambda s: "✓ ack nurse1" in s and ": done" in s)
+            assert "mallory" not in term.screen()
+            assert acknowledged_by(sub) == "nurse1"
+            term.tmux("send-keys", "-t", "main", "q")
+            assert term.exit_status() == 0
+        finally:
+            term.close()
+            sub.close()
+            ctx.term()
+
+
+def test_a_dashboard_without_the_key_sees_nothing_of_a_daemon_with_keys(tmp_path):
+    keys = make_keys(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    with daemon_process("ward=sim?hr=80&seed=3", 1, endpoint, control,
+                        "--server-key", str(keys / "server.key_secret"), "--allowed-keys", str(keys / "allowed")):
+        ctx, sub = keyed_alarms(keys, endpoint)  # the daemon is up once a keyed subscriber sees it
+        sub.setsockopt_string(zmq.SUBSCRIBE, "status.")
+        try:
+            assert sub.poll(60_000), "the daemon never published"
+        finally:
+            sub.close()
+            ctx.term()
+        term = Tmux(tmp_path, ecgmon("dashboard", "--connect", endpoint, "--control", control))
+        try:
+            # Long enough for many refused reconnections: still nothing.
+            for _ in range(10):
+                text = term.wait("the dashboard", lambda s: "waiting for the daemon" in s)
+                time.sleep(0.5)
+            assert "ward" not in text and not HR.search(text)
+            term.tmux("send-keys", "-t", "main", "q")
+            assert term.exit_status() == 0
+        finally:
+            term.close()
+
+
+def test_run_with_keys_shows_its_own_dashboard_which_acknowledges_as_console(tmp_path):
+    """The dashboard inside `ecgmon run` is let in with a key of its own, named console."""
+    keys = make_keys(tmp_path)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    control = f"tcp://127.0.0.1:{free_tcp_port()}"
+    term = Tmux(tmp_path, ecgmon("run", "--source", "ward=sim?hr=30&hr_std=0&ectopic=0&seed=2", "--speed", "2",
+                                 "--endpoint", endpoint, "--control", control,
+                                 "--server-key", str(keys / "server.key_secret"), "--allowed-keys", str(keys / "allowed")))
+    try:
+        term.wait("the stream live", lambda s: live(s) and "ward" in s)
+        term.wait("an alarm", lambda s: "HIGH" in s or "MEDIUM" in s, timeout=120)
+        term.tmux("send-keys", "-t", "main", "a")
+        term.wait("the acknowledgement", lambda s: "✓ ack console" in s and ": done" in s)
+        term.tmux("send-keys", "-t", "main", "q")
+        assert term.exit_status() == 0
+    finally:
+        term.close()

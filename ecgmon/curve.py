@@ -81,10 +81,12 @@ def make_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
 
 
 def _read(path: str | os.PathLike) -> tuple[bytes, bytes | None]:
+    if not os.path.isfile(path):
+        raise CurveError(f"key file {path} not found; make keys with `ecgmon keys`")
     try:
         public, secret = load_certificate(path)
-    except (OSError, ValueError) as err:
-        raise CurveError(f"cannot read the key file {path}: {err}; make keys with `ecgmon keys`") from None
+    except (OSError, ValueError) as err:  # unreadable, or no public key in it
+        raise CurveError(f"cannot use the key file {path}: {err}; make keys with `ecgmon keys`") from None
     for key in (public, secret):
         if key is not None and (len(key) != 40 or len(_z85_decode(key)) != 32):
             raise CurveError(f"{path}: not a CURVE key (40 Z85 characters); make keys with `ecgmon keys`")
@@ -139,7 +141,7 @@ class AllowedKeys:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.extra: dict[bytes, str] = {}  # keys that live only in memory (the console)
+        self._extra: dict[bytes, str] = {}  # keys that live only in memory (the console)
         self._names: dict[bytes, str] = {}
         self._stamp: int | None = None
         self._refused: set[bytes] = set()
@@ -174,7 +176,7 @@ class AllowedKeys:
         """ZAP's question (pyzmq's credentials provider): may the client with this Z85 key in?"""
         with self._lock:
             self._reload()
-            allowed = key in self.extra or key in self._names
+            allowed = key in self._extra or key in self._names
             if not allowed and key not in self._refused and len(self._refused) < MAX_LOGGED_REFUSALS:
                 self._refused.add(key)
                 log.warning("refused a client whose key is not in %s (public key %s)",
@@ -183,7 +185,12 @@ class AllowedKeys:
 
     def name_of(self, key: bytes) -> str:
         with self._lock:
-            return self.extra.get(key) or self._names[key]
+            return self._extra.get(key) or self._names[key]
+
+    def add(self, key: bytes, name: str) -> None:
+        """Let in ``key`` (Z85) as ``name`` while this process runs (it is in no file)."""
+        with self._lock:
+            self._extra[key] = name
 
 
 class _NamingAuthenticator(ThreadAuthenticator):
@@ -218,8 +225,7 @@ class ServerKeys:
     def console(self) -> ClientKeys:
         """A key pair for a dashboard in this process, let in as ``console``; it is never written."""
         public, secret = zmq.curve_keypair()
-        with self.allowed._lock:
-            self.allowed.extra[public] = CONSOLE_NAME
+        self.allowed.add(public, CONSOLE_NAME)
         return ClientKeys(public, secret, self.public)
 
 

@@ -235,3 +235,24 @@ def test_an_open_bind_without_keys_is_refused_unless_insecure(flag: str, tmp_pat
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--key", "nope.key_secret", "--server-public", "server.key"], "key file nope.key_secret not found"),
+    (["--key", "KEYS/nurse1.key_secret"], "--key and --server-public"),
+    (["--key", "KEYS/nurse1.key", "--server-public", "KEYS/server.key"], "holds no secret key"),
+    (["--key", "KEYS/allowed", "--server-public", "KEYS/server.key"], "not found"),
+])
+def test_bad_client_keys_are_one_line(keys: Path, args: list[str], needle: str, capsys) -> None:
+    args = [a.replace("KEYS", str(keys)) for a in args]
+    assert main(["subscribe", "--endpoint", "tcp://127.0.0.1:1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and needle.replace("KEYS", str(keys)) in err, err
+
+
+def test_the_daemon_needs_both_key_settings_and_a_real_allowed_folder(keys: Path, capsys) -> None:
+    run = ["run", "--headless", "--source", "sim", "--endpoint", "tcp://127.0.0.1:0", "--control", ""]
+    assert main([*run, "--server-key", str(keys / "server.key_secret")]) == 2
+    assert main([*run, "--server-key", str(keys / "server.key_secret"), "--allowed-keys", str(keys / "nope")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "--server-key and --allowed-keys" in err[0] and "is not a folder" in err[1], err

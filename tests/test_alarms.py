@@ -3,6 +3,9 @@ beat sequences, technical alarms on flat and missing signal, VF/flutter on recor
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -187,3 +190,52 @@ def test_wide_unlike_beats_the_model_calls_normal_make_vtach() -> None:
     assert raised and raised[0].onset_s == pytest.approx(30.6, abs=0.01)
     # The same rate with normal complexes is a sinus tachycardia, not V-tach.
     assert not [m for m in _drive(times, ["N"] * len(times), labels, 1.0) if m.alarm == "vtach"]
+
+
+# -- issue 12, reproduction 6: alarm identity
+
+
+def _id_in_a_new_process() -> str:
+    """The first tachy alarm's id in a fresh process, as a daemon started again would raise it."""
+    code = ("from ecgmon.monitor.alarms.book import AlarmBook; "
+            "print(AlarmBook('bed7', 5.0, []).observe('tachy', 0.0, True)[0].id)")
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_alarm_ids_differ_across_daemon_runs() -> None:
+    first, second = _id_in_a_new_process(), _id_in_a_new_process()
+    assert first != second  # before: bed7-tachy-1 both times
+    assert first.startswith("bed7-tachy-1-") and second.startswith("bed7-tachy-1-")
+
+
+def test_an_id_from_a_previous_run_is_refused() -> None:
+    stale = _id_in_a_new_process()
+    book = AlarmBook("bed7", clear_s=5.0, latch=[])
+    [now] = book.observe("tachy", 0.0, True)
+    with pytest.raises(AlarmRefused, match="not from this daemon run"):
+        book.acknowledge(stale, "replayed")  # before: it acknowledged this run's bed7-tachy-1
+    with pytest.raises(AlarmRefused, match="not from this daemon run"):
+        book.silence(stale, 60, "replayed")
+    assert book.active()[0].acknowledged_by is None and book.active()[0].silenced_until_wall is None
+    assert book.acknowledge(now.id, "nurse").acknowledged_by == "nurse"
+
+
+def test_a_second_acknowledgement_does_not_overwrite_the_first() -> None:
+    book = AlarmBook("bed7", clear_s=5.0, latch=[])
+    [a] = book.observe("tachy", 0.0, True)
+    first = book.acknowledge(a.id, "nurse")
+    with pytest.raises(AlarmRefused, match="already acknowledged by nurse at 20"):
+        book.acknowledge(a.id, "intruder")
+    [kept] = book.active()
+    assert kept.acknowledged_by == "nurse" and kept.acknowledged_wall == first.acknowledged_wall
+
+
+def test_silence_does_not_write_acknowledged_by() -> None:
+    book = AlarmBook("bed7", clear_s=5.0, latch=["vtach"])
+    [v] = book.observe("vtach", 0.0, True)
+    silenced = book.silence(v.id, 60, "nurse")
+    assert silenced.silenced_by == "nurse" and silenced.silenced_until_wall is not None
+    assert silenced.acknowledged_by is None and silenced.acknowledged_wall is None  # before: by, with no time
+    # Silenced is not acknowledged: a latched alarm stays after its condition ends.
+    [ended] = book.tick(10.0)
+    assert ended.state == "updated" and "latched" in ended.text

@@ -62,6 +62,6 @@ def test_cli_scores_a_record_through_the_pipeline(tmp_path, capsys):
 
 
 def test_cli_unknown_record_is_one_error_line(capsys):
-    assert main(["evaluate", "beats", "mitdb:nosuch"]) == 1
+    assert main(["evaluate", "beats", "mitdb:nosuch"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "nosuch" in err and "Traceback" not in err

@@ -12,7 +12,7 @@ from ecgmon.cli import main
 
 def test_whole_database_meets_the_ec57_floors(capsys) -> None:
     """The acceptance figures of the detector, over every record in ../shared/data/mitdb."""
-    assert main(["evaluate", "qrs", "--db", "mitdb", "--json"]) == 0
+    assert main(["evaluate", "qrs", "--db", "mitdb", "--json", "-"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["records"]) == 27
     gross = result["gross"]
@@ -30,7 +30,7 @@ def test_table_names_records_and_totals(capsys) -> None:
 def test_result_does_not_depend_on_replay_chunk_length(capsys) -> None:
     runs = []
     for chunk in ("0.05", "10"):
-        assert main(["evaluate", "qrs", "--db", "mitdb", "208", "--chunk-s", chunk, "--json"]) == 0
+        assert main(["evaluate", "qrs", "--db", "mitdb", "208", "--chunk-s", chunk, "--json", "-"]) == 0
         runs.append(json.loads(capsys.readouterr().out)["records"])
     assert runs[0] == runs[1]
 
@@ -41,9 +41,9 @@ def test_bad_records_are_reported_and_the_others_scored(tmp_path: Path, capsys) 
         shutil.copy(data / f"100.{ext}", tmp_path / f"100.{ext}")
     (tmp_path / "100.dat").write_bytes((tmp_path / "100.dat").read_bytes()[:1000])
     missing = str(tmp_path / "nosuch.hea")
-    code = main(["evaluate", "qrs", str(tmp_path / "100.hea"), "mitdb:119", missing, "--json"])
+    code = main(["evaluate", "qrs", str(tmp_path / "100.hea"), "mitdb:119", missing, "--json", "-"])
     captured = capsys.readouterr()
-    assert code == 1
+    assert code == 2
     assert "truncated" in captured.err and missing in captured.err
     assert "Traceback" not in captured.err
     assert [r["record"] for r in json.loads(captured.out)["records"]] == ["mitdb:119"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
@@ -30,8 +31,21 @@ class CommandError(Exception):
     """A user-fixable problem found by a command; printed as one line, exit 2."""
 
 
+# Columns of a report printed to a pipe or file: a table is never cut for want of room.
+PIPE_WIDTH = 200
+
+
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def stdout_console() -> Console:
+    """stdout for reports: a terminal's own width; else $COLUMNS, else PIPE_WIDTH (rich
+    would take 80 and cut the tables)."""
+    console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPE_WIDTH)
+    return console
 
 
 def print_error(text: str) -> None:

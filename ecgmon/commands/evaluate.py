@@ -1,5 +1,11 @@
 """``ecgmon evaluate qrs|beats|alarms|model|pcg``: ecgmon scored against reference
-annotations, record by record under a progress bar."""
+annotations, record by record under a progress bar.
+
+One convention for every report: its tables on stdout (as wide as they need when stdout is
+not a terminal), ``--json FILE`` also writes its JSON to FILE, ``--json -`` prints the JSON
+on stdout instead of the tables. A record that cannot be read is one red line; the others are
+still scored, the JSON names it under ``failed_records``, and the exit code is 2.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ from typing import Callable, Iterable
 from rich.console import Console
 from rich.text import Text
 
-from ecgmon.commands.common import CommandError, channel_arg, override, print_warning, stderr_console
+from ecgmon.commands.common import (
+    EXIT_USAGE, CommandError, channel_arg, override, print_error, print_warning, stderr_console, stdout_console,
+)
 from ecgmon.config import Config
 from ecgmon.monitor.sources.base import SourceError
 
@@ -24,6 +32,11 @@ def _record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
                                 "file, else PhysioNet's list)")
     p.add_argument("--channel", type=channel_arg, help="channel index or name (default from config)")
+
+
+def _json_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE; "
+                                                  "'-' prints them on stdout instead of the tables")
 
 
 def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,7 +51,7 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     _record_arguments(q)
     q.add_argument("--chunk-s", type=float, default=10.0,
                    help="chunk length of the replay (results do not depend on it; default 10)")
-    q.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    _json_argument(q)
     q.set_defaults(func=cmd_evaluate_qrs)
     add_evaluate_beats(kinds, common)
     add_evaluate_model(kinds, common)
@@ -46,10 +59,21 @@ def add_evaluate(sub: argparse._SubParsersAction, common: argparse.ArgumentParse
     add_evaluate_alarms(kinds, common)
 
 
-def _show(parts: Iterable[object]) -> Console:
-    """Print a report's parts on stdout; the console, for what follows them."""
-    console = Console()
-    for part in parts:
+def _report(result: dict, render: Callable[[dict], Iterable[object]], json_to: str | None) -> Console | None:
+    """The report of ``result``: ``render(result)`` on stdout, its JSON written to ``json_to``
+    as well, or with ``json_to`` '-' the JSON alone on stdout. The console, for lines that
+    follow the tables (None when stdout holds the JSON)."""
+    text = json.dumps(result, indent=2)
+    if json_to == "-":
+        print(text)
+        return None
+    if json_to:
+        try:
+            Path(json_to).write_text(text + "\n", encoding="utf-8")
+        except OSError as err:
+            raise CommandError(f"cannot write {json_to} ({err.strerror or err})") from None
+    console = stdout_console()
+    for part in render(result):
         console.print(part)
     return console
 
@@ -63,12 +87,13 @@ def _database_records(db: str, config: Config) -> list[str]:
         raise CommandError(str(err)) from None
 
 
-def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object]) -> tuple[list, int]:
-    """``evaluate(spec)`` for every record under a progress bar: the results, and how many
-    records failed (each failure one red line, the others still evaluated)."""
+def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object]) -> tuple[list, list[dict]]:
+    """``evaluate(spec)`` for every record under a progress bar: the results, and the records
+    that failed with why (each failure one red line, the others still evaluated). CommandError
+    if none could be evaluated."""
     from rich.progress import Progress
 
-    results, failed = [], 0
+    results, failed = [], []
     with Progress(console=stderr_console(), transient=True) as progress:
         task = progress.add_task("evaluating", total=len(specs))
         for spec in specs:
@@ -76,10 +101,21 @@ def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object])
             try:
                 results.append(evaluate(spec))
             except SourceError as err:
-                failed += 1
+                failed.append({"record": spec, "error": str(err)})
                 progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
             progress.advance(task)
+    if not results:
+        raise CommandError(f"no record could be evaluated ({len(failed)} failed)")
     return results, failed
+
+
+def _exit_code(failed: list[dict], total: int) -> int:
+    """0, or EXIT_USAGE after one line that sums up the records that failed."""
+    if not failed:
+        return 0
+    names = " ".join(f["record"] for f in failed)
+    print_error(f"{len(failed)} of {total} records could not be evaluated: {names}")
+    return EXIT_USAGE
 
 
 def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
@@ -94,11 +130,9 @@ def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
     specs = _evaluation_specs(args, config)
     results, failed = _each_record(specs, "evaluating", lambda spec: evaluate_record(spec, config))
     result = summary(results)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        _show(render(result))
-    return 1 if failed else 0
+    result["failed_records"] = failed
+    _report(result, render, args.json)
+    return _exit_code(failed, len(specs))
 
 
 def _evaluation_specs(args: argparse.Namespace, config: Config) -> list[str]:
@@ -121,7 +155,7 @@ def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.Argum
     )
     _record_arguments(b)
     b.add_argument("--model", help="beat model file (default: [models] beat of the config)")
-    b.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    _json_argument(b)
     b.set_defaults(func=cmd_evaluate_beats)
 
 
@@ -147,10 +181,9 @@ def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
     results, failed = _each_record(specs, "classifying", lambda spec: evaluate_record(spec, config, model))
     result = summary(results, model)
-    _show(render(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-    return 1 if failed else 0
+    result["failed_records"] = failed
+    _report(result, render, args.json)
+    return _exit_code(failed, len(specs))
 
 
 def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -168,6 +201,7 @@ def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.Argu
     a.add_argument("--snr", type=float, default=6.0, help="SNR of the added noise, dB (default 6)")
     a.add_argument("--out", default="eval/alarms", metavar="DIR",
                    help="where metrics.json and alarms.png go (default eval/alarms)")
+    _json_argument(a)
     a.set_defaults(func=cmd_evaluate_alarms)
 
 
@@ -186,18 +220,18 @@ def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
     results, failed = _each_record(
         specs, "alarms of", lambda spec: evaluate_record(spec, config, models, noise=noise)
     )
-    if not results:
-        raise CommandError("no record could be evaluated")
     result = summary(results, models, noise)
+    result["failed_records"] = failed
     result["command"] = {"records": specs, "channel": config.replay.channel, "out": args.out,
                          "noise": args.noise, "snr_db": args.snr if args.noise else None}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "alarms.png")
-    console = _show(render(result))
-    console.print(f"wrote {out / 'metrics.json'} and {out / 'alarms.png'}")
-    return 1 if failed else 0
+    console = _report(result, render, args.json)
+    if console:
+        console.print(f"wrote {out / 'metrics.json'} and {out / 'alarms.png'}")
+    return _exit_code(failed, len(specs))
 
 
 def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -216,6 +250,7 @@ def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.Argum
     m.add_argument("--device", default="auto", help="auto, cpu or cuda")
     m.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
                                                 "(default: eval/<model name>)")
+    _json_argument(m)
     m.set_defaults(func=cmd_evaluate_model)
 
 
@@ -228,7 +263,7 @@ def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
                                 device=args.device, progress=sys.stderr.isatty())
     except EvaluationError as err:
         raise CommandError(str(err)) from None
-    _show(render(result))
+    _report(result, render, args.json)
     return 0
 
 
@@ -245,6 +280,7 @@ def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.Argumen
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
                                                 "(default: eval/<model name>-<DIR name>)")
+    _json_argument(e)
     e.set_defaults(func=cmd_evaluate_pcg)
 
 
@@ -266,7 +302,7 @@ def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
         result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty())
     except PcgDataError as err:
         raise CommandError(str(err)) from None
-    console = _show(render(result))
+    _report(result, render, args.json)
     if warned:
-        console.print(Text(f"{len(warned)} warning(s): files skipped or changed are listed above", style="yellow"))
+        print_warning(f"{len(warned)} warning(s): files skipped or changed are listed above")
     return 0

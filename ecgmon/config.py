@@ -251,6 +251,8 @@ class Config(_Section):
 def _describe(err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if not key.isprintable():  # a key with a newline or control character stays on one line
+        key = key.encode("unicode_escape").decode("ascii")
     if first["type"] == "extra_forbidden":
         return f"unknown key '{key}'"
     # A validator's own ValueError reads "Value error, <its message>": the message says it all.

@@ -52,8 +52,9 @@ BURST = 20
 BATCH = 8  # requests handled per event-loop turn; the sources run between batches
 LOG_PERIOD_S = 10.0
 MAX_SILENCE_S = 3600.0
-# No control characters in names: they reach the log.
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+# No control or format characters (newlines, bidi overrides) in names: they reach the log and
+# the dashboards.
+_PRINTABLE = r"^\P{C}+$"
 # JSON strings, each to its closing quote or the end (possessive: linear time on any input).
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
 
@@ -114,7 +115,7 @@ class ControlServer:
         self.refused = 0
         self.refusals: Counter[str] = Counter()  # by kind: rate_limited, too_large, malformed, ...
         self.limiter = RateLimiter(RATE_PER_S, BURST)
-        self._logged_s = -LOG_PERIOD_S  # when the last refusal was logged
+        self._logged_s: float | None = None  # when the last refusal was logged
         self._unlogged: Counter[str] = Counter()  # refusals since then, by kind
         self._ctx = zmq.asyncio.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -170,7 +171,7 @@ class ControlServer:
         self.refused += 1
         self.refusals[kind] += 1
         now = time.monotonic()
-        if now - self._logged_s < LOG_PERIOD_S:
+        if self._logged_s is not None and now - self._logged_s < LOG_PERIOD_S:
             self._unlogged[kind] += 1
         else:
             # One line per period at most: a flood must not flood the log as well.

@@ -257,10 +257,12 @@ class AlarmEngine:
             return self.book.observe("signal_loss", t, True, onset_s=t, text="Signal loss: no samples", value=round(silent, 1))
         return []
 
-    def acknowledge(self, alarm_id: str, by: str) -> AlarmMessage | None:
+    def acknowledge(self, alarm_id: str, by: str) -> AlarmMessage:
+        """The acknowledged alarm; raises AlarmRefused saying why not (see AlarmBook)."""
         return self.book.acknowledge(alarm_id, by)
 
-    def silence(self, alarm_id: str, seconds: float, by: str) -> AlarmMessage | None:
+    def silence(self, alarm_id: str, seconds: float, by: str) -> AlarmMessage:
+        """The silenced alarm; raises AlarmRefused saying why not."""
         return self.book.silence(alarm_id, seconds, by)
 
     def active(self) -> list[AlarmMessage]:

@@ -229,6 +229,23 @@ class ServerKeys:
         return ClientKeys(public, secret, self.public)
 
 
+# The events of a client socket's monitor that say whether a daemon lets it in.
+HANDSHAKE_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+
+
+def refusal(event: int, keyed: bool) -> str | None:
+    """What a ``HANDSHAKE_EVENTS`` event tells a client (``keyed``: it has a key): None once let
+    in, else why not. (A wrong --server-public shows no event: the daemon just never answers.)"""
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return None
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "refused: this client's key is not among the daemon's allowed keys"
+    if keyed:  # a mechanism mismatch
+        return "refused: the daemon has no keys (connect without --key)"
+    return "refused: the daemon has keys (connect with --key and --server-public)"
+
+
 def is_loopback(endpoint: str) -> bool:
     """Only this machine can reach ``endpoint``: ipc, inproc, or TCP on a loopback address."""
     if endpoint.startswith(("ipc://", "inproc://")):

@@ -256,3 +256,28 @@ def test_the_daemon_needs_both_key_settings_and_a_real_allowed_folder(keys: Path
     assert main([*run, "--server-key", str(keys / "server.key_secret"), "--allowed-keys", str(keys / "nope")]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "--server-key and --allowed-keys" in err[0] and "is not a folder" in err[1], err
+
+
+def test_subscribe_says_why_a_daemon_with_keys_refuses_it(keys: Path, endpoint: str, tmp_path: Path) -> None:
+    """Without the right key a subscriber receives nothing; ZeroMQ's handshake events let it
+    say why (once, not at every reconnection) instead of waiting in silence."""
+    env = {k: v for k, v in os.environ.items() if k != "ECGMON_CONFIG"}
+    env["PYTHONPATH"] = str(REPO)
+    pub = Publisher(endpoint, 1000, keys=server(keys))
+    stranger = ["--key", str(tmp_path / "other" / "stranger.key_secret"), "--server-public", str(keys / "server.key")]
+    try:
+        for args, why in [([], "the daemon has keys (connect with --key"), (stranger, "not among the daemon's allowed keys")]:
+            sub = subprocess.Popen([sys.executable, "-m", "ecgmon.cli", "subscribe", "--endpoint", endpoint, *args],
+                                   env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                line = sub.stderr.readline()  # while it keeps retrying
+                for _ in range(20):
+                    pub.publish(status())
+                assert sub.poll() is None
+            finally:
+                sub.terminate()  # at once: a stop signal must not wait for the next message
+                out, err = sub.communicate(timeout=30)
+            assert line.startswith("warning: ") and why in line, line
+            assert out == "" and err == "" and sub.returncode == 0  # nothing received, said once
+    finally:
+        pub.close()

@@ -13,11 +13,13 @@ from ecgmon.commands.common import (
     EXIT_SIGINT,
     CommandError,
     connect_endpoint,
+    print_warning,
     run_until_signal,
     stderr_console,
 )
 from ecgmon.commands.keys import client_keys
 from ecgmon.config import Config
+from ecgmon.curve import HANDSHAKE_EVENTS, refusal
 
 
 def add_subscribe(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -41,19 +43,19 @@ def _key_options(p: argparse.ArgumentParser, per_daemon: str = "") -> None:
                    help=f"the daemon's public key (DIR/server.key; default: [security] server_public){per_daemon}")
 
 
-class _Interrupted(Exception):
-    """A stop signal arrived while waiting for a message."""
-
-
 class _StopSignals:
     """SIGINT and SIGTERM stop ``subscribe`` once, cleanly: the first one is recorded and the
-    rest ignored (``timeout`` sends SIGTERM twice: to the command, then to its group); it
-    interrupts only the wait for a message, so it can neither land in the cleanup nor cut an
-    output line in half."""
+    rest ignored (``timeout`` sends SIGTERM twice: to the command, then to its group). Nothing
+    is raised, so a signal can neither land in the cleanup nor cut an output line in half;
+    the wait for a message watches ``wakeup``, which Python writes to at once on a signal (a
+    signal just before a blocking wait would otherwise be handled only after it)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.receiving = False
+        self.wakeup, self._write_end = os.pipe()
+        for fd in (self.wakeup, self._write_end):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self._write_end)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -61,12 +63,16 @@ class _StopSignals:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_IGN)  # kept through interpreter shutdown, unlike a handler
         self.signum = signum
-        if self.receiving:
-            raise _Interrupted()
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self.wakeup)
+        os.close(self._write_end)
 
 
 def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     import zmq
+    from zmq.utils.monitor import parse_monitor_message
 
     endpoint = connect_endpoint(args.endpoint or config.publisher.endpoint)
     if args.count is not None and args.count < 1:
@@ -77,14 +83,19 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     sock.setsockopt(zmq.LINGER, 0)
     if curve is not None:
         curve.apply(sock)
+    # A key mismatch is otherwise silence: ZeroMQ's own events say why the daemon refuses us.
+    monitor = sock.get_monitor_socket(HANDSHAKE_EVENTS)
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    poller.register(monitor, zmq.POLLIN)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as err:
-        sock.close()
-        ctx.term()
+        _close(ctx, sock, monitor)
         raise CommandError(f"cannot connect to {endpoint}: {err.strerror}") from None
     sock.setsockopt_string(zmq.SUBSCRIBE, args.prefix)
     stop = _StopSignals()
+    poller.register(stop.wakeup, zmq.POLLIN)
     if sys.stderr.isatty():
         # ZeroMQ connects lazily: without a daemon this just waits, so say what it waits for.
         what = f"'{args.prefix}'" if args.prefix else "all topics"
@@ -92,27 +103,42 @@ def cmd_subscribe(args: argparse.Namespace, config: Config) -> int:
     out = sys.stdout.buffer
     last_seq: dict[tuple[str, str], int] = {}
     missed = received = 0
+    said: str | None = None
     try:
         while stop.signum is None and (args.count is None or received < args.count):
-            stop.receiving = True
+            ready = dict(poller.poll())
+            if stop.wakeup in ready:
+                os.read(stop.wakeup, 64)
+                continue  # the handler has recorded the signal
+            if monitor in ready:
+                why = refusal(parse_monitor_message(monitor.recv_multipart())["event"], curve is not None)
+                if why and why != said:  # once, not at every reconnection
+                    print_warning(f"{endpoint}: {why}")
+                said = why
+            if sock not in ready:
+                continue
             frames = sock.recv_multipart()
-            stop.receiving = False
             payload = frames[-1]
             out.write(payload + b"\n")
             out.flush()
             received += 1
             missed += _gap(last_seq, frames[0], payload)
-    except _Interrupted:
-        pass
     except BrokenPipeError:
         # The reader went away (| head): stop quietly; stdout must not be flushed again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
-        sock.close(linger=0)
-        ctx.term()
+        stop.close()
+        _close(ctx, sock, monitor)
     if missed:
         stderr_console().print(f"missed {missed} messages (gaps in seq)", soft_wrap=True)
     return EXIT_SIGINT if stop.signum == signal.SIGINT else 0
+
+
+def _close(ctx, sock, monitor) -> None:
+    sock.disable_monitor()
+    sock.close(linger=0)
+    monitor.close(linger=0)
+    ctx.term()
 
 
 def _gap(last_seq: dict[tuple[str, str], int], topic: bytes, payload: bytes) -> int:

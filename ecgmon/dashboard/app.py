@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.live import Live
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
-from ecgmon.curve import ClientKeys
+from ecgmon.curve import HANDSHAKE_EVENTS, ClientKeys, refusal
 from ecgmon.dashboard.control_client import ControlUnavailable, request
 from ecgmon.dashboard.keys import key_reader
 from ecgmon.dashboard.state import DashboardState
@@ -53,6 +54,14 @@ async def _receive(sock: zmq.asyncio.Socket, state: DashboardState, link: int) -
     while True:
         frames = await sock.recv_multipart()
         state.receive(link, frames, time.monotonic(), time.time())
+
+
+async def _watch_handshakes(monitor: zmq.asyncio.Socket, state: DashboardState, link: int, keyed: bool) -> None:
+    """Whether the daemon lets us in, from ZeroMQ's own events (a key mismatch is otherwise
+    just silence)."""
+    while True:
+        event = parse_monitor_message(await monitor.recv_multipart())["event"]
+        state.links[link].refused = refusal(event, keyed)
 
 
 async def _redraw(live: Live) -> None:
@@ -141,23 +150,24 @@ async def run_dashboard(opts: Options, console: Console | None = None, until: as
     """
     ctx = zmq.asyncio.Context()
     state = DashboardState(opts.links)
-    socks = []
-    for endpoint, _ in opts.links:
+    socks, monitors = [], []
+    for i, (endpoint, _) in enumerate(opts.links):
         sock = ctx.socket(zmq.SUB)
         socks.append(sock)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         sock.setsockopt_string(zmq.SUBSCRIBE, "")
-        if (curve := opts.curve_of(len(socks) - 1)) is not None:
+        if (curve := opts.curve_of(i)) is not None:
             curve.apply(sock)
+        monitors.append(sock.get_monitor_socket(HANDSHAKE_EVENTS))
         try:
             sock.connect(endpoint)
         except zmq.ZMQError as err:
-            for s in socks:
-                s.close(linger=0)
-            ctx.term()
+            _close(ctx, socks, monitors)
             raise DashboardError(f"cannot connect to {endpoint}: {err.strerror}") from None
     tasks = [asyncio.create_task(_receive(sock, state, i)) for i, sock in enumerate(socks)]
+    tasks += [asyncio.create_task(_watch_handshakes(mon, state, i, opts.curve_of(i) is not None))
+              for i, mon in enumerate(monitors)]
     controller = Controller(state, ctx, opts)
     keys = opts.keys and sys.stdin.isatty()
     try:
@@ -175,9 +185,16 @@ async def run_dashboard(opts: Options, console: Console | None = None, until: as
         for t in [*tasks, *controller.pending]:
             t.cancel()
         await asyncio.gather(*tasks, *controller.pending, return_exceptions=True)
-        for sock in socks:
-            sock.close(linger=0)
-        ctx.term()
+        _close(ctx, socks, monitors)
+
+
+def _close(ctx: zmq.asyncio.Context, socks: list[zmq.asyncio.Socket], monitors: list[zmq.asyncio.Socket]) -> None:
+    for sock in socks:
+        sock.disable_monitor()
+        sock.close(linger=0)
+    for monitor in monitors:
+        monitor.close(linger=0)
+    ctx.term()
 
 
 async def _keys_loop(queue: asyncio.Queue, controller: Controller, state: DashboardState,

@@ -102,6 +102,7 @@ class Link:
     garbage: int = 0  # frames that are not a message we can read
     status: StatusMessage | None = None
     latency_ms: float | None = None  # wall clock at reception minus publication, smoothed
+    refused: str | None = None  # why the daemon does not let us in (CURVE keys), if it does not
 
 
 class DashboardState:

@@ -223,10 +223,13 @@ def status_lines(state: DashboardState, g: Geometry, now: float, width: int) -> 
     for i, ln in enumerate(state.links):
         if i:
             line.append(" │ ", "dim")
-        if ln.last_rx is None:
+        age = now - ln.last_rx if ln.last_rx is not None else None
+        if ln.refused and (age is None or age > 3.0):
+            line.append(f"✕ {ln.endpoint} {ln.refused}", "bold white on red")
+            continue
+        if age is None:
             line.append(f"○ {ln.endpoint} waiting for the daemon", "bold yellow")
             continue
-        age = now - ln.last_rx
         if age > 3.0:
             line.append(f"○ {ln.endpoint} no data for {_age(age)}, reconnecting", "bold white on red")
         else:

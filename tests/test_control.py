@@ -259,3 +259,11 @@ async def test_silence_is_not_an_acknowledgement(served):
     assert published[-1].acknowledged_by is None and published[-1].acknowledged_wall is None
     reply = await _ask(server, {"op": "ack", "stream": "bed1", "alarm_id": alarm.id, "by": "nurse"})
     assert reply["ok"] is True and published[-1].acknowledged_by == "nurse (unauthenticated)"
+
+
+async def test_an_unknown_key_cannot_forge_a_log_line(served, caplog):
+    server, _, _ = served
+    payload = b'{"op": "ack", "stream": "bed1", "alarm_id": "x", "by": "n", "\\n2026 INFO ecgmon: forged": 1}'
+    reply = await _ask(server, payload)
+    assert reply["ok"] is False and "forged" in reply["error"] and "\n" not in reply["error"]
+    assert not [r for r in caplog.records if "\n" in r.getMessage()]  # before: the newline was logged

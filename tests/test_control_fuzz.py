@@ -52,6 +52,7 @@ def _check_reply(reply: object) -> dict:
         assert set(reply) == {"ok", "alarm"}
     else:
         assert set(reply) == {"ok", "error"} and isinstance(reply["error"], str) and reply["error"]
+        assert reply["error"].isprintable() and len(reply["error"]) < 2000  # it is logged as one line
     json.dumps(reply)  # it must go on the wire
     return reply
 
@@ -70,23 +71,26 @@ _EDGE = {
     "alarm_id": ["bed1-leads_off-1", "bed1-leads_off-1-00000000", "x", "LIVE\n"],
     "by": ["x" * 101, "a\x00b", "", "\u202enurse"],
     "seconds": [3600.01, 0, -5, 1e9, "120", True, 120],
-    "extra": [1],
 }
+# Unknown keys, as a client could spell them: they are named in the error, which is logged.
+_KEYS = ["extra", "\nforged log line", "k" * 5000, "\u202e", ""]
 
 
 @st.composite
 def near_valid(draw) -> bytes:
-    """A valid request with up to three fields dropped, set just off or to a wrong type, then
-    perhaps truncated, spliced, nested or padded."""
+    """A valid request with up to three fields dropped, set just off or to a wrong type, or an
+    unknown key added, then perhaps truncated, spliced, nested or padded."""
     request: dict = {
         "op": draw(st.sampled_from(["ack", "silence"])), "stream": "bed1", "alarm_id": "LIVE",
         "by": draw(st.sampled_from(["nurse", "Dr. Øster-Ünal"])), "seconds": draw(st.sampled_from([120, 0.5, 3600])),
     }
     for _ in range(draw(st.integers(0, 3))):
         key = draw(st.sampled_from(sorted(_EDGE)))
-        how = draw(st.sampled_from(["drop", "edge", "weird"]))
+        how = draw(st.sampled_from(["drop", "edge", "weird", "unknown"]))
         if how == "drop":
             request.pop(key, None)
+        elif how == "unknown":
+            request[draw(st.sampled_from(_KEYS))] = draw(_weird)
         else:
             request[key] = draw(st.sampled_from(_EDGE[key]) if how == "edge" else _weird)
     text = json.dumps(request, allow_nan=True).encode()

@@ -3,7 +3,7 @@
 A ZeroMQ ROUTER socket, so REQ and DEALER clients alike are answered (the reply goes back
 with the request's envelope). A request is one JSON object::
 
-    {"op": "ack" | "silence", "stream": "bed3", "alarm_id": "bed3-vtach-7", "by": "nurse",
+    {"op": "ack" | "silence", "stream": "bed3", "alarm_id": "bed3-vtach-7-1a2b3c4d", "by": "nurse",
      "seconds": 120}            # seconds: silence only
 
 and the reply ``{"ok": true, "alarm": {...}}`` or ``{"ok": false, "error": "..."}``. The
@@ -93,7 +93,14 @@ def _nested(payload: bytes) -> bool:
 
 
 def _reason(err: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'request'}: {e['msg']}" for e in err.errors())
+    return "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in err.errors())
+
+
+def _field(loc: tuple) -> str:
+    """A field's name as the client spelled it, made safe for one log line: an unknown key
+    could hold a newline (a forged log line) or kilobytes."""
+    name = ".".join(map(str, loc)) or "request"
+    return name if name.isprintable() and len(name) <= 40 else repr(name[:40])
 
 
 class ControlServer:
@@ -187,18 +194,20 @@ class ControlServer:
         DEALER or REQ client; the reply keeps the envelope."""
         identity, payload, key = frames[0].bytes, frames[-1], _key_name(frames[-1])
         clients = [("identity", identity)] + ([("key", key)] if key is not None else [])
+        envelope_ok = len(frames) == 2 or (len(frames) == 3 and not frames[1].bytes)
         if not self.limiter.allow(*clients):
             reply = self._refuse("rate_limited", f"rate limited: at most {RATE_PER_S:g} requests a second")
-        elif len(frames) == 2 or (len(frames) == 3 and not frames[1].bytes):
+        elif not envelope_ok:
+            reply = self._refuse("malformed", "malformed request: one frame expected (after an empty one from REQ)")
+        else:
             try:
                 reply = self.handle(payload.bytes, key)
             except Exception as err:  # a bug behind one request must not end the control socket
                 log.error("control request failed: %s: %s", type(err).__name__, err)
                 reply = {"ok": False, "error": f"internal error: {type(err).__name__}"}
-            return [*(f.bytes for f in frames[:-1]), json.dumps(reply).encode()]
-        else:
-            reply = self._refuse("malformed", "malformed request: one frame expected (after an empty one from REQ)")
-        return [identity, b"", json.dumps(reply).encode()]
+        # An odd envelope is not echoed (it could be many frames): the reply reads like REQ's.
+        envelope = [f.bytes for f in frames[:-1]] if envelope_ok else [identity, b""]
+        return [*envelope, json.dumps(reply).encode()]
 
     async def serve(self) -> None:
         """Answer requests until cancelled, at most ``BATCH`` in one turn of the event loop."""

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from ecgmon.config import Config
 from ecgmon.dashboard.control_client import ControlUnavailable, request
 from ecgmon.monitor.alarms.engine import AlarmEngine
-from ecgmon.monitor.control import BATCH, ControlError, ControlServer
+from ecgmon.monitor.control import BATCH, MAX_FRAME_BYTES, ControlError, ControlServer
 from ecgmon.monitor.rate_limit import RateLimiter
 from ecgmon.schema import AlarmMessage
 
@@ -267,3 +268,28 @@ async def test_an_unknown_key_cannot_forge_a_log_line(served, caplog):
     reply = await _ask(server, payload)
     assert reply["ok"] is False and "forged" in reply["error"] and "\n" not in reply["error"]
     assert not [r for r in caplog.records if "\n" in r.getMessage()]  # before: the newline was logged
+
+
+async def test_a_frame_over_the_hard_limit_cuts_off_only_its_sender(served):
+    """Over MAX_FRAME_BYTES ZeroMQ closes the connection (nothing is buffered beyond it); the
+    daemon goes on answering everyone else."""
+    server, alarm, _ = served
+    task = asyncio.create_task(server.serve())
+    ctx = zmq.asyncio.Context()
+    big = ctx.socket(zmq.DEALER)
+    big.setsockopt(zmq.LINGER, 0)
+    monitor = big.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    big.connect(server.endpoint)
+    try:
+        await big.send_multipart([b"", b"x" * (MAX_FRAME_BYTES + 1)])
+        assert await monitor.poll(10_000), "the daemon kept the connection"
+        assert parse_monitor_message(await monitor.recv_multipart())["event"] == zmq.EVENT_DISCONNECTED
+        ok = await request(ctx, server.endpoint, {"op": "ack", "stream": "bed1", "alarm_id": alarm.id, "by": "n"})
+        assert ok["ok"] is True and server.handled == 1 and server.refused == 0
+    finally:
+        big.disable_monitor()
+        monitor.close()
+        big.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        ctx.term()

@@ -6,6 +6,7 @@ and what is wrong. CLI flags override the file after it is loaded.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 import tomllib
@@ -295,4 +296,9 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ConfigError(f"{path}: not valid TOML: nested too deeply") from None
-    return parse_config(data, str(path))
+    config = parse_config(data, str(path))
+    if config.mqtt.password and os.stat(path).st_mode & 0o077:
+        # Never an error (a container may run as anyone), but a password others can read is no secret.
+        logging.getLogger("ecgmon.config").warning(
+            "%s holds [mqtt] password and other users can read it: chmod 600 %s", path, path)
+    return config

@@ -5,6 +5,7 @@ the refusal to bind beyond loopback without keys."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
 import stat
@@ -258,7 +259,7 @@ def test_the_daemon_needs_both_key_settings_and_a_real_allowed_folder(keys: Path
     assert "--server-key and --allowed-keys" in err[0] and "is not a folder" in err[1], err
 
 
-def test_subscribe_says_why_a_daemon_with_keys_refuses_it(keys: Path, endpoint: str, tmp_path: Path) -> None:
+async def test_subscribe_says_why_a_daemon_with_keys_refuses_it(keys: Path, endpoint: str, tmp_path: Path) -> None:
     """Without the right key a subscriber receives nothing; ZeroMQ's handshake events let it
     say why (once, not at every reconnection) instead of waiting in silence."""
     env = {k: v for k, v in os.environ.items() if k != "ECGMON_CONFIG"}
@@ -281,3 +282,19 @@ def test_subscribe_says_why_a_daemon_with_keys_refuses_it(keys: Path, endpoint: 
             assert out == "" and err == "" and sub.returncode == 0  # nothing received, said once
     finally:
         pub.close()
+
+
+def test_a_config_file_with_a_password_others_can_read_is_warned_about(tmp_path: Path, caplog, monkeypatch) -> None:
+    from ecgmon.config import load_config
+
+    monkeypatch.setattr(logging.getLogger("ecgmon"), "propagate", True)  # main() may have cut it off
+    cfg = tmp_path / "ecgmon.toml"
+    cfg.write_text('[mqtt]\nusername = "nurse"\npassword = "s@cret"\n')
+    cfg.chmod(0o644)
+    load_config(cfg)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "ecgmon.config"]
+    assert "chmod 600" in warning and "s@cret" not in warning
+    caplog.clear()
+    cfg.chmod(0o600)
+    load_config(cfg)
+    assert not [r for r in caplog.records if r.name == "ecgmon.config"]

@@ -414,7 +414,8 @@ def test_repro5_run_logs_no_mqtt_password(mosquitto: Broker, free_port: int, tmp
 
 async def test_repro7_junk_topics_do_not_become_streams_and_streams_are_capped(mosquitto: Broker,
                                                                                 endpoint: str, caplog) -> None:
-    """300 topics that only ever send garbage add no stream; valid topics beyond [mqtt]
+    """300 topics that only ever send garbage (or a topic too long to name a stream) add no
+    stream; valid topics beyond [mqtt]
     max_streams are counted and ignored, reported by a few rate-limited events."""
     cfg = config()
     cfg.mqtt.max_streams = 4
@@ -423,7 +424,8 @@ async def test_repro7_junk_topics_do_not_become_streams_and_streams_are_capped(m
     try:
         await subscribed(mon, caplog)
         junk = [(f"ward1/junk{i}/ecg", [b"", b"hello", json_payload(samples=[1, [2]]), json_payload(fs=50)][i % 4])
-                for i in range(n_junk)]
+                for i in range(n_junk - 1)]
+        junk.append((f"ward1/{'x' * 300}/ecg", json_payload()))  # valid, but no stream id of 300 characters
         good = [(f"ward1/{bed}/ecg", json_payload(seq, 2 * seq)) for seq in range(3) for bed in valid]
         await publish(mosquitto, junk + good)
         await mon.until(lambda: mon.faults("ward1-ecg").get("malformed") == n_junk

@@ -24,7 +24,8 @@ from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.factory import open_source, stream_id
-from ecgmon.monitor.sources.mqtt_source import EVENT_PERIOD_S, MqttSource, StreamState
+from ecgmon.monitor.sources.event_throttle import EVENT_PERIOD_S
+from ecgmon.monitor.sources.mqtt_source import MqttSource, StreamState
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.payloads.mqtt import EcgPayload, encode_json
 from ecgmon.replay.mqtt_emitter import emit_mqtt

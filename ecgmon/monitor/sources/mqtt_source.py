@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, MqttConfig
 from ecgmon.monitor.sources.base import SourceError
-from ecgmon.monitor.sources.event_throttle import EVENT_PERIOD_S, EventThrottle  # noqa: F401 (re-exported)
+from ecgmon.monitor.sources.event_throttle import EventThrottle
 from ecgmon.mqtt_client import Backoff, BrokerLink, TlsSetupError, reason
 from ecgmon.payloads.mqtt import (
     EcgPayload,
@@ -36,6 +36,8 @@ from ecgmon.payloads.mqtt import (
 
 log = logging.getLogger("ecgmon.mqtt")
 
+# Stream ids name ZeroMQ topics and status entries; a topic may be 64 kB long.
+MAX_STREAM_ID = 64
 # QoS 1 redelivers at most the broker's in-flight window (mosquitto: 20) again; a sequence
 # number this far behind the newest is a device that restarted counting, not a redelivery.
 RESTART_SEQ_BACK = 100
@@ -273,7 +275,7 @@ class MqttSource:
         except Exception as err:  # a bug, not bad input: that is PayloadError inside _handle
             n = self._count("internal_errors")
             log.debug("%s: traceback of the failure on a message", self.stream, exc_info=True)
-            text = (f"a message on {message.topic.value} could not be handled "
+            text = (f"a message on {message.topic.value[:2 * MAX_STREAM_ID]} could not be handled "
                     f"({type(err).__name__}: {err}); dropped, {n} so far; the other messages go on")
             ev = self._events.event("internal_error", "error", text, time.monotonic())
             return [ev] if ev else []
@@ -287,7 +289,7 @@ class MqttSource:
             if topic not in self._foreign and len(self._foreign) < 1000:
                 self._foreign.add(topic)
                 log.warning("%s: ignoring messages on '%s', which is not under '%s' (a subscription "
-                            "kept in session %s from an earlier run?)", self.stream, topic, self.topic,
+                            "kept in session %s from an earlier run?)", self.stream, topic[:200], self.topic,
                             self.client_id)
             return []
         sid = (stream_id_of(levels) if self._wildcard else "") or self.stream
@@ -295,7 +297,10 @@ class MqttSource:
         out: list[Chunk | SourceEvent] = []
         # A stream exists from its first valid payload on (the source's own id always does).
         known = sid in self._streams or sid == self.stream
+        shown = topic if len(topic) <= 2 * MAX_STREAM_ID else f"{topic[:2 * MAX_STREAM_ID]}..."
         try:
+            if len(sid) > MAX_STREAM_ID:
+                raise PayloadError(f"the topic gives a stream id over {MAX_STREAM_ID} characters")
             data = payload if isinstance(payload, (bytes, bytearray)) else str(payload or "").encode()
             p = decode(bytes(data))
         except PayloadError as err:
@@ -303,11 +308,11 @@ class MqttSource:
                 st = self.stream_state(sid)
                 st.count("malformed")
                 ev = st.event("corrupt_input", "warning",
-                              f"malformed payload on {topic}: {err}; {st.counts['malformed']} so far", now)
+                              f"malformed payload on {shown}: {err}; {st.counts['malformed']} so far", now)
             else:
                 n = self._count("malformed")
                 ev = self._events.event("corrupt_input", "warning",
-                                        f"malformed payload on {topic}, which is no stream yet: {err}; "
+                                        f"malformed payload on {shown}, which is no stream yet: {err}; "
                                         f"{n} such so far", now)
             out.extend([ev] if ev else [])
             out.extend(self._flush(now))
@@ -316,7 +321,7 @@ class MqttSource:
             n = self._count("over_stream_limit")
             ev = self._events.event(
                 "stream_limit", "warning",
-                f"ignoring {topic}: this source already carries {len(self._streams)} streams "
+                f"ignoring {shown}: this source already carries {len(self._streams)} streams "
                 f"([mqtt] max_streams); {n} messages ignored so far", now)
             out.extend([ev] if ev else [])
             out.extend(self._flush(now))

@@ -206,6 +206,25 @@ def test_events_are_rate_limited_with_cumulative_counts() -> None:
     assert st.event("signal_loss", "warning", "gap", now=101.1) is not None
 
 
+def test_stream_limit_frees_the_places_of_idle_streams() -> None:
+    """At ``[mqtt] max_streams`` a new topic is refused, unless a stream has been silent for
+    ``[publisher] idle_stream_s`` (it has left the daemon too): its place goes to the new one."""
+    cfg = Config()
+    cfg.mqtt.max_streams = 2
+    source = MqttSource("mqtt://h/ward1/+/ecg", cfg, stream="ward1-ecg")
+
+    def chunks(bed: str) -> list[str]:
+        items = source._handle(f"ward1/{bed}/ecg", encode_json(0, 0, 360.0, "II", np.zeros(3)))
+        return [i.stream for i in items if isinstance(i, Chunk)]
+
+    assert chunks("bed1") == ["bed1"] and chunks("bed2") == ["bed2"]
+    assert chunks("bed3") == [] and source.counts == {"over_stream_limit": 1}
+    source._streams["bed1"].last_valid -= cfg.publisher.idle_stream_s  # silent that long
+    assert chunks("bed3") == ["bed3"]
+    assert sorted(source._streams) == ["bed2", "bed3"]
+    assert chunks("bed1") == []  # now bed1 is the one refused
+
+
 # --------------------------------------------------------------------------- specs
 
 

@@ -53,6 +53,7 @@ class StreamState(EventThrottle):
         self.next_start: int | None = None
         self.last_seq: int | None = None
         self.offset = 0
+        self.last_valid = time.monotonic()  # when it last sent a valid payload
         # Sample ranges declared lost; data arriving later inside one is late, not a duplicate.
         self._gaps: deque[tuple[int, int]] = deque(maxlen=64)
 
@@ -66,6 +67,7 @@ class StreamState(EventThrottle):
         again, so that the stream never goes back in time (as a looping replay does).
         """
         notes: list[tuple[str, str, str]] = []
+        self.last_valid = time.monotonic()
         nxt = self.next_start
         if (nxt is not None and p.start + self.offset < nxt and self.last_seq is not None
                 and p.seq + RESTART_SEQ_BACK < self.last_seq):
@@ -163,12 +165,22 @@ class MqttSource:
         # their events on the source's own id: a junk topic never names a stream.
         self.counts: dict[str, int] = {}
         self._events = EventThrottle(stream, lambda: self.counts)
+        # A stream silent this long has left the daemon's status: its place here is free too.
+        self._idle_s = config.publisher.idle_stream_s
 
     def stream_state(self, stream: str) -> StreamState:
         st = self._streams.get(stream)
         if st is None:
             st = self._streams[stream] = StreamState(stream)
         return st
+
+    def _forget_idle(self, now: float) -> None:
+        """Drop the streams silent for ``[publisher] idle_stream_s`` (the daemon drops them
+        too; new data starts one afresh), so that topics that come and go never use up
+        ``max_streams``."""
+        for sid, st in list(self._streams.items()):
+            if now - st.last_valid >= self._idle_s and st.next_flush() is None:
+                del self._streams[sid]
 
     def _count(self, key: str) -> int:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -317,6 +329,8 @@ class MqttSource:
             out.extend([ev] if ev else [])
             out.extend(self._flush(now))
             return out
+        if not known and len(self._streams) >= self.options.max_streams:
+            self._forget_idle(now)
         if not known and len(self._streams) >= self.options.max_streams:
             n = self._count("over_stream_limit")
             ev = self._events.event(

@@ -96,23 +96,43 @@ class AudioChunker:
         return out
 
     def process(self, block: np.ndarray, last: bool = False) -> list[Chunk | SourceEvent]:
-        """One block (``(n,)`` or ``(n, channels)``); ``last`` flushes the resampler."""
-        x = block if block.ndim == 1 else block[:, 0]
-        x = np.asarray(x, dtype=np.float32)
+        """One block of float samples at full scale ±1, ``(n,)`` or ``(n, channels)``;
+        ``last`` flushes the resampler. Anything else is dropped and counted (``bad_blocks``)."""
+        x = self._channel_0(np.asarray(block))
+        if x is None:
+            x = np.zeros(0, dtype=np.float32)
         bad = ~np.isfinite(x)
         if bad.any():
             self._count("invalid_samples", int(bad.sum()))
             self.pending.append(self._event("warning", "invalid_samples",
                                             f"{int(bad.sum())} NaN/inf audio samples replaced by silence"))
-            x = np.where(bad, np.float32(0.0), x)
+            x = np.where(bad, 0.0, x)
+        # Beyond full scale is clipping (counted as such below); float32 keeps it finite.
+        x = np.clip(x, -1.0, 1.0).astype(np.float32)
         self._check_silence(x)
         self._check_clipping(x)
-        y = self._resampler(x, last=last)
+        # Resampling full-scale input can overshoot (up to 2.5 on a worst-case ±1 sequence):
+        # what leaves here stays within full scale, as every consumer expects.
+        y = np.clip(self._resampler(x, last=last), -1.0, 1.0)
         out: list[Chunk | SourceEvent] = list(self.take_events())
         if y.size:
             out.append(Chunk(self.stream, PCG_FS, (PCG_CHANNEL,), self.position, y.reshape(-1, 1)))
             self.position += y.size
         return out
+
+    def _channel_0(self, block: np.ndarray) -> np.ndarray | None:
+        """The stethoscope's samples of ``block``, or None for a block that holds no float
+        audio (a counted fault, reported the first time)."""
+        if block.dtype.kind == "f" and (block.ndim == 1 or (block.ndim == 2 and block.shape[1] > 0)):
+            return block if block.ndim == 1 else block[:, 0]
+        self._count("bad_blocks")
+        if self.counts["bad_blocks"] == 1:
+            self.pending.append(self._event(
+                "warning", "corrupt_input",
+                f"{self.origin}: a block of shape {block.shape} and type {block.dtype} is no audio; "
+                f"dropped (such blocks are counted in bad_blocks)",
+            ))
+        return None
 
     def _check_silence(self, x: np.ndarray) -> None:
         if x.size == 0:

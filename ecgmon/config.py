@@ -135,7 +135,7 @@ class MqttConfig(_Section):
     clean_start: bool = False
     keepalive_s: int = Field(30, ge=5, le=3600)
     username: str = ""
-    password: str = ""
+    password: str = Field("", repr=False)  # never in a repr, should a config end up in a log
     tls: bool = False
     ca_file: str = ""
     reconnect_min_s: PositiveFloat = 0.5

@@ -376,6 +376,12 @@ def test_repro5_mqtt_password_never_in_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as cerr:
         asyncio.run(emit_mqtt(None, f"mqtt://{SECRET_URL_PART}h/a?qos=1", Config(), "json"))
     assert_no_secret(str(cerr.value))
+    # [mqtt] password: in no repr of the config or of a source, should one be logged.
+    cfg = Config()
+    cfg.mqtt.password = "s@cret"
+    source = open_source("mqtt://nurse@h/a", cfg)
+    assert source.link.has_password
+    assert_no_secret(repr(cfg) + str(cfg) + repr(source.__dict__))
 
 
 def test_repro5_run_logs_no_mqtt_password(mosquitto: Broker, free_port: int, tmp_path: Path) -> None:

@@ -121,3 +121,11 @@ def test_an_unexpected_exception_is_one_line(verbose: bool, capsys, monkeypatch)
     else:
         assert "Traceback" not in err and err.count("\n") == 1
         assert "(run with -v for the traceback)" in last
+
+
+def test_a_records_list_that_is_not_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "mydb").mkdir()
+    (tmp_path / "mydb" / "RECORDS").write_bytes(b"100\n\xff\xfe101\n")
+    monkeypatch.setenv("ECGMON_DATA", str(tmp_path))
+    proc = run(["evaluate", "qrs", "--db", "mydb"], tmp_path)
+    assert_one_error_line(proc, str(tmp_path / "mydb" / "RECORDS"))

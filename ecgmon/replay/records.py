@@ -137,7 +137,10 @@ def database_record_names(db: str, data: DataConfig) -> list[str]:
             continue
         listing = root / db / "RECORDS"
         if listing.is_file():
-            return listing.read_text().split()
+            try:
+                return listing.read_text(encoding="utf-8").split()
+            except (OSError, UnicodeDecodeError) as err:
+                raise RecordError(f"cannot read the list of records {listing} ({err}); name the records instead") from None
         looked.append(f"{label} {listing}")
     try:
         return list(wfdb.io.get_record_list(db))

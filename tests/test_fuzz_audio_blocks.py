@@ -32,7 +32,7 @@ def blocks(draw) -> np.ndarray:
                  | hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=8))
     if dtype.kind == "f":
         elements = st.floats(allow_nan=True, allow_infinity=True, width=dtype.itemsize * 8)
-        big = np.finfo(dtype).max
+        big = float(np.finfo(dtype).max)
         elements = elements | st.sampled_from([v for v in (1e30, -1e30, 1e300, big, -big, 1.0, -1.0) if abs(v) <= big])
     elif dtype.kind in "iub":
         elements = None  # hypothesis's full range of the type

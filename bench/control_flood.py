@@ -3,7 +3,7 @@
 Starts the real daemon (`ecgmon run --headless`, ``--streams`` MIT-BIH records replayed in real
 time, shipped models), a real subscriber taking every beat, then after a warm-up measures beat
 latency for ``--baseline-s`` seconds with no flood, then during and after a flood of
-``--requests`` pipelined requests from one DEALER client (valid acknowledgements of the
+``--requests`` pipelined requests from ``--clients`` DEALER clients (valid acknowledgements of the
 alarms seen, garbage, nested JSON, ``"seconds": "120"``, oversize requests), and prints a table:
 
 - latency: the daemon's own ``latency_ms`` of each beat (chunk arrival to publication), and the
@@ -17,7 +17,7 @@ Acceptance (issue 12): beat latency p99 during the flood within 2x of the no-flo
 only; stops by itself (SIGINT to the daemon at the end).
 
     ECGMON_DATA=../shared/data nice -n 10 .venv/bin/python bench/control_flood.py [--streams 6]
-        [--requests 20000] [--baseline-s 30] [--out bench/results/control_flood]
+        [--requests 20000] [--clients 1] [--baseline-s 30] [--out bench/results/control_flood]
 """
 
 from __future__ import annotations
@@ -115,42 +115,51 @@ def flood_requests(n: int, alarm_ids: list[str], streams: list[str]) -> list[byt
     return out
 
 
-def flood(endpoint: str, requests: list[bytes]) -> dict:
-    """Send every request from one DEALER as fast as the socket takes them, reading replies as
-    they come; stops when every reply is in or none came for 5 s."""
+def flood(endpoint: str, requests: list[bytes], clients: int) -> dict:
+    """Send every request, spread over ``clients`` DEALER connections (each its own bucket of
+    the rate limit), as fast as the sockets take them, reading replies as they come; stops
+    when every reply is in or none came for 5 s."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
+    socks = []
+    for _ in range(clients):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        socks.append(sock)
+    todo = {sock: requests[i::clients] for i, sock in enumerate(socks)}
     kinds: Counter[str] = Counter()
     sent = received = 0
     t0 = last = time.time()
     poller = zmq.Poller()
-    poller.register(sock, zmq.POLLIN | zmq.POLLOUT)
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN | zmq.POLLOUT)
     while received < len(requests) and time.time() - last < 5.0:
-        events = dict(poller.poll(100)).get(sock, 0)
-        if events & zmq.POLLIN:
-            while True:
+        for sock, events in poller.poll(100):
+            if events & zmq.POLLIN:
+                while True:
+                    try:
+                        reply = json.loads(sock.recv_multipart(zmq.NOBLOCK)[-1])
+                    except zmq.Again:
+                        break
+                    received += 1
+                    last = time.time()
+                    kinds["ok" if reply["ok"] else reply["error"].split(":")[0].split(" '")[0][:40]] += 1
+            if events & zmq.POLLOUT and todo[sock]:
                 try:
-                    reply = json.loads(sock.recv_multipart(zmq.NOBLOCK)[-1])
+                    while todo[sock]:
+                        sock.send_multipart([b"", todo[sock][0]], zmq.NOBLOCK)
+                        todo[sock].pop(0)
+                        sent += 1
                 except zmq.Again:
-                    break
-                received += 1
-                last = time.time()
-                kinds["ok" if reply["ok"] else reply["error"].split(":")[0].split(" '")[0][:40]] += 1
-        if events & zmq.POLLOUT and sent < len(requests):
-            try:
-                while sent < len(requests):
-                    sock.send_multipart([b"", requests[sent]], zmq.NOBLOCK)
-                    sent += 1
-            except zmq.Again:
-                pass
-            if sent == len(requests):
-                poller.modify(sock, zmq.POLLIN)
-                last = time.time()
-    sock.close(linger=0)
+                    pass
+                if not todo[sock]:
+                    poller.modify(sock, zmq.POLLIN)
+                    last = time.time()
+    for sock in socks:
+        sock.close(linger=0)
     ctx.term()
-    return {"sent": sent, "replies": received, "seconds": round(time.time() - t0, 2), "replies_by_kind": dict(kinds)}
+    return {"clients": clients, "sent": sent, "replies": received, "seconds": round(time.time() - t0, 2),
+            "replies_by_kind": dict(kinds)}
 
 
 def window(w: Watcher, log: StderrCounter, best: dict[str, float], a: float, b: float) -> dict:
@@ -175,6 +184,8 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=default)
     ap.add_argument("--streams", type=int, default=6)
     ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--clients", type=int, default=1,
+                    help="DEALER connections the flood is spread over (1000: 20 each, all within the burst)")
     ap.add_argument("--baseline-s", type=float, default=30.0)
     ap.add_argument("--out", type=Path, default=Path("bench/results/control_flood"))
     args = ap.parse_args()
@@ -200,7 +211,7 @@ def main() -> int:
         time.sleep(args.baseline_s)
         t_flood, c_flood = time.time(), _process_cpu(proc.pid)
         ids = sorted({i for _, i in watcher.alarms})
-        result = flood(ctl, flood_requests(args.requests, ids, [s.split("=")[0] for s in specs]))
+        result = flood(ctl, flood_requests(args.requests, ids, [s.split("=")[0] for s in specs]), args.clients)
         time.sleep(max(AFTER_S, t_flood + MIN_FLOOD_WINDOW_S - time.time()))
         t_end, c_end = time.time(), _process_cpu(proc.pid)
     finally:
@@ -220,7 +231,7 @@ def main() -> int:
     base["daemon_cpu_percent"] = round(100 * (c_flood - c_base) / (t_flood - t_base))
     during["daemon_cpu_percent"] = round(100 * (c_end - c_flood) / (t_end - t_flood))
     ratio = during["lateness_ms_p99"] / max(base["lateness_ms_p99"], 1e-9)
-    print(f"{args.streams} streams replayed in real time; flood: {result['sent']:,} requests sent in "
+    print(f"{args.streams} streams replayed in real time; flood from {args.clients} client(s): {result['sent']:,} requests sent in "
           f"{result['seconds']} s, {result['replies']:,} replies: {result['replies_by_kind']}")
     print(f"{'':32}{'no flood':>12}{'flood':>12}")
     for key in base:

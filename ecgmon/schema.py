@@ -37,7 +37,7 @@ class BeatMessage(Message):
     time_s: float = Field(description="signal time of the R peak, sample / fs")
     fs: float = Field(description="the stream's sample rate, Hz")
     delay_ms: float = Field(description="signal time from the R peak to its detection")
-    rr_ms: float | None = Field(description="interval from the previous beat; none for the first beat")
+    rr_ms: float | None = Field(description="interval from the previous beat; none for the first beat and after a splice")
     amplitude_mv: float = Field(description="filtered R-peak amplitude")
     latency_ms: float | None = Field(
         None, description="wall time from the chunk holding the detection to publication"

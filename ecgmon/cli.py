@@ -5,6 +5,7 @@ exception into one "internal error" line and exit 1 (the traceback only with ``-
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 
@@ -64,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_SIGINT
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly; stdout must not be flushed again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:  # a bug: one line for the user, the traceback for -v
         if verbose:
             traceback.print_exc()

@@ -26,7 +26,7 @@ from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources import mqtt_source
 from ecgmon.monitor.sources.base import SourceError
-from ecgmon.monitor.sources.factory import open_source
+from ecgmon.monitor.sources.factory import open_source, open_sources
 from ecgmon.monitor.sources.mqtt_source import MqttSource
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.monitor.sources.serial_source import parse_serial_spec
@@ -369,6 +369,10 @@ def test_repro5_mqtt_password_never_in_errors(tmp_path: Path) -> None:
             open_source(spec, cfg)
         assert "nurse:***@" in str(err.value)
         assert_no_secret(str(err.value))
+    with pytest.raises(SourceError) as err:  # two sources under one stream id
+        open_sources([f"a=mqtt://{SECRET_URL_PART}h/a", f"a=mqtt://{SECRET_URL_PART}h/b"], cfg)
+    assert "nurse:***@" in str(err.value)
+    assert_no_secret(str(err.value))
     cfg.mqtt.ca_file = str(tmp_path / "missing.pem")
     with pytest.raises(SourceError) as err:
         open_source(f"mqtts://{SECRET_URL_PART}h/a", cfg)

@@ -129,3 +129,15 @@ def test_a_records_list_that_is_not_text(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("ECGMON_DATA", str(tmp_path))
     proc = run(["evaluate", "qrs", "--db", "mydb"], tmp_path)
     assert_one_error_line(proc, str(tmp_path / "mydb" / "RECORDS"))
+
+
+def test_a_reader_that_goes_away_is_a_quiet_stop(tmp_path: Path) -> None:
+    """`ecgmon evaluate ... | head`: the reader closing the pipe is no 'internal error'."""
+    env = {k: v for k, v in os.environ.items() if k != "ECGMON_CONFIG"}
+    cmd = [str(ECGMON)] if ECGMON.is_file() else [sys.executable, "-m", "ecgmon.cli"]
+    proc = subprocess.Popen([*cmd, "evaluate", "qrs", "mitdb:100", "--json", "-"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # gone before ecgmon writes a byte
+    _, err = proc.communicate(timeout=120)
+    assert "internal error" not in err and "Traceback" not in err, err
+    assert proc.returncode == 0, err

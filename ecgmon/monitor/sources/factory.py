@@ -9,6 +9,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.sources.base import Source, SourceError
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.monitor.sources.simulator import SimulatorSource, parse_sim_spec
+from ecgmon.payloads.mqtt import redact
 from ecgmon.replay.records import record_stream_id
 
 SPEC_FORMS = (
@@ -88,9 +89,10 @@ def check_unique(specs: list[str]) -> None:
     for spec in specs:
         sid = stream_id(spec)
         if sid in seen:
+            first, second = redact(seen[sid]), redact(spec)  # an MQTT URL may carry a password
             raise SourceError(
-                f"sources '{seen[sid]}' and '{spec}' would both publish as stream '{sid}'; "
-                f"name them apart, e.g. a={split_spec(seen[sid])[1]} b={split_spec(spec)[1]}"
+                f"sources '{first}' and '{second}' would both publish as stream '{sid}'; "
+                f"name them apart, e.g. a={split_spec(first)[1]} b={split_spec(second)[1]}"
             )
         seen[sid] = spec
 

@@ -7,7 +7,9 @@ set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
-ldconfig -p 2>/dev/null | grep -q "libportaudio\.so\.2" || missing+=(libportaudio2)
+# grep without -q: with pipefail, -q stopping early can kill ldconfig with SIGPIPE, and the
+# package was reinstalled on every run.
+ldconfig -p 2>/dev/null | grep "libportaudio\.so\.2" >/dev/null || missing+=(libportaudio2)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -25,6 +25,7 @@ from ecgmon.models.datasets import (
 )
 from ecgmon.monitor.dsp.beat_features import (
     AFTER,
+    BEAT_FEATURES,
     BEFORE,
     FS_MODEL,
     WINDOW,
@@ -192,7 +193,7 @@ def test_beats_in_vf_episodes_are_dropped(beats: BeatSet, data: DataConfig) -> N
         assert not ((s >= start) & (s <= end)).any()
     assert len(s) > 1800
     assert set(beats.records.tolist()) == {"100", "119", "207", "208"}
-    assert beats.rr.shape == (len(beats), 7) and not np.isnan(beats.rr).any()
+    assert beats.rr.shape == (len(beats), len(BEAT_FEATURES)) and not np.isnan(beats.rr).any()
     assert beats.labels.dtype == np.int64 and beats.samples.dtype == np.int64
 
 

@@ -20,7 +20,9 @@ import wfdb
 
 from ecgmon.config import DataConfig, DspConfig
 from ecgmon.models.aami import CLASSES, CLASS_INDEX, aami_index
-from ecgmon.monitor.dsp.beat_features import AFTER, BEFORE, FS_MODEL, beat_rr_features, beat_windows
+from ecgmon.monitor.dsp.beat_features import (
+    AFTER, BEFORE, BEAT_FEATURES, FS_MODEL, adaptive_features, beat_rr_features, beat_windows,
+)
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.replay.records import Record, RecordError, load_record, record_id  # noqa: F401 (record_id: the sets' ids)
 from ecgmon.replay.reference import is_beat_symbol, vf_episodes
@@ -161,8 +163,8 @@ class _RowArrays:
 class BeatSet(_RowArrays):
     """Labelled beats: one row per beat in every array.
 
-    ``windows`` (n, WINDOW) float32 filtered mV, R at index ``BEFORE``; ``rr`` (n, 7) float32
-    RR features (``features.RR_FEATURES``); ``labels`` (n,) int64 index into ``CLASSES``;
+    ``windows`` (n, WINDOW) float32 filtered mV, R at index ``BEFORE``; ``rr`` (n, 13) float32
+    RR and patient-adaptive features (columns ``beat_features.BEAT_FEATURES``); ``labels`` (n,) int64 index into ``CLASSES``;
     ``records`` (n,) str record id; ``samples`` (n,) int64 R sample at ``FS_MODEL``.
     """
 
@@ -179,7 +181,7 @@ class BeatSet(_RowArrays):
 
 def _empty_beats(margin: int = 0) -> BeatSet:
     return BeatSet(
-        np.zeros((0, BEFORE + AFTER + 2 * margin), np.float32), np.zeros((0, 7), np.float32),
+        np.zeros((0, BEFORE + AFTER + 2 * margin), np.float32), np.zeros((0, len(BEAT_FEATURES)), np.float32),
         np.zeros(0, np.int64), np.zeros(0, dtype=str), np.zeros(0, np.int64),
     )
 
@@ -192,6 +194,8 @@ def _record_beats(rid: str, rec: _Loaded, margin: int = 0) -> BeatSet:
     qrs_samples = samples[is_qrs]
     qrs_labels = np.array([aami_index(s) for s, q in zip(symbols, is_qrs) if q], np.int64)
     rr = beat_rr_features(qrs_samples, FS_MODEL)
+    # The adaptive inputs follow every beat in order, as live, whether or not it is a row here.
+    rr = np.hstack([rr, adaptive_features(rec.signal, qrs_samples, rr)])
     keep = qrs_labels >= 0
     # EC57 leaves ventricular flutter/fibrillation episodes out of beat classification.
     for start, end in vf_episodes(samples, symbols, rec.signal.shape[0]):

@@ -1,5 +1,6 @@
 """What a stream pipeline asks of its models: a job per beat once the beat's next RR interval
-is known (its window and RR features cut exactly as training cut them), and a job per
+is known (its window, RR features and patient-adaptive features computed exactly as training
+computed them), and a job per
 10-second segment every 5 seconds; their results become the beat and segment messages."""
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ecgmon.monitor.dsp.beat_features import RECORD_WINDOW_S, RR_FEATURES, LOCAL_N, beat_rr_features
+from ecgmon.monitor.dsp.beat_features import (
+    BEAT_FEATURES, LOCAL_N, RECORD_WINDOW_S, RR_FEATURES, AdaptiveFeatures, beat_rr_features,
+)
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
 from ecgmon.monitor.inference_job import InferenceJob
 from ecgmon.schema import BeatMessage, Message, SegmentMessage
@@ -36,11 +39,11 @@ def softmax_label(output: Any, classes: tuple[str, ...]) -> tuple[str, float, np
 
 def check_beat_model(model: LoadedModel) -> None:
     """Raise ValueError when the pipeline cannot compute what a beat model's card asks for."""
-    unknown = [n for n in model.rr_features if n not in RR_FEATURES]
+    unknown = [n for n in model.rr_features if n not in BEAT_FEATURES]
     if unknown:
         raise ValueError(
             f"{model.name}: its card asks for RR features {unknown} that ecgmon does not compute "
-            f"(known: {', '.join(RR_FEATURES)})"
+            f"(known: {', '.join(BEAT_FEATURES)})"
         )
     if model.before is None or not 0 <= model.before < model.window:
         raise ValueError(f"{model.name}: its card's window/before do not describe a beat window")
@@ -64,7 +67,13 @@ class BeatClassification:
         self._windows = ModelRateWindows(fs, model.fs)
         self._before = int(model.before or 0)
         self._n = model.window
-        self._columns = [RR_FEATURES.index(n) for n in model.rr_features]
+        self._columns = [BEAT_FEATURES.index(n) for n in model.rr_features]
+        # The patient-adaptive inputs follow every beat of the stream in order (a template of
+        # the stream's own dominant beat): kept only when the model asks for one of them.
+        self._adaptive = (
+            AdaptiveFeatures(self._before, model.fs)
+            if any(c >= len(RR_FEATURES) for c in self._columns) else None
+        )
         self._done = done
         self._wait = round(MAX_WAIT_S * fs)
         self._keep = RECORD_WINDOW_S * fs
@@ -89,6 +98,8 @@ class BeatClassification:
             i = len(self._history) - len(self._pending) - 1  # the beat's place in the history
             rr = beat_rr_features(np.fromiter(self._history, np.int64)[: i + 1 + has_next], self.fs)[i]
             window = self._windows.cut(self._ring, k0, self._n)
+            if self._adaptive is not None:
+                rr = np.concatenate([rr, self._adaptive.step(window, rr)]).astype(np.float32)
             inputs = None if window is None else (window, rr[self._columns])
             out.append(InferenceJob("beat", inputs, partial(self._finish, msg, received)))
             self._forget(r)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ecgmon.monitor.dsp.beat_template import TEMPLATE_ALPHA, BeatTemplate
+
 # Models run at one rate: MIT-BIH's own, so its 27 training records need no resampling;
 # other sources are resampled to it.
 FS_MODEL = 360.0
@@ -137,3 +139,116 @@ def beat_windows(
     fits = (r - before >= 0) & (r + after <= signal.shape[0])
     index = r[fits, None] + np.arange(-before, after)
     return signal[index], fits
+
+
+# --------------------------------------------------------------------------- patient-adaptive
+
+# Inputs that adapt to the patient without labels, from the stream's own past only (and the
+# next RR, as above): the RR intervals against the patient's recent rhythm, and the beat's QRS
+# against the patient's running dominant-beat template (``beat_template.BeatTemplate``).
+# A premature beat is short against the last ten beats whatever the patient's rate; a
+# ventricular one is also unlike, wider than or taller than the patient's own usual beat
+# whatever the lead and the electrode placement: what separates S and V from N across patients.
+ADAPTIVE_FEATURES: tuple[str, ...] = (
+    "pre_rr_local",  # pre-RR / local RR (last 10 beats)
+    "post_pre_rr",  # post-RR / pre-RR: the compensatory pause
+    "tpl_corr",  # best Pearson correlation of the QRS with the template (±30 ms)
+    "tpl_diff",  # sqrt(1 - cos²): the part of the QRS the template cannot explain
+    "tpl_width_ratio",  # QRS width / template's
+    "tpl_amp_ratio",  # QRS peak-to-peak / template's
+    "tpl_p_corr",  # correlation of the stretch before the QRS (P wave) with the template's
+    "tpl_t_corr",  # correlation of the stretch after the QRS (ST-T) with the template's
+)
+# What a beat takes before the template exists (its first beats) or when its complex cannot be
+# measured: "like the template", the patient's usual beat, which the first beats mostly are.
+_NEUTRAL = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+# A beat joins the template when it is not premature against the last ten beats (an S or V
+# beat comes early; a ventricular rhythm's beats do not, but do not match the template either)
+# and, once the template exists, when it matches it.
+LEARN_MIN_PRE_LOCAL = 0.9
+LEARN_MIN_CORR = 0.8
+# After this many beats in a row of a regular rhythm that do not match, the patient's dominant
+# beat has changed (or the template was learnt from odd beats): start a new one.
+RELEARN_AFTER = 8
+# Every feature: the RR ones, then the adaptive ones; model cards name their inputs from this.
+BEAT_FEATURES: tuple[str, ...] = RR_FEATURES + ADAPTIVE_FEATURES
+
+
+class AdaptiveFeatures:
+    """The patient-adaptive inputs of one stream's beats, one beat at a time and in order.
+
+    ``step`` takes each detected beat's model-rate window (R at index ``before``, None when it
+    could not be cut) and its ``beat_rr_features`` row, and returns ``ADAPTIVE_FEATURES``. The
+    daemon calls it live as beats become due; ``adaptive_features`` calls it over a whole
+    record for training, so the two cannot drift apart.
+    """
+
+    def __init__(self, before: int = BEFORE, fs: float = FS_MODEL) -> None:
+        self.before = int(before)
+        self.template = BeatTemplate(fs)
+        # The whole window's template, learnt from the same beats: its P wave and ST-T, which
+        # the QRS template leaves out (an S beat's P wave is early, odd or hidden; a V beat's
+        # T wave is discordant).
+        self._wave: np.ndarray | None = None
+        self._misses = 0
+
+    def step(self, window: np.ndarray | None, rr: np.ndarray) -> np.ndarray:
+        rr = np.asarray(rr, dtype=np.float64)
+        pre, post, local = rr[0], rr[1], rr[2]
+        out = np.empty(len(ADAPTIVE_FEATURES))
+        ok = np.isfinite(rr[:3]).all() and pre > 0 and local > 0
+        out[0] = pre / local if ok else 1.0
+        out[1] = post / pre if ok else 1.0
+        out[2:] = _NEUTRAL
+        got = None if window is None else self.template.measure(np.asarray(window), self.before)
+        if got is None or not np.ptp(got[1]) > 0:
+            return out  # cannot be cut, not finite, or a flat line: nothing to compare or learn
+        m, complex_ = got
+        w = np.asarray(window, dtype=np.float64)
+        lo, hi = self.before - self.template.before, self.before + self.template.after
+        if m.correlation is not None and self._wave is not None:
+            measured = (
+                m.correlation, m.difference, m.width_ratio, m.amplitude_ratio,
+                _corr(w[:lo], self._wave[:lo]), _corr(w[hi:], self._wave[hi:]),
+            )
+            out[2:] = [v if v is not None and np.isfinite(v) else d for v, d in zip(measured, _NEUTRAL)]
+        regular = ok and out[0] >= LEARN_MIN_PRE_LOCAL
+        if regular:
+            if m.correlation is None or m.correlation >= LEARN_MIN_CORR:
+                alpha = max(TEMPLATE_ALPHA, 1.0 / (self.template.learnt + 1))
+                self._wave = w.copy() if self._wave is None else self._wave + alpha * (w - self._wave)
+                self.template.learn(complex_)
+                self._misses = 0
+            else:
+                self._misses += 1
+                if self._misses >= RELEARN_AFTER:
+                    self.template.reset()
+                    self._wave = None
+                    self._misses = 0
+        return out
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Pearson correlation, None when either side is flat or empty."""
+    if a.size < 2:
+        return None
+    a, b = a - a.mean(), b - b.mean()
+    den = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / den if den > 0 else None
+
+
+def adaptive_features(
+    signal: np.ndarray, r_samples: np.ndarray, rr: np.ndarray, before: int = BEFORE, after: int = AFTER
+) -> np.ndarray:
+    """``(n, len(ADAPTIVE_FEATURES))`` float32 for every beat of a record, in order, as the live
+    pipeline computes them: ``signal`` at ``FS_MODEL``, ``r_samples`` every detected (or
+    annotated) beat at that rate, ``rr`` their ``beat_rr_features`` rows."""
+    r = np.asarray(r_samples, dtype=np.int64)
+    rr = np.asarray(rr)
+    if r.ndim != 1 or rr.ndim != 2 or rr.shape[0] != r.size or rr.shape[1] < 3:
+        raise ValueError(f"need one RR row (at least 3 columns) per beat: r {r.shape}, rr {rr.shape}")
+    tracker = AdaptiveFeatures(before)
+    out = np.empty((r.size, len(ADAPTIVE_FEATURES)), np.float32)
+    for i in range(r.size):
+        out[i] = tracker.step(beat_window(signal, r[i], before, after), rr[i])
+    return out

@@ -1,0 +1,141 @@
+"""The patient's own running dominant-beat template, and how a beat's QRS compares with it.
+
+Pure numpy with explicit state, so the alarm engine (``monitor.alarms.morphology``), the live
+beat classifier's patient-adaptive inputs (``beat_features.AdaptiveFeatures``) and training
+(``models.datasets``, through the same class) measure beats one way. Ventricular beats are
+wide and unlike the patient's supraventricular beats whatever the lead; comparing each beat
+with a template of the patient's own dominant beats is a cue that does not depend on having
+seen this patient in training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# The QRS complex lies within about 0.1 s before and 0.15 s after the detected R peak even
+# when wide (ventricular QRS 0.12-0.2 s); the T wave is left out on purpose: it follows the
+# rate, not the origin of the beat.
+BEFORE_S = 0.10
+AFTER_S = 0.15
+# The detector's R sample can sit on a different peak of an odd complex; the best match
+# within this shift is taken.
+MAX_SHIFT_S = 0.03
+# Template update weight per learnt beat: about the last 20 beats count.
+TEMPLATE_ALPHA = 0.05
+# Beats learnt before the template is compared with anything.
+MIN_LEARNT = 5
+# Width is the time the rectified, baseline-removed complex stays above this fraction of its peak.
+WIDTH_FRACTION = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class Morphology:
+    """How one beat compares with the template (None before a template exists)."""
+
+    correlation: float | None
+    width_s: float
+    width_ratio: float | None
+    # The part of the complex the template cannot explain once its amplitude is matched:
+    # sqrt(1 - cos²) of the baseline-removed complexes (0 the same shape, 1 orthogonal).
+    # Unlike the width it has no threshold to flip over, and unlike Pearson's correlation
+    # over the window it is not dominated by the one large deflection both complexes share.
+    difference: float | None = None
+    # Peak-to-peak amplitude of the (aligned) complex over the template's.
+    amplitude_ratio: float | None = None
+
+
+def qrs_width(w: np.ndarray, fs: float) -> float:
+    """Seconds the rectified complex stays above ``WIDTH_FRACTION`` of its peak."""
+    a = np.abs(w - np.median(w))
+    peak = a.max()
+    if peak <= 0:
+        return 0.0
+    above = np.flatnonzero(a >= WIDTH_FRACTION * peak)
+    return float(above[-1] - above[0] + 1) / fs
+
+
+def difference(w: np.ndarray, template: np.ndarray) -> float | None:
+    """sqrt(1 - cos²) of the median-removed complexes; None if either is flat."""
+    a, b = w - np.median(w), template - np.median(template)
+    den = float(np.sqrt((a @ a) * (b @ b)))
+    if den <= 0:
+        return None
+    cos = float(a @ b) / den
+    return float(np.sqrt(max(0.0, 1.0 - cos * cos)))
+
+
+class BeatTemplate:
+    """Keeps a running template of chosen beats' QRS complexes and measures beats against it.
+
+    Who chooses the beats it learns is the caller's business: the alarm engine teaches it the
+    beats its classifier called normal; the classifier's adaptive inputs teach it the beats
+    that are not premature and look like it (no labels, so training and serving agree).
+    """
+
+    def __init__(self, fs: float) -> None:
+        self.fs = fs
+        self.before = round(BEFORE_S * fs)
+        self.after = round(AFTER_S * fs)
+        self.shift = max(1, round(MAX_SHIFT_S * fs))
+        self._template: np.ndarray | None = None
+        self._template_width = 0.0
+        self._template_ptp = 0.0
+        self._normals = 0
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """Samples needed before and after R (including the alignment margin)."""
+        return self.before + self.shift, self.after + self.shift
+
+    @property
+    def learnt(self) -> int:
+        """Beats folded into the template so far."""
+        return self._normals
+
+    def reset(self) -> None:
+        """Forget the template (the patient's dominant beat has changed)."""
+        self._template = None
+        self._template_width = self._template_ptp = 0.0
+        self._normals = 0
+
+    def measure(self, x: np.ndarray, r: int) -> tuple[Morphology, np.ndarray] | None:
+        """Compare the complex at index ``r`` of ``x`` with the template; None if it does not fit."""
+        lo, hi = r - self.before - self.shift, r + self.after + self.shift
+        if lo < 0 or hi > x.size:
+            return None
+        seg = np.asarray(x[lo:hi], dtype=np.float64)
+        if not np.isfinite(seg).all():
+            return None
+        n = self.before + self.after
+        centre = seg[self.shift : self.shift + n]
+        width = qrs_width(centre, self.fs)
+        if self._template is None or self._normals < MIN_LEARNT:
+            return Morphology(None, width, None, None), centre
+        # Best Pearson correlation over small shifts, all shifts at once as a strided view.
+        views = np.lib.stride_tricks.sliding_window_view(seg, n)
+        v = views - views.mean(axis=1, keepdims=True)
+        t = self._template - self._template.mean()
+        denom = np.sqrt((v * v).sum(axis=1) * (t * t).sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(denom > 0, (v @ t) / denom, 0.0)
+        best = int(np.argmax(corr))
+        ratio = width / self._template_width if self._template_width > 0 else None
+        amp = float(np.ptp(views[best])) / self._template_ptp if self._template_ptp > 0 else None
+        return (
+            Morphology(float(corr[best]), width, ratio, difference(views[best], self._template), amp),
+            views[best],
+        )
+
+    def learn(self, complex_: np.ndarray) -> None:
+        """Fold a chosen beat's complex into the template."""
+        if self._template is None:
+            self._template = complex_.astype(np.float64).copy()
+        else:
+            # A running mean at first, then an exponential one that follows slow changes.
+            alpha = max(TEMPLATE_ALPHA, 1.0 / (self._normals + 1))
+            self._template += alpha * (complex_ - self._template)
+        self._template_width = qrs_width(self._template, self.fs)
+        self._template_ptp = float(np.ptp(self._template))
+        self._normals += 1

@@ -35,7 +35,7 @@ from ecgmon.config import Config, DataConfig  # noqa: E402
 from ecgmon.monitor.inference_job import InferenceJob  # noqa: E402
 from ecgmon.monitor.model_set import load_models  # noqa: E402
 from ecgmon.monitor.pipeline import StreamPipeline  # noqa: E402
-from ecgmon.monitor.record_run import run_jobs  # noqa: E402
+from ecgmon.evaluate.record_run import run_jobs  # noqa: E402
 from ecgmon.replay.records import load_record  # noqa: E402
 
 # Records with clean sinus rhythm (100), noise (108, 203), ectopy and runs (106, 119, 208),

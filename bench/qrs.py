@@ -26,7 +26,7 @@ from rich.table import Table
 
 from ecgmon.config import DataConfig
 from ecgmon.monitor.dsp.qrs import QRSDetector
-from ecgmon.monitor.qrs_scoring import QRSScore, score_beats
+from ecgmon.evaluate.matching import QRSScore, score_beats
 from ecgmon.replay.records import load_record
 from ecgmon.replay.reference import reference_beats
 

@@ -9,13 +9,13 @@ import pytest
 
 from ecgmon.cli import main
 from ecgmon.config import AlarmsConfig, Config, DataConfig
-from ecgmon.monitor.alarm_evaluation import (
+from ecgmon.evaluate.alarms import (
     AlarmSpan, Episode, acceptance, beat_episodes, evaluate_record, reference_episodes, rhythm_episodes, score,
     summary,
 )
-from ecgmon.monitor.alarm_report import plot, render
+from ecgmon.evaluate.alarm_report import plot, render
 from ecgmon.monitor.model_set import load_models
-from ecgmon.monitor.noise_stress import NoiseStress, add_noise, noise_mask
+from ecgmon.evaluate.noise_stress import NoiseStress, add_noise, noise_mask
 from ecgmon.replay.records import load_record
 
 FS = 360.0
@@ -129,7 +129,7 @@ def test_a_slice_of_207_through_the_pipeline_finds_its_flutter(models, tmp_path)
 
 
 def test_acceptance_reads_the_issue_criteria(models) -> None:
-    from ecgmon.monitor.alarm_evaluation import KindScore, RecordAlarms
+    from ecgmon.evaluate.alarms import KindScore, RecordAlarms
 
     def rec(name: str, vt: tuple[int, int, int], vf_found: int) -> RecordAlarms:
         scores = {k: KindScore() for k in ("vtach", "vfib", "afib", "asystole", "brady", "tachy")}

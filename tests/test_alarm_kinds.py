@@ -18,7 +18,7 @@ from ecgmon.chunk import Chunk
 from ecgmon.config import AlarmsConfig, Config, DataConfig
 from ecgmon.monitor.alarms import AlarmEngine
 from ecgmon.monitor.alarms.kinds import KINDS
-from ecgmon.monitor.noise_stress import NoiseStress, add_noise
+from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import Record, load_record
 from ecgmon.schema import AlarmMessage, BeatMessage

@@ -18,7 +18,7 @@ from ecgmon.monitor.dsp.beat_features import RR_FEATURES, beat_rr_features
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
 from ecgmon.monitor.model_set import load_models, model_path
 from ecgmon.monitor.pipeline import StreamPipeline
-from ecgmon.monitor.record_run import run_jobs, run_record
+from ecgmon.evaluate.record_run import run_jobs, run_record
 from ecgmon.replay.records import load_record
 from ecgmon.schema import BeatMessage, SegmentMessage
 

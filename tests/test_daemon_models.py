@@ -13,7 +13,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.publisher import Publisher
-from ecgmon.monitor.record_run import run_record
+from ecgmon.evaluate.record_run import run_record
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import load_record
 from ecgmon.schema import BeatMessage, EventMessage, SegmentMessage, StatusMessage, parse_message

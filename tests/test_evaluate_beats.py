@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from ecgmon.cli import main
-from ecgmon.models.beat_evaluation import COLUMNS, ROWS, confusion_of, detection_stats
+from ecgmon.evaluate.beats import COLUMNS, ROWS, confusion_of, detection_stats
 from ecgmon.schema import BeatMessage
 
 

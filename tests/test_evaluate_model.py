@@ -15,10 +15,11 @@ import torch
 from scipy.stats import rankdata
 
 from ecgmon.cli import main
-from ecgmon.models.curves import precision_recall, roc
+from ecgmon.scores import precision_recall, roc
 from ecgmon.models.export import export_pt2
 from ecgmon.models.networks import SegmentAttentionCNN
-from ecgmon.monitor.model_loader import file_sha256, load_model
+from ecgmon.model_card import file_sha256
+from ecgmon.monitor.model_loader import load_model
 
 # One training record each (both have normal and abnormal examples), one epoch: fast, and
 # what is tested is the evaluation, not the model.

@@ -13,15 +13,8 @@ import torch
 
 from ecgmon.models.export import export_torchscript
 from ecgmon.models.networks import BeatCNNBiLSTM, SegmentAttentionCNN, card_template
-from ecgmon.monitor.model_loader import (
-    LoadedModel,
-    ModelError,
-    card_path,
-    check_card,
-    file_sha256,
-    load_model,
-    resolve_device,
-)
+from ecgmon.model_card import ModelError, card_path, check_card, file_sha256
+from ecgmon.monitor.model_loader import LoadedModel, load_model, resolve_device
 
 pytestmark = pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning")
 

@@ -14,9 +14,10 @@ import soundfile as sf
 
 from ecgmon.cli import main
 from ecgmon.models.pcg_data import PcgDataError
-from ecgmon.models.pcg_evaluate import evaluate_pcg
+from ecgmon.evaluate.pcg import evaluate_pcg
 from ecgmon.models.pcg_training import sampling_weights
-from ecgmon.monitor.model_loader import ModelError, card_path, file_sha256, load_model
+from ecgmon.model_card import ModelError, card_path, file_sha256
+from ecgmon.monitor.model_loader import load_model
 from ecgmon.monitor.model_set import model_path
 from pcg_model_helpers import make_database, tiny_pcg_model  # noqa: F401 (a fixture)
 

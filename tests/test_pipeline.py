@@ -14,7 +14,7 @@ from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
 from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.pipeline import StreamPipeline
-from ecgmon.monitor.record_run import run_jobs
+from ecgmon.evaluate.record_run import run_jobs
 from ecgmon.schema import (
     AlarmMessage,
     BeatMessage,

@@ -10,7 +10,7 @@ import wfdb
 from scipy.signal import resample_poly
 
 from ecgmon.monitor.dsp.qrs import QRSDetector
-from ecgmon.monitor.qrs_scoring import score_beats
+from ecgmon.evaluate.matching import score_beats
 from ecgmon.replay.reference import ReferenceBeats, reference_beats
 
 FLOOR_RECORDS = ["100", "106", "119", "208", "215"]
@@ -136,7 +136,7 @@ def test_heavy_noise_never_reports_one_r_peak_twice(data_dir):
     """118 with muscle noise at 0 dB once gave two detections, 225 ms apart, of one R peak
     (the R search reaches back over the previous beat); the beats must strictly increase."""
     from ecgmon.config import Config, DataConfig
-    from ecgmon.monitor.noise_stress import NoiseStress, add_noise
+    from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
     from ecgmon.replay.records import load_record
 
     data = DataConfig(folder=str(data_dir))

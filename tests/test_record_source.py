@@ -169,7 +169,7 @@ def test_a_corrupt_reference_does_not_stop_a_live_replay(tmp_path, data_dir, atr
     needs them, reports the file."""
     import asyncio
 
-    from ecgmon.monitor.qrs_evaluation import evaluate_record
+    from ecgmon.evaluate.qrs import evaluate_record
 
     for ext in ("hea", "dat"):
         (tmp_path / f"100.{ext}").write_bytes((data_dir / "mitdb" / f"100.{ext}").read_bytes())

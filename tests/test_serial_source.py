@@ -28,7 +28,7 @@ from ecgmon.config import Config, DataConfig
 from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.publisher import Publisher
-from ecgmon.monitor.qrs_scoring import score_beats
+from ecgmon.evaluate.matching import score_beats
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.factory import open_source
 from ecgmon.monitor.sources.record import RecordSource

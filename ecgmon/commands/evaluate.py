@@ -119,7 +119,7 @@ def _exit_code(failed: list[dict], total: int) -> int:
 
 
 def cmd_evaluate_qrs(args: argparse.Namespace, config: Config) -> int:
-    from ecgmon.monitor.qrs_evaluation import evaluate_record, render, summary
+    from ecgmon.evaluate.qrs import evaluate_record, render, summary
 
     config = override(config, [
         ("--speed", "replay", "speed", 0.0),
@@ -161,7 +161,7 @@ def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.Argum
 
 def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.models.aami import PACED
-    from ecgmon.models.beat_evaluation import evaluate_record, render, summary
+    from ecgmon.evaluate.beats import evaluate_record, render, summary
     from ecgmon.monitor.model_loader import ModelError, load_model
     from ecgmon.monitor.model_set import model_path
     from ecgmon.replay.records import record_id
@@ -206,10 +206,10 @@ def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.Argu
 
 
 def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
-    from ecgmon.monitor.alarm_evaluation import evaluate_record, summary
-    from ecgmon.monitor.alarm_report import plot, render
+    from ecgmon.evaluate.alarms import evaluate_record, summary
+    from ecgmon.evaluate.alarm_report import plot, render
     from ecgmon.monitor.model_set import load_models
-    from ecgmon.monitor.noise_stress import NoiseStress
+    from ecgmon.evaluate.noise_stress import NoiseStress
 
     config = override(config, [("--channel", "replay", "channel", args.channel)])
     specs = _evaluation_specs(args, config)
@@ -255,7 +255,7 @@ def add_evaluate_model(kinds: argparse._SubParsersAction, common: argparse.Argum
 
 
 def cmd_evaluate_model(args: argparse.Namespace, config: Config) -> int:
-    from ecgmon.models.evaluation import EvaluationError, evaluate_model, render
+    from ecgmon.evaluate.models import EvaluationError, evaluate_model, render
 
     try:
         result = evaluate_model(args.model, config.data, records=args.records, out=args.out,
@@ -286,7 +286,7 @@ def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.Argumen
 
 def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.models.pcg_data import PcgDataError
-    from ecgmon.models.pcg_evaluate import evaluate_pcg, render
+    from ecgmon.evaluate.pcg import evaluate_pcg, render
     from ecgmon.monitor.model_set import model_path
 
     if not (args.model or config.models.pcg):

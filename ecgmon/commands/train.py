@@ -102,11 +102,26 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         card = train_model(job, config.data)
     except (RecordError, ValueError) as err:
         raise CommandError(str(err)) from None
+    _check_daemon_loads(Path(args.out))
     m = card["metrics"]
     per = ", ".join(f"{c} Se {v['se']} +P {v['ppv']}" for c, v in m["per_class"].items() if v["n"])
     where = f"{args.folds}-fold by record, pooled" if args.folds else f"held-out records {' '.join(val)}"
     log.info("wrote %s: %s: macro-F1 %s; %s", args.out, where, m["macro_f1"], per)
     return 0
+
+
+def _check_daemon_loads(path: Path) -> None:
+    """Load a model just written with the daemon's own loader (card against model, dry run):
+    a file the daemon would refuse is removed, with its card, and the command fails."""
+    from ecgmon.model_card import ModelError, card_path
+    from ecgmon.monitor.model_loader import load_model
+
+    try:
+        load_model(path, device="cpu")
+    except ModelError as err:
+        path.unlink(missing_ok=True)
+        card_path(path).unlink(missing_ok=True)
+        raise CommandError(f"the daemon would refuse the model just trained, not kept: {err}") from None
 
 
 def add_train_pcg_options(p: argparse.ArgumentParser) -> None:
@@ -152,6 +167,7 @@ def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:
         card = train_and_export(data, Path(args.out), command, settings)
     except (PcgDataError, ValueError) as err:
         raise CommandError(str(err)) from None
+    _check_daemon_loads(Path(args.out))
     m = card["metrics"]
     folds = ", ".join(f"{db} MAcc {f['macc']} (Se {f['se']} Sp {f['sp']})" for db, f in m["folds"].items())
     log.info("wrote %s: leave-one-database-out %s; mean MAcc %s", args.out, folds, m["mean"]["macc"])

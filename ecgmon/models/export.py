@@ -1,26 +1,11 @@
 """Export a trained network as TorchScript (``.pt``) or ``torch.export`` (``.pt2``) with its model card.
 
-The card is ``path.with_suffix(".json")`` beside the model file, a JSON object::
-
-    name            str   e.g. "beat-cnn-bilstm"
-    kind            "beat" | "segment"
-    format          "torchscript" | "torch.export"          (set here)
-    input           {fs: Hz, window: samples, before: samples before the R peak (beats),
-                     rr_features: [names of the RR inputs, in order] (beats),
-                     preprocessing: "causal Butterworth bandpass 0.5-40 Hz order 2
-                         (ecgmon.monitor.dsp.filters.ECGFilter)",
-                     normalisation: text (what the model does to its input inside)}
-    classes         [class names, in logit order]
-    outputs         [names of the forward outputs; the first is the class logits]
-    training        {command, records, seed, ...}             ({} if not given)
-    metrics         {...held-out metrics...}                   ({} if not given)
-    ecgmon_version  str                                        (set here)
-    sha256          hex digest of the model file               (set here)
-
-``ecgmon.models.networks.card_template`` fills name, kind, input, classes and outputs for
-the project's networks. Every export is loaded back with the daemon's own loader
-(``ecgmon.monitor.model_loader.load_model``) before it is kept, so a file this module
-writes is one the daemon accepts.
+The card (its fields: ``ecgmon.model_card``) is ``path.with_suffix(".json")`` beside the model
+file; this module sets ``format``, ``ecgmon_version`` and ``sha256``, and checks the card
+with the same ``check_card`` the daemon's loader uses. ``ecgmon.models.networks.card_template``
+fills name, kind, input, classes and outputs for the project's networks. Every export is read
+back with torch before it is kept; ``ecgmon train`` then loads what it wrote with the daemon's
+own loader, so a file it ships is one the daemon accepts.
 """
 
 from __future__ import annotations
@@ -37,7 +22,7 @@ import torch
 from torch import nn
 
 from ecgmon import __version__
-from ecgmon.monitor.model_loader import TORCHSCRIPT_DEPRECATION, card_path, check_card, file_sha256, load_model
+from ecgmon.model_card import TORCHSCRIPT_DEPRECATION, card_path, check_card, file_sha256
 
 # torch.export warns that nn.LSTM's cached _flat_weights are "assigned during export"; they
 # are views of the registered parameters, and the exported program reproduces the eager
@@ -88,12 +73,22 @@ def _finish(model_file: Path, tmp_file: Path, card: dict[str, Any], fmt: str) ->
     cpath = card_path(model_file)
     _write_atomic(cpath, text.encode("utf-8"))
     try:
-        load_model(model_file, device="cpu")
+        _read_back(model_file, fmt)
     except BaseException:
         model_file.unlink(missing_ok=True)
         cpath.unlink(missing_ok=True)
         raise
     return full
+
+
+def _read_back(model_file: Path, fmt: str) -> None:
+    """Load the written file with torch: one torch cannot read is never left in place."""
+    if fmt == "torch.export":
+        torch.export.load(str(model_file))
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHSCRIPT_DEPRECATION, category=DeprecationWarning)
+        torch.jit.load(str(model_file), map_location="cpu")
 
 
 def _check_path(path: str | Path, suffix: str) -> Path:

@@ -24,7 +24,7 @@ from torch import nn
 
 from ecgmon.models.export import export_torchscript
 from ecgmon.models.pcg_data import WINDOW, PcgSet, assert_disjoint, leave_one_database_out, progress_bar
-from ecgmon.models.pcg_metrics import AGGREGATION, THRESHOLD, binary_report, recording_scores
+from ecgmon.scores import AGGREGATION, THRESHOLD, binary_report, recording_scores
 from ecgmon.models.pcg_network import PcgMelCNN, pcg_card_template
 from ecgmon.models.training import set_seed
 

@@ -32,7 +32,7 @@ from ecgmon.models.datasets import (
     record_folds,
 )
 from ecgmon.models.export import export_torchscript
-from ecgmon.models.metrics import class_report
+from ecgmon.scores import class_report
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, SegmentAttentionCNN, card_template
 from ecgmon.models.training import FitResult, TrainSettings, fit, predict, set_seed
 from ecgmon.monitor.dsp.beat_features import RR_FEATURES

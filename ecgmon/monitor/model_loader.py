@@ -2,14 +2,12 @@
 
 The daemon side of the models: it reads artifacts and never imports ``ecgmon.models``. Every
 way a model file can be unusable is a :class:`ModelError` whose message is one line saying
-what is wrong and what to do; the card schema is documented in ``ecgmon.models.export``.
+what is wrong and what to do; the card schema is ``ecgmon.model_card``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -18,34 +16,14 @@ from typing import Any, Sequence
 
 import torch
 
+from ecgmon.model_card import (
+    FORMATS, TORCHSCRIPT_DEPRECATION, ModelError, card_path, check_card, file_sha256, retrain_hint,
+)
 from ecgmon.replay.records import record_id
 
-KINDS = ("beat", "segment", "pcg")
-FORMATS = {".pt": "torchscript", ".pt2": "torch.export"}
-REQUIRED_FIELDS = ("name", "kind", "format", "input", "classes", "outputs", "sha256")
 # The batch size of the dry run: 2, not 1, so that a model that squeezes its batch axis
 # (and would break on a single beat or on a batch) is caught either way.
 _DRY_RUN_BATCH = 2
-
-
-# torch 2.9+ marks torch.jit deprecated in favour of torch.export; TorchScript is still
-# supported and is this project's primary format (the loader takes .pt2 as well), so the
-# warning would only repeat itself at every start of the daemon.
-TORCHSCRIPT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
-
-
-class ModelError(Exception):
-    """A model file or its card cannot be used; the message says what and what to do."""
-
-
-def _hint(kind: Any) -> str:
-    if kind == "segment":
-        return "retrain or re-export it with `ecgmon train segment`"
-    if kind == "beat":
-        return "retrain or re-export it with `ecgmon train beat` (or `beat-spectrogram`)"
-    if kind == "pcg":
-        return "retrain or re-export it with `ecgmon train pcg`"
-    return "retrain or re-export it with `ecgmon train beat|beat-spectrogram|segment|pcg`"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -54,19 +32,6 @@ def _first_line(exc: BaseException) -> str:
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = line.split(". ")[0].rstrip(".") or type(exc).__name__
     return line if len(line) <= 160 else line[:157] + "..."
-
-
-def card_path(model_path: str | Path) -> Path:
-    """The card of ``model.pt`` (or ``model.pt2``) is ``model.json`` beside it."""
-    return Path(model_path).with_suffix(".json")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -85,81 +50,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise ModelError(f"unsupported device {str(dev)!r}: use 'auto', 'cpu' or 'cuda'")
     return dev
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_card(card: Any, where: str = "model card") -> None:
-    """Raise ModelError unless ``card`` has every field the daemon needs, well typed.
-
-    ``where`` names the card in messages (its path). Does not look at the model file.
-    """
-    if not isinstance(card, dict):
-        raise ModelError(f"{where}: a model card must be a JSON object; {_hint(None)}")
-    kind = card.get("kind")
-    missing = [name for name in REQUIRED_FIELDS if name not in card]
-    if missing:
-        raise ModelError(f"{where}: the card lacks {', '.join(missing)}; {_hint(kind)}")
-    if kind not in KINDS:
-        raise ModelError(f"{where}: unknown model kind {kind!r} (expected 'beat', 'segment' or 'pcg'); {_hint(None)}")
-    if card["format"] not in FORMATS.values():
-        raise ModelError(
-            f"{where}: unknown format {card['format']!r} (expected 'torchscript' or 'torch.export'); {_hint(kind)}"
-        )
-    classes = card["classes"]
-    if (
-        not isinstance(classes, list)
-        or len(classes) < 2
-        or not all(isinstance(c, str) and c for c in classes)
-        or len(set(classes)) != len(classes)
-    ):
-        raise ModelError(f"{where}: 'classes' must list at least two distinct class names; {_hint(kind)}")
-    outputs = card["outputs"]
-    if not isinstance(outputs, list) or not outputs or not all(isinstance(o, str) and o for o in outputs):
-        raise ModelError(f"{where}: 'outputs' must list the names of the model's outputs; {_hint(kind)}")
-    sha = card["sha256"]
-    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower()):
-        raise ModelError(f"{where}: 'sha256' is not a SHA-256 hex digest; {_hint(kind)}")
-    inputs = card["input"]
-    if not isinstance(inputs, dict):
-        raise ModelError(f"{where}: 'input' must be an object (fs, window, ...); {_hint(kind)}")
-    need = ["fs", "window"] + (["before", "rr_features"] if kind == "beat" else [])
-    missing = [f"input.{name}" for name in need if name not in inputs]
-    if missing:
-        raise ModelError(f"{where}: the card lacks {', '.join(missing)}; {_hint(kind)}")
-    fs = inputs["fs"]
-    if isinstance(fs, bool) or not isinstance(fs, (int, float)) or not math.isfinite(fs) or fs <= 0:
-        raise ModelError(f"{where}: input.fs must be a positive sample rate in Hz, got {fs!r}; {_hint(kind)}")
-    window = inputs["window"]
-    if not _is_int(window) or window <= 0:
-        raise ModelError(f"{where}: input.window must be a positive number of samples, got {window!r}; {_hint(kind)}")
-    if kind == "beat":
-        before = inputs["before"]
-        if not _is_int(before) or not 0 <= before < window:
-            raise ModelError(
-                f"{where}: input.before must be a sample count in 0..{window - 1}, got {before!r}; {_hint(kind)}"
-            )
-        rr = inputs["rr_features"]
-        if not isinstance(rr, list) or not rr or not all(isinstance(n, str) and n for n in rr):
-            raise ModelError(f"{where}: input.rr_features must list the RR feature names; {_hint(kind)}")
-    if kind == "pcg":
-        _check_pcg_card(card, where)
-
-
-def _check_pcg_card(card: dict[str, Any], where: str) -> None:
-    """A heart-sound card also gives the window hop and the recording-level decision rule."""
-    hop = card["input"].get("hop")
-    if not _is_int(hop) or not 0 < hop <= card["input"]["window"]:
-        raise ModelError(f"{where}: input.hop must be a sample count in 1..input.window, got {hop!r}; {_hint('pcg')}")
-    decision = card.get("decision")
-    threshold = decision.get("threshold") if isinstance(decision, dict) else None
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise ModelError(
-            f"{where}: decision.threshold must be a probability in 0..1 (the recording-level cut on "
-            f"'abnormal'), got {threshold!r}; {_hint('pcg')}"
-        )
 
 
 def trained_records(card: dict[str, Any]) -> set[str]:
@@ -229,7 +119,7 @@ def _read_card(path: Path, cpath: Path) -> dict[str, Any]:
     try:
         card = json.loads(cpath.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{cpath}: not a readable JSON model card ({_first_line(exc)}); {_hint(None)}") from exc
+        raise ModelError(f"{cpath}: not a readable JSON model card ({_first_line(exc)}); {retrain_hint(None)}") from exc
     check_card(card, str(cpath))
     return card
 
@@ -246,7 +136,7 @@ def _check_archive(path: Path, fmt: str, kind: str) -> None:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ModelError(
-            f"{path}: not a {what} model file: corrupt or truncated (not a readable zip archive); {_hint(kind)}"
+            f"{path}: not a {what} model file: corrupt or truncated (not a readable zip archive); {retrain_hint(kind)}"
         ) from exc
     torchscript = any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
     exported = any(n.endswith("archive_format") for n in names)
@@ -259,7 +149,7 @@ def _check_archive(path: Path, fmt: str, kind: str) -> None:
     else:
         return
     other = "torch.save checkpoint or state_dict" if any(n.endswith("/data.pkl") for n in names) else "zip archive"
-    raise ModelError(f"{path}: a {other}, not a {what} export; {_hint(kind)}")
+    raise ModelError(f"{path}: a {other}, not a {what} export; {retrain_hint(kind)}")
 
 
 def _load_module(path: Path, fmt: str, device: torch.device, kind: str) -> Any:
@@ -275,7 +165,7 @@ def _load_module(path: Path, fmt: str, device: torch.device, kind: str) -> Any:
         return torch.export.load(str(path)).module().to(device)
     except Exception as exc:  # torch raises RuntimeError, ValueError, zip and pickle errors
         what = "TorchScript (.pt)" if fmt == "torchscript" else "torch.export (.pt2)"
-        raise ModelError(f"{path}: not a loadable {what} model file ({_first_line(exc)}); {_hint(kind)}") from exc
+        raise ModelError(f"{path}: not a loadable {what} model file ({_first_line(exc)}); {retrain_hint(kind)}") from exc
 
 
 def _dry_run(model: LoadedModel, path: Path) -> None:
@@ -287,28 +177,28 @@ def _dry_run(model: LoadedModel, path: Path) -> None:
     except Exception as exc:
         raise ModelError(
             f"{path}: the model does not accept the inputs its card describes ({shape_text}: "
-            f"{_first_line(exc)}); is the card for another model? {_hint(model.kind)}"
+            f"{_first_line(exc)}); is the card for another model? {retrain_hint(model.kind)}"
         ) from exc
     names = model.output_names
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     if len(outs) != len(names) or not all(isinstance(o, torch.Tensor) for o in outs):
         raise ModelError(
             f"{path}: the card names {len(names)} output(s) ({', '.join(names)}) but the model returns "
-            f"{len(outs)}; is the card for another model? {_hint(model.kind)}"
+            f"{len(outs)}; is the card for another model? {retrain_hint(model.kind)}"
         )
     logits = outs[0]
     n = len(model.classes)
     if logits.dim() == 2 and logits.shape[0] == _DRY_RUN_BATCH and logits.shape[1] != n:
         raise ModelError(
-            f"{path}: the card says {n} classes but the model outputs {logits.shape[1]}; {_hint(model.kind)}"
+            f"{path}: the card says {n} classes but the model outputs {logits.shape[1]}; {retrain_hint(model.kind)}"
         )
     if tuple(logits.shape) != (_DRY_RUN_BATCH, n):
         raise ModelError(
             f"{path}: the model's first output has shape {list(logits.shape)}, expected "
-            f"[{_DRY_RUN_BATCH}, {n}] for inputs {shape_text}; {_hint(model.kind)}"
+            f"[{_DRY_RUN_BATCH}, {n}] for inputs {shape_text}; {retrain_hint(model.kind)}"
         )
     if not bool(torch.isfinite(logits).all()):
-        raise ModelError(f"{path}: the model outputs NaN or inf on a flat input; {_hint(model.kind)}")
+        raise ModelError(f"{path}: the model outputs NaN or inf on a flat input; {retrain_hint(model.kind)}")
 
 
 def load_model(path: str | Path, device: str | torch.device = "auto") -> LoadedModel:
@@ -334,7 +224,7 @@ def load_model(path: str | Path, device: str | torch.device = "auto") -> LoadedM
     if sha != card["sha256"].lower():
         raise ModelError(
             f"{path}: the file does not match its card (sha256 {sha[:12]}... != {card['sha256'][:12]}...): "
-            f"it was changed, truncated or replaced after export; {_hint(kind)}"
+            f"it was changed, truncated or replaced after export; {retrain_hint(kind)}"
         )
     module = _load_module(path, fmt, dev, kind)
     inputs = card["input"]
@@ -363,13 +253,9 @@ def describe(model: LoadedModel) -> str:
 
 
 __all__: Sequence[str] = (
-    "KINDS",
     "LoadedModel",
     "ModelError",
-    "card_path",
-    "check_card",
     "describe",
-    "file_sha256",
     "load_model",
     "resolve_device",
 )

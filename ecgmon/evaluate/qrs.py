@@ -11,7 +11,7 @@ import numpy as np
 
 from ecgmon.config import Config
 from ecgmon.monitor.pipeline import StreamPipeline
-from ecgmon.monitor.qrs_scoring import MATCH_WINDOW_S, QRSScore, score_beats
+from ecgmon.evaluate.matching import MATCH_WINDOW_S, QRSScore, score_beats
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import RecordError, load_record

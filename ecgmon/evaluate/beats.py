@@ -12,8 +12,8 @@ from wfdb.processing import compare_annotations
 from ecgmon.config import Config
 from ecgmon.models.aami import CLASSES, aami_class
 from ecgmon.monitor.model_loader import LoadedModel
-from ecgmon.monitor.qrs_scoring import MATCH_WINDOW_S
-from ecgmon.monitor.record_run import run_record
+from ecgmon.evaluate.matching import MATCH_WINDOW_S
+from ecgmon.evaluate.record_run import run_record
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.replay.records import RecordError, load_record
 from ecgmon.replay.reference import reference_beats

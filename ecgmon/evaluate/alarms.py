@@ -28,8 +28,8 @@ import wfdb
 
 from ecgmon.config import AlarmsConfig, Config
 from ecgmon.monitor.model_loader import LoadedModel
-from ecgmon.monitor.noise_stress import NoiseStress, add_noise
-from ecgmon.monitor.record_run import run_record
+from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
+from ecgmon.evaluate.record_run import run_record
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.replay.records import Record, RecordError, load_record, record_id
 from ecgmon.schema import AlarmMessage

@@ -21,8 +21,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from ecgmon.models import plots
-from ecgmon.models.curves import roc
+from ecgmon.evaluate import plots
 from ecgmon.models.pcg_data import (
     CLASSES,
     PcgDataError,
@@ -33,8 +32,8 @@ from ecgmon.models.pcg_data import (
     read_audio,
     windows,
 )
-from ecgmon.models.pcg_metrics import binary_report
 from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model
+from ecgmon.scores import binary_report, roc
 
 BATCH = 128
 

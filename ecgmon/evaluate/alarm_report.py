@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 import numpy as np
 
-from ecgmon.monitor.alarm_evaluation import SCORED
+from ecgmon.evaluate.alarms import SCORED
 
 BLOCKS = (("all", "all records"), ("held_out", "records the beat model never trained on"))
 

@@ -18,15 +18,14 @@ from rich.table import Table
 from rich.text import Text
 
 from ecgmon.config import DataConfig
-from ecgmon.models import plots
+from ecgmon.evaluate import plots
 from ecgmon.models.aami import CLASSES
-from ecgmon.models.curves import Curve, one_vs_rest
 from ecgmon.models.datasets import SEGMENT, SEGMENT_CLASSES, load_beats, load_segments, record_id
-from ecgmon.models.metrics import class_report
 from ecgmon.models.networks import BeatSpectrogramCNN, grad_cam
 from ecgmon.monitor.dsp.beat_features import BEFORE, FS_MODEL, RR_FEATURES, WINDOW
 from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model, trained_records
 from ecgmon.replay.records import RecordError
+from ecgmon.scores import Curve, class_report, one_vs_rest
 
 BATCH = 512
 GRADCAM_ROWS = 4  # classes shown in gradcam.png: more rows would make each map too small to read

@@ -15,7 +15,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ecgmon.models.curves import Curve
+from ecgmon.scores import Curve
 
 DPI = 110
 # One colour per class, the same in every figure (tab10 is readable in print and on screen).

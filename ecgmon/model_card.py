@@ -61,6 +61,13 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def fold_folder(model_path: str | Path) -> Path:
+    """The fold models of ``beat.pt`` (``train --folds``) are ``beat.folds/fold1.pt`` ..., each
+    card's ``training.held_out_records`` naming the records that fold never saw."""
+    path = Path(model_path)
+    return path.with_name(f"{path.stem}.folds")
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -1,20 +1,31 @@
-"""`ecgmon train`: one small epoch on two records, exported and loadable by the daemon."""
+"""`ecgmon train`: one small epoch on two records, exported and loadable by the daemon; its fold
+models, and `ecgmon evaluate --cross-validated` classifying each record with the one that never saw it."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from ecgmon.cli import main
 from ecgmon.monitor.model_loader import load_model
 
 
-def test_one_epoch_on_two_records_with_folds_exports_a_model_the_daemon_loads(tmp_path: Path) -> None:
-    out = tmp_path / "beat.pt"
+@pytest.fixture(scope="module")
+def folds_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch on two records with 2 folds: the shipped file (its fold models beside it)."""
+    out = tmp_path_factory.mktemp("train") / "beat.pt"
     code = main(["train", "beat", "--records", "119", "101", "--folds", "2", "--epochs", "1",
                  "--channel", "MLII", "--jitter", "3", "--noise", "0.05",
                  "--rr-features", "post_rr_norm", "pre_rr_norm", "--out", str(out)])
     assert code == 0
+    return out
+
+
+def test_one_epoch_on_two_records_with_folds_exports_a_model_the_daemon_loads(folds_trained: Path) -> None:
+    out = folds_trained
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["records"] == ["101", "119"] and card["training"]["validation_records"] == []
     assert "ecgmon train beat" in card["training"]["command"] and "--folds 2" in card["training"]["command"]
@@ -43,3 +54,48 @@ def test_one_epoch_of_the_segment_model(tmp_path: Path) -> None:
     assert model.kind == "segment" and list(model.classes) == ["normal", "abnormal"]
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["metrics"]["n"] > 300 and card["training"]["class_counts"]["abnormal"] > 0
+
+
+def test_each_fold_model_is_exported_with_the_records_it_held_out(folds_trained: Path) -> None:
+    shipped = json.loads(folds_trained.with_suffix(".json").read_text())
+    folder = folds_trained.with_name("beat.folds")
+    cards = [json.loads((folder / f"fold{i}.json").read_text()) for i in (1, 2)]
+    for i, card in enumerate(cards, start=1):
+        training = card["training"]
+        assert training["command"] == shipped["training"]["command"] and training["fold"] == i
+        assert not set(training["records"]) & set(training["held_out_records"])
+        assert load_model(folder / f"fold{i}.pt", device="cpu").name == f"beat-cnn-bilstm-fold{i}"
+    assert sorted(r for c in cards for r in c["training"]["held_out_records"]) == ["101", "119"]
+    assert [c["training"]["held_out_records"] for c in cards] == [f["records"] for f in shipped["metrics"]["folds"]]
+
+
+def test_cross_validated_evaluation_classifies_each_record_by_a_model_that_never_saw_it(
+    folds_trained: Path, tmp_path: Path,
+) -> None:
+    report = tmp_path / "beats.json"
+    assert main(["evaluate", "beats", "--model", str(folds_trained), "--cross-validated",
+                 "mitdb:119", "mitdb:100", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["mode"].startswith("cross-validated") and len(result["fold_models"]) == 2
+    held = {r: f["name"] for f in result["fold_models"] for r in f["held_out_records"]}
+    by = {r["record"]: r for r in result["per_record"]}
+    # 119 by the fold that held it out, 100 (never trained on) by the shipped model itself.
+    assert by["mitdb:119"]["model"] == held["119"] and by["mitdb:100"]["model"] == "beat-cnn-bilstm"
+    assert not any(r["trained_on"] for r in result["per_record"])
+    assert result["held_out"]["records"] == ["mitdb:119", "mitdb:100"]
+
+
+def test_cross_validation_refuses_fold_models_of_another_training(folds_trained: Path, tmp_path: Path, capsys) -> None:
+    copy = tmp_path / "beat.pt"
+    shutil.copy(folds_trained, copy)
+    shutil.copy(folds_trained.with_suffix(".json"), copy.with_suffix(".json"))
+    shutil.copytree(folds_trained.with_name("beat.folds"), tmp_path / "beat.folds")
+    card = tmp_path / "beat.folds" / "fold2.json"
+    stale = json.loads(card.read_text())
+    stale["training"]["command"] += " --epochs 99"
+    card.write_text(json.dumps(stale))
+    assert main(["evaluate", "beats", "--model", str(copy), "--cross-validated", "mitdb:119"]) == 2
+    assert "fold2.pt: a fold of another training" in capsys.readouterr().err
+    shutil.rmtree(tmp_path / "beat.folds")
+    assert main(["evaluate", "beats", "--model", str(copy), "--cross-validated", "mitdb:119"]) == 2
+    assert "no fold models" in capsys.readouterr().err

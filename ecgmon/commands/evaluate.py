@@ -22,6 +22,7 @@ from ecgmon.commands.common import (
     EXIT_USAGE, CommandError, channel_arg, override, print_error, print_warning, stderr_console, stdout_console,
 )
 from ecgmon.config import Config
+from ecgmon.model_card import ModelError
 from ecgmon.monitor.sources.base import SourceError
 
 
@@ -32,6 +33,27 @@ def _record_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", help="a PhysioNet database: all its records (from its local RECORDS "
                                 "file, else PhysioNet's list)")
     p.add_argument("--channel", type=channel_arg, help="channel index or name (default from config)")
+
+
+def _cross_validated_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cross-validated", action="store_true",
+                   help="classify each record with the fold model that never saw it (the fold models "
+                        "`ecgmon train --folds` writes beside the beat model): honest figures on the "
+                        "records the shipped model trained on")
+
+
+def _fold_models(model, config: Config, wanted: bool):
+    """The beat model's fold models when ``wanted`` (CommandError if it has none), else None."""
+    if not wanted:
+        return None
+    from ecgmon.evaluate.fold_models import load_fold_models
+
+    if model is None:
+        raise CommandError("--cross-validated needs a beat model: set [models] beat in the config")
+    try:
+        return load_fold_models(model, config.models.device)
+    except ModelError as err:
+        raise CommandError(str(err)) from None
 
 
 def _json_argument(p: argparse.ArgumentParser) -> None:
@@ -100,7 +122,7 @@ def _each_record(specs: list[str], verb: str, evaluate: Callable[[str], object])
             progress.update(task, description=f"{verb} {spec}")
             try:
                 results.append(evaluate(spec))
-            except SourceError as err:
+            except (SourceError, ModelError) as err:  # ModelError: no model may classify this record
                 failed.append({"record": spec, "error": str(err)})
                 progress.console.print(Text(f"error: {err}", style="bold red"), soft_wrap=True)
             progress.advance(task)
@@ -155,6 +177,7 @@ def add_evaluate_beats(kinds: argparse._SubParsersAction, common: argparse.Argum
     )
     _record_arguments(b)
     b.add_argument("--model", help="beat model file (default: [models] beat of the config)")
+    _cross_validated_argument(b)
     _json_argument(b)
     b.set_defaults(func=cmd_evaluate_beats)
 
@@ -179,8 +202,13 @@ def cmd_evaluate_beats(args: argparse.Namespace, config: Config) -> int:
         raise CommandError(str(err)) from None
     if model.kind != "beat":
         raise CommandError(f"{setting}: a {model.kind} model; evaluate beats needs a beat model")
-    results, failed = _each_record(specs, "classifying", lambda spec: evaluate_record(spec, config, model))
-    result = summary(results, model)
+    folds = _fold_models(model, config, args.cross_validated)
+
+    def classify(spec: str):
+        return evaluate_record(spec, config, folds.for_record(spec) if folds else model)
+
+    results, failed = _each_record(specs, "classifying", classify)
+    result = summary(results, model, folds)
     result["failed_records"] = failed
     _report(result, render, args.json)
     return _exit_code(failed, len(specs))
@@ -201,6 +229,7 @@ def add_evaluate_alarms(kinds: argparse._SubParsersAction, common: argparse.Argu
     a.add_argument("--snr", type=float, default=6.0, help="SNR of the added noise, dB (default 6)")
     a.add_argument("--out", default="eval/alarms", metavar="DIR",
                    help="where metrics.json and alarms.png go (default eval/alarms)")
+    _cross_validated_argument(a)
     _json_argument(a)
     a.set_defaults(func=cmd_evaluate_alarms)
 
@@ -217,13 +246,18 @@ def cmd_evaluate_alarms(args: argparse.Namespace, config: Config) -> int:
     for error in errors:
         print_warning(error)
     noise = NoiseStress(args.noise, args.snr) if args.noise else None
-    results, failed = _each_record(
-        specs, "alarms of", lambda spec: evaluate_record(spec, config, models, noise=noise)
-    )
-    result = summary(results, models, noise)
+    folds = _fold_models(models.get("beat"), config, args.cross_validated)
+
+    def alarms_of(spec: str):
+        record_models = {**models, "beat": folds.for_record(spec)} if folds else models
+        return evaluate_record(spec, config, record_models, noise=noise)
+
+    results, failed = _each_record(specs, "alarms of", alarms_of)
+    result = summary(results, models, noise, folds)
     result["failed_records"] = failed
     result["command"] = {"records": specs, "channel": config.replay.channel, "out": args.out,
-                         "noise": args.noise, "snr_db": args.snr if args.noise else None}
+                         "noise": args.noise, "snr_db": args.snr if args.noise else None,
+                         "cross_validated": args.cross_validated}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2))

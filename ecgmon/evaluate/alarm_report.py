@@ -28,7 +28,7 @@ def render(result: dict) -> list:
     from rich.text import Text
 
     per = Table(title="Per record: detected/episodes, false alarms (f), suppressed (s)",
-                caption="* the beat model trained on this record")
+                caption=f"* the beat model trained on this record; classified by: {result['mode']}")
     per.add_column("Record")
     for k in SCORED:
         per.add_column(k, justify="right")

@@ -27,6 +27,7 @@ import numpy as np
 import wfdb
 
 from ecgmon.config import AlarmsConfig, Config
+from ecgmon.evaluate.fold_models import FoldModels, scoring_mode
 from ecgmon.monitor.model_loader import LoadedModel
 from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
 from ecgmon.evaluate.record_run import run_record
@@ -196,6 +197,7 @@ class RecordAlarms:
     trained_on: bool
     scores: dict[str, KindScore]
     noise_coverage: float | None = None  # share of the added-noise time under a noise alarm
+    beat_model: str = ""  # the name of the beat model that classified it (a fold model in cross-validation)
 
 
 def reference_episodes(record: Record, cfg: AlarmsConfig, span: tuple[int, int] | None = None) -> list[Episode]:
@@ -254,7 +256,8 @@ def evaluate_record(
     beat = models.get("beat")
     trained = beat is not None and beat.trained_on(spec)
     coverage = None if noisy is None else _coverage(noisy, record.fs, [s for s in spans if s.kind == "noise"])
-    return RecordAlarms(spec, end_s / 3600.0, trained, score(episodes, spans), coverage)
+    return RecordAlarms(spec, end_s / 3600.0, trained, score(episodes, spans), coverage,
+                        "" if beat is None else beat.name)
 
 
 def _coverage(mask: np.ndarray, fs: float, spans: list[AlarmSpan]) -> float | None:
@@ -316,16 +319,20 @@ def acceptance(results: list[RecordAlarms]) -> dict:
     return {name: {"value": v, "pass": bool(test(v))} for name, (v, test) in checks.items()}
 
 
-def summary(results: list[RecordAlarms], models: Mapping[str, LoadedModel], noise: NoiseStress | None = None) -> dict:
+def summary(
+    results: list[RecordAlarms], models: Mapping[str, LoadedModel], noise: NoiseStress | None = None,
+    folds: FoldModels | None = None,
+) -> dict:
     beat = models.get("beat")
     return {
         "standard": "alarm episodes against MIT-BIH reference rhythms and beats (IEC 60601-2-27 style "
                     f"definitions), detection within {TOLERANCE_S:g} s of an episode's end, no latching",
         "beat_model": None if beat is None else
         {"name": beat.name, "path": str(beat.path), "sha256": beat.card.get("sha256")},
+        **scoring_mode(folds),
         "noise": None if noise is None else {"noise": noise.noise, "snr_db": noise.snr_db},
         "per_record": [
-            {"record": r.record, "trained_on": r.trained_on, "hours": round(r.hours, 3),
+            {"record": r.record, "trained_on": r.trained_on, "beat_model": r.beat_model, "hours": round(r.hours, 3),
              "noise_coverage": r.noise_coverage,
              "kinds": {k: {"episodes": s.episodes, "detected": s.detected, "false_alarms": s.false_alarms,
                            "suppressed": s.suppressed, "delays_s": s.delays_s, "missed_s": s.missed_s,

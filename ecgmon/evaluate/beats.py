@@ -11,6 +11,7 @@ from wfdb.processing import compare_annotations
 
 from ecgmon.config import Config
 from ecgmon.models.aami import CLASSES, aami_class
+from ecgmon.evaluate.fold_models import FoldModels, scoring_mode
 from ecgmon.monitor.model_loader import LoadedModel
 from ecgmon.evaluate.matching import MATCH_WINDOW_S
 from ecgmon.evaluate.record_run import run_record
@@ -33,6 +34,7 @@ class RecordBeats:
     record: str
     confusion: np.ndarray = field(repr=False)  # (len(ROWS), len(COLUMNS)) counts
     trained_on: bool = False
+    model: str = ""  # the name of the model that classified it (a fold model in cross-validation)
 
 
 def confusion_of(ref_samples: np.ndarray, ref_labels: list[str], beats: list[BeatMessage], fs: float) -> np.ndarray:
@@ -77,7 +79,7 @@ def evaluate_record(spec: str, config: Config, model: LoadedModel) -> RecordBeat
     beats = [m for m in msgs if isinstance(m, BeatMessage)]
     beats = [b for b, k in zip(beats, ref.keep(np.array([b.sample for b in beats], dtype=np.int64))) if k]
     confusion = confusion_of(ref.samples[keep], [c for c in labels if c is not None], beats, record.fs)
-    return RecordBeats(spec, confusion, model.trained_on(spec))
+    return RecordBeats(spec, confusion, model.trained_on(spec), model.name)
 
 
 def detection_stats(confusion: np.ndarray, cls: str) -> dict:
@@ -101,7 +103,7 @@ def detection_stats(confusion: np.ndarray, cls: str) -> dict:
             "fpr": ratio(fp, fp + tn)}
 
 
-def summary(results: list[RecordBeats], model: LoadedModel) -> dict:
+def summary(results: list[RecordBeats], model: LoadedModel, folds: FoldModels | None = None) -> dict:
     def block(rs: list[RecordBeats]) -> dict:
         total = sum((r.confusion for r in rs), np.zeros((len(ROWS), len(COLUMNS)), dtype=np.int64))
         return {
@@ -116,8 +118,9 @@ def summary(results: list[RecordBeats], model: LoadedModel) -> dict:
         "standard": "ANSI/AAMI EC57 beat classification through the streaming pipeline, 150 ms match "
                     "window, VF/flutter episodes excluded, Q beats left out of V and S statistics",
         "model": {"name": model.name, "path": str(model.path), "sha256": model.card.get("sha256")},
+        **scoring_mode(folds),
         "per_record": [
-            {"record": r.record, "trained_on": r.trained_on, "V": detection_stats(r.confusion, "V"),
+            {"record": r.record, "trained_on": r.trained_on, "model": r.model, "V": detection_stats(r.confusion, "V"),
              "S": detection_stats(r.confusion, "S")} for r in results
         ],
         "held_out": block(held_out),
@@ -132,7 +135,7 @@ def render(result: dict) -> list:
     def pct(x: float) -> str:
         return "–" if x != x else f"{100 * x:.1f}"
 
-    per = Table(title=result["standard"])
+    per = Table(title=result["standard"], caption=f"classified by: {result['mode']}")
     for col in ("Record", "V Se %", "V +P %", "V FPR %", "S Se %", "S +P %", "S FPR %"):
         per.add_column(col, justify="left" if col == "Record" else "right")
     for r in result["per_record"]:

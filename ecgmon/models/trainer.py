@@ -7,7 +7,10 @@ Two ways to measure, both leave-records-out:
 - ``folds`` k-fold by record: k models each train a fixed number of epochs on the other
   folds' records and classify their own fold's records; the pooled predictions give the
   card's metrics. The shipped model then trains the same fixed epochs on every record, so
-  the estimate is of exactly the procedure that made it.
+  the estimate is of exactly the procedure that made it. The k fold models are exported too,
+  into ``<out stem>.folds/`` beside the model (``fold_folder``), each card naming the records
+  it held out: ``ecgmon evaluate beats|alarms --cross-validated`` classifies every record with
+  the fold model that never saw it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from ecgmon.models.datasets import (
     load_segments,
     record_folds,
 )
+from ecgmon.model_card import fold_folder
 from ecgmon.models.export import export_torchscript
 from ecgmon.scores import class_report
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, SegmentAttentionCNN, card_template
@@ -114,17 +118,19 @@ def _fit_on(
 
 @dataclass
 class CrossValidation:
-    """Pooled and per-fold reports of a k-fold by record, and each fold's history."""
+    """Pooled and per-fold reports of a k-fold by record, each fold's history, and the fold
+    models with the records each trained on and held out."""
 
     pooled: dict
     folds: list[dict] = field(default_factory=list)
+    models: list[tuple[nn.Module, list[str], list[str]]] = field(default_factory=list)
 
 
 def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[str]) -> CrossValidation:
     """k models, each trained a fixed ``settings.epochs`` on the other folds' records and
     run on its own fold's; metrics per fold and over all folds' predictions pooled."""
     settings = replace(job.settings, patience=None)
-    labels, probabilities, folds = [], [], []
+    labels, probabilities, folds, models = [], [], [], []
     for i, (train, val) in enumerate(record_folds(records, job.folds, job.settings.seed)):
         assert_disjoint(train, val)
         model, result = _fit_on(job, rows, train, val, settings)
@@ -134,8 +140,26 @@ def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[s
         probabilities.append(p)
         report = class_report(held.labels, p, job.classes)
         folds.append({"fold": i + 1, "records": val, **_summary(report), "history": result.history})
+        models.append((model, train, val))
     pooled = class_report(np.concatenate(labels), np.concatenate(probabilities), job.classes)
-    return CrossValidation(pooled, folds)
+    return CrossValidation(pooled, folds, models)
+
+
+def _export_folds(job: TrainingJob, cv: CrossValidation, card_training: dict) -> None:
+    """Each fold model with a card that names the records it trained on and held out; the
+    folder's old fold files go first (a stale fold would score records it trained on)."""
+    folder = fold_folder(job.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in [*folder.glob("fold*.pt"), *folder.glob("fold*.json")]:
+        old.unlink()
+    extra = {} if job.kind == "segment" else {"rr_features": job.rr_features}
+    for i, ((model, train, val), report) in enumerate(zip(cv.models, cv.folds), start=1):
+        card = card_template(model, f"{NAMES[job.kind]}-fold{i}", classes=job.classes, **extra)
+        card["training"] = {**card_training, "records": sorted(train), "held_out_records": sorted(val),
+                            "fold": i, "folds": job.folds, "history": report["history"]}
+        card["metrics"] = {"evaluation": "its own fold's held-out records, reference R peaks and labels",
+                           **{k: v for k, v in report.items() if k != "history"}}
+        export_torchscript(model, folder / f"fold{i}.pt", card)
 
 
 def _summary(report: dict) -> dict:
@@ -175,6 +199,7 @@ def train_model(job: TrainingJob, data: DataConfig) -> dict:
             **cv.pooled,
             "folds": cv.folds,
         }
+        _export_folds(job, cv, card_training)
         settings = replace(job.settings, patience=None)
         model, result = _fit_on(job, rows, job.train_records, [], settings)
         card_training["final_model"] = (

@@ -79,10 +79,67 @@ def test_score_detection_delay_false_and_suppressed() -> None:
 
 def test_reference_of_a_slice_starts_in_the_rhythm_in_effect(data_dir) -> None:
     rec = load_record("mitdb:207", DataConfig(folder=str(data_dir), cache="/nonexistent"))
-    # 45-70 s: inside the flutter that began at 40.8 s, then (N at 51.1 s and flutter again at 54.9 s.
+    # 45-70 s: inside the flutter that began at 40.7 s ('[', then (VFL at 40.8 s), then (N at
+    # 51.1 s and flutter again from '[' at 54.76 s ((VFL at 54.9 s).
     eps = reference_episodes(rec, AlarmsConfig(), (round(45 * FS), round(70 * FS)))
     vf = [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"]
-    assert vf == [(0.0, 6.1), (9.9, 15.6)]
+    assert vf == [(0.0, 6.1), (9.8, 15.6)]
+    # Cut inside the bracketed span only (51.05 s: after ']' at 51.0 s, before (N at 51.1 s) and
+    # inside the second one (58 s: '[' at 54.76 s is before the slice, its ']' at 60.6 s in it).
+    eps = reference_episodes(rec, AlarmsConfig(), (round(58 * FS), round(65 * FS)))
+    assert [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"] == [(0.0, 2.6)]
+
+
+def test_bracketed_flutter_is_a_vf_episode_and_its_gap_no_asystole() -> None:
+    """CUDB style: '[' and ']' beat annotations only, no rhythm labels, no beats inside."""
+    samples, symbols, aux = [], [], []
+
+    def at(t: float, sym: str) -> None:
+        samples.append(round(t * FS)); symbols.append(sym); aux.append("")
+
+    for i in range(12):
+        at(0.5 + i * 0.8, "N")  # beats to 9.3 s
+    at(9.6, "["); at(30.0, "]")
+    for i in range(3):
+        at(30.4 + i * 0.8, "N")  # 30.4 .. 32.0 s, then a 6 s pause: asystole after the VF
+    for i in range(5):
+        at(38.0 + i * 0.8, "N")
+    at(45.0, "[")  # never closed: VF to the end
+    eps = rhythm_episodes(np.array(samples), symbols, aux, FS, 60.0)
+    vf = [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"]
+    assert vf == [(9.6, 30.0), (45.0, 60.0)]
+    beat_t = np.array([s / FS for s, sym in zip(samples, symbols) if sym == "N"])
+    found = beat_episodes(beat_t, AlarmsConfig(), eps)
+    assert [(e.kind, round(e.onset_s, 1), round(e.end_s, 1)) for e in found if e.kind in ("asystole", "brady")] == [
+        ("asystole", 32.0, 38.0)
+    ]
+    # Without the brackets the 20 s without beats would be asystole (and slow beats brady).
+    bare = beat_episodes(beat_t, AlarmsConfig())
+    assert ("asystole", 9.3, 30.4) in [(e.kind, round(e.onset_s, 1), round(e.end_s, 1)) for e in bare]
+
+
+def test_207_vf_episodes_from_brackets_and_rhythm_labels(data_dir) -> None:
+    rec = load_record("mitdb:207", DataConfig(folder=str(data_dir), cache="/nonexistent"))
+    eps = reference_episodes(rec, AlarmsConfig())
+    vf = [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"]
+    # '[' opens each span a little before its (VFL label; the six flutter episodes of 207.
+    assert vf == [(40.7, 51.1), (54.8, 60.6), (242.1, 246.6), (247.9, 261.7), (269.5, 281.1), (1540.8, 1639.3)]
+    inside = [e for e in eps if e.kind in ("asystole", "brady") and any(a < e.end_s and e.onset_s < b for a, b in vf)]
+    assert not inside
+
+
+def test_cudb_vf_episodes_from_brackets_alone(data_dir) -> None:
+    """cu04: four bracketed VF spans (no rhythm labels); no asystole or brady inside them."""
+    rec = load_record("cudb:cu04", DataConfig(folder=str(data_dir), cache="/nonexistent"))
+    eps = reference_episodes(rec, AlarmsConfig())
+    vf = [(round(e.onset_s, 1), round(e.end_s, 1)) for e in eps if e.kind == "vfib"]
+    assert vf == [(155.3, 211.0), (223.8, 243.5), (254.6, 345.9), (369.7, 475.2)]
+    assert not [e for e in eps if e.kind in ("asystole", "brady")]
+    # cu12: VF to 455.6 s, then 6 s without a beat: asystole from the end of the VF.
+    eps = reference_episodes(load_record("cudb:cu12", DataConfig(folder=str(data_dir), cache="/nonexistent")), AlarmsConfig())
+    assert [(e.kind, round(e.onset_s, 1)) for e in eps if e.kind in ("vfib", "asystole")] == [
+        ("vfib", 261.3), ("asystole", 455.6)
+    ]
 
 
 def test_noise_at_the_asked_snr_in_alternating_segments(data_dir) -> None:

@@ -7,11 +7,15 @@ alarm stays until someone acknowledges it, so one alarm would cover the rest of 
 Reference episodes per alarm kind:
 
 - ``vtach``: MIT-BIH ``(VT`` rhythm episodes of at least 5 reference beats;
-- ``vfib``: ``(VFL`` and ``(VF`` episodes;
+- ``vfib``: ``(VFL`` and ``(VF`` rhythm episodes and the spans WFDB brackets with ``[``
+  (start of ventricular flutter/fibrillation) and ``]`` (its end), the two merged where they
+  overlap (MIT-BIH 207 has both, CUDB only the brackets; an unclosed ``[`` runs to the end);
 - ``afib``: ``(AFIB`` episodes;
 - ``asystole``, ``brady``, ``tachy``: derived from the reference beats with the alarm's own
   definition (an RR gap of ``asystole_s``; median rate over ``brady_beats`` /
-  ``tachy_beats`` beats beyond the limit).
+  ``tachy_beats`` beats beyond the limit). VF/flutter has no beat annotations: a gap inside
+  a VF episode is not asystole (its edges count as beats) and a slow run that overlaps one
+  is not bradycardia.
 
 An episode is detected when an unsuppressed alarm of its kind is active at some time from
 its onset to ``TOLERANCE_S`` after its end; the delay is from onset to the alarm's raise (0
@@ -76,6 +80,7 @@ def rhythm_episodes(samples: np.ndarray, symbols: list[str], aux: list[str], fs:
     beat_t = np.array([s / fs for s, sym in zip(samples, symbols) if sym in BEAT_SYMBOLS])
     marks = [(s / fs, a.strip("\x00")) for s, a in zip(samples, aux) if a.startswith("(")]
     out: list[Episode] = []
+    vf: list[tuple[float, float]] = []
     for i, (t0, name) in enumerate(marks):
         t1 = marks[i + 1][0] if i + 1 < len(marks) else end_s
         n = int(np.count_nonzero((beat_t >= t0) & (beat_t < t1)))
@@ -84,9 +89,44 @@ def rhythm_episodes(samples: np.ndarray, symbols: list[str], aux: list[str], fs:
             if n >= 5:
                 out.append(Episode("vtach", t0, t1, n))
         elif name in ("(VFL", "(VF"):
-            out.append(Episode("vfib", t0, t1, n))
+            vf.append((t0, t1))
         elif name == "(AFIB":
             out.append(Episode("afib", t0, t1, n))
+    vf += bracket_spans(samples, symbols, fs, end_s)
+    for t0, t1 in _union(vf):
+        out.append(Episode("vfib", t0, t1, int(np.count_nonzero((beat_t >= t0) & (beat_t < t1)))))
+    return out
+
+
+def bracket_spans(samples: np.ndarray, symbols: list[str], fs: float, end_s: float) -> list[tuple[float, float]]:
+    """Spans of ventricular flutter/fibrillation between WFDB's ``[`` and ``]`` annotations
+    (seconds). A ``]`` with no ``[`` before it closes a span begun before the first annotation
+    (a slice cut inside one); a ``[`` never closed runs to ``end_s``."""
+    out: list[tuple[float, float]] = []
+    start: float | None = None
+    closed_any = False
+    for s, sym in zip(np.asarray(samples), symbols):
+        if sym == "[" and start is None:
+            start = s / fs
+        elif sym == "]":
+            if start is not None:
+                out.append((start, s / fs))
+            elif not out and not closed_any:
+                out.append((0.0, s / fs))
+            start, closed_any = None, True
+    if start is not None:
+        out.append((start, end_s))
+    return out
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Overlapping or touching spans merged, in time order."""
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(b, out[-1][1]))
+        else:
+            out.append((a, b))
     return out
 
 
@@ -117,16 +157,18 @@ def beat_episodes(beat_t: np.ndarray, cfg: AlarmsConfig, rhythms: list[Episode] 
     beat_t = np.asarray(beat_t, dtype=float)
     vf = [e for e in rhythms if e.kind == "vfib"]
     out: list[Episode] = []
-    gaps = np.flatnonzero(np.diff(beat_t) >= cfg.asystole_s)
-    out += [Episode("asystole", beat_t[i], beat_t[i + 1]) for i in gaps]
+    # Asystole: gaps between beats, VF episodes' edges counting as beats, so a pause before
+    # or after VF still counts and the stretch inside VF (no beats annotated) does not.
+    edges = np.sort(np.concatenate([beat_t, [e.onset_s for e in vf], [e.end_s for e in vf]]))
+    for i in np.flatnonzero(np.diff(edges) >= cfg.asystole_s):
+        a, b = edges[i], edges[i + 1]
+        if not any(v.onset_s <= (a + b) / 2 <= v.end_s for v in vf):
+            out.append(Episode("asystole", a, b))
     out += _median_rate_runs(beat_t, cfg.brady_beats, lambda r: r < cfg.brady_bpm, "brady")
     out += _median_rate_runs(beat_t, cfg.tachy_beats, lambda r: r > cfg.tachy_bpm, "tachy")
     # A shorter fast stretch is not an extreme-tachy episode, but not a false alarm's cause either.
     out += _median_rate_runs(beat_t, max(2, cfg.tachy_beats // 2), lambda r: r > cfg.tachy_bpm, "tachy_any")
-    return [
-        e for e in out
-        if e.kind not in ("asystole", "brady") or not any(v.onset_s < e.end_s and v.end_s > e.onset_s for v in vf)
-    ]
+    return [e for e in out if e.kind != "brady" or not any(v.onset_s < e.end_s and v.end_s > e.onset_s for v in vf)]
 
 
 def alarm_spans(messages: Iterable[AlarmMessage], end_s: float) -> list[AlarmSpan]:
@@ -216,6 +258,9 @@ def reference_episodes(record: Record, cfg: AlarmsConfig, span: tuple[int, int] 
     earlier = np.flatnonzero(np.array([a.startswith("(") for a in aux], dtype=bool) & (samples < lo))
     if earlier.size:  # the rhythm in effect at the span's start begins there
         marks.insert(0, (0, "", aux[earlier[-1]]))
+    brackets = np.flatnonzero(np.isin(symbols, ["[", "]"]) & (samples < lo))
+    if brackets.size and symbols[brackets[-1]] == "[":  # a bracketed VF span open at the start
+        marks.insert(0, (0, "[", ""))
     at, syms, notes = (list(c) for c in zip(*marks)) if marks else ([], [], [])
     fs = record.fs
     episodes = rhythm_episodes(np.array(at, dtype=np.int64), syms, notes, fs, (hi - lo) / fs)

@@ -95,14 +95,14 @@ def test_short_and_malformed_input():
     # No beats, one beat: no intervals, nothing learnt, neutral values.
     assert adaptive_features(signal, np.zeros(0, np.int64), np.zeros((0, 7))).shape == (0, len(ADAPTIVE_FEATURES))
     one = adaptive_features(signal, np.array([500]), beat_rr_features(np.array([500]), FS_MODEL))
-    np.testing.assert_array_equal(one, [[1, 1, 1, 0, 1, 1, 1, 1]])
+    np.testing.assert_array_equal(one, [[1, 1, 1, 0, 1, 1, 1, 1, 0]])
     # Beats whose window does not fit, NaN samples, a flat line: neutral, finite, no template.
     r = np.array([10, 400, 800, 1200, 1600, 2000, 2400, 3990])
     rr = beat_rr_features(r, FS_MODEL)
     for x in (np.full(4000, np.nan, np.float32), np.zeros(4000, np.float32)):
         out = adaptive_features(x, r, rr)
         assert np.isfinite(out).all()
-        np.testing.assert_array_equal(out[:, 2:], np.tile([1, 0, 1, 1, 1, 1], (r.size, 1)))
+        np.testing.assert_array_equal(out[:, 2:8], np.tile([1, 0, 1, 1, 1, 1], (r.size, 1)))
     tracker = AdaptiveFeatures()
     assert np.isfinite(tracker.step(None, np.full(7, np.nan))).all()  # no interval, no window
     with pytest.raises(ValueError):

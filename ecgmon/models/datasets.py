@@ -379,17 +379,41 @@ def leave_records_out(records: Sequence[str], n_val: int, seed: int) -> tuple[li
     return train, val
 
 
+def database_of(record: str) -> str:
+    """The database a record id belongs to: ``"svdb:800"`` → ``"svdb"``, ``"101"`` → ``"mitdb"``."""
+    rid = record_id(record)
+    return rid.split(":", 1)[0] if ":" in rid else "mitdb"
+
+
+def by_database(records: Iterable[str]) -> dict[str, list[str]]:
+    """Record ids grouped by database, databases and records sorted."""
+    groups: dict[str, list[str]] = {}
+    for rid in _unique_ids(records):
+        groups.setdefault(database_of(rid), []).append(rid)
+    return dict(sorted(groups.items()))
+
+
 def record_folds(records: Sequence[str], k: int, seed: int) -> list[tuple[list[str], list[str]]]:
-    """``k`` ``(train, val)`` splits; every record is held out in exactly one of them."""
+    """``k`` ``(train, val)`` splits; every record is held out in exactly one of them.
+
+    Records of several databases are dealt out per database (each database's records in a
+    seeded order, split into ``k`` parts dealt to the folds in turn), so every fold holds out
+    patients of every database it can; with one database this is a plain seeded ``k``-way split.
+    """
     ids = _unique_ids(records)
     if not 2 <= k <= len(ids):
         raise ValueError(f"k must be between 2 and {len(ids)} for {len(ids)} records, not {k}")
-    order = np.random.default_rng(seed).permutation(len(ids))
-    folds = []
-    for part in np.array_split(order, k):
-        val = sorted(ids[i] for i in part)
-        folds.append(([r for r in ids if r not in val], val))
-    return folds
+    rng = np.random.default_rng(seed)
+    held: list[list[str]] = [[] for _ in range(k)]
+    dealt = 0
+    for group in by_database(ids).values():
+        order = rng.permutation(len(group))
+        # array_split makes its first parts the larger: each database starts where the last
+        # left off, so that no fold is left empty when databases are small.
+        for i, part in enumerate(np.array_split(order, k)):
+            held[(i + dealt) % k] += [group[j] for j in part]
+        dealt += len(group)
+    return [([r for r in ids if r not in set(val)], sorted(val)) for val in held]
 
 
 def assert_disjoint(train_records: Iterable[str], test_records: Iterable[str]) -> None:

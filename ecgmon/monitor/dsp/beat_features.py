@@ -7,6 +7,8 @@ trained on. It lives in dsp/ because the daemon may not import the training code
 
 from __future__ import annotations
 
+from collections import deque
+
 import numpy as np
 
 from ecgmon.monitor.dsp.beat_template import TEMPLATE_ALPHA, BeatTemplate
@@ -158,10 +160,14 @@ ADAPTIVE_FEATURES: tuple[str, ...] = (
     "tpl_amp_ratio",  # QRS peak-to-peak / template's
     "tpl_p_corr",  # correlation of the stretch before the QRS (P wave) with the template's
     "tpl_t_corr",  # correlation of the stretch after the QRS (ST-T) with the template's
+    "rr_irregularity",  # mean |successive difference| of the previous beats' RRs / their mean
 )
 # What a beat takes before the template exists (its first beats) or when its complex cannot be
 # measured: "like the template", the patient's usual beat, which the first beats mostly are.
 _NEUTRAL = np.array([1.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+# The rhythm's irregularity before a beat: in atrial fibrillation every beat is "premature"
+# against the last ten and none is S; in a regular rhythm a short RR is news. Over the
+# previous LOCAL_N + 1 intervals (the beat's own pre-RR left out: it is what is judged).
 # A beat joins the template when it is not premature against the last ten beats (an S or V
 # beat comes early; a ventricular rhythm's beats do not, but do not match the template either)
 # and, once the template exists, when it matches it.
@@ -191,6 +197,7 @@ class AdaptiveFeatures:
         # T wave is discordant).
         self._wave: np.ndarray | None = None
         self._misses = 0
+        self._rrs: deque[float] = deque(maxlen=LOCAL_N + 1)
 
     def step(self, window: np.ndarray | None, rr: np.ndarray) -> np.ndarray:
         rr = np.asarray(rr, dtype=np.float64)
@@ -199,7 +206,10 @@ class AdaptiveFeatures:
         ok = np.isfinite(rr[:3]).all() and pre > 0 and local > 0
         out[0] = pre / local if ok else 1.0
         out[1] = post / pre if ok else 1.0
-        out[2:] = _NEUTRAL
+        out[2:8] = _NEUTRAL
+        out[8] = _irregularity(self._rrs)
+        if np.isfinite(pre) and pre > 0:
+            self._rrs.append(float(pre))
         got = None if window is None else self.template.measure(np.asarray(window), self.before)
         if got is None or not np.ptp(got[1]) > 0:
             return out  # cannot be cut, not finite, or a flat line: nothing to compare or learn
@@ -211,8 +221,8 @@ class AdaptiveFeatures:
                 m.correlation, m.difference, m.width_ratio, m.amplitude_ratio,
                 _corr(w[:lo], self._wave[:lo]), _corr(w[hi:], self._wave[hi:]),
             )
-            out[2:] = [v if v is not None and np.isfinite(v) else d for v, d in zip(measured, _NEUTRAL)]
-        regular = ok and out[0] >= LEARN_MIN_PRE_LOCAL
+            out[2:8] = [v if v is not None and np.isfinite(v) else d for v, d in zip(measured, _NEUTRAL)]
+        regular = ok and out[0] >= LEARN_MIN_PRE_LOCAL and bool(np.isfinite(w).all())
         if regular:
             if m.correlation is None or m.correlation >= LEARN_MIN_CORR:
                 alpha = max(TEMPLATE_ALPHA, 1.0 / (self.template.learnt + 1))
@@ -226,6 +236,14 @@ class AdaptiveFeatures:
                     self._wave = None
                     self._misses = 0
         return out
+
+
+def _irregularity(rrs: deque[float]) -> float:
+    """Mean absolute successive difference of ``rrs`` over their mean; 0 with fewer than 2."""
+    if len(rrs) < 2:
+        return 0.0
+    x = np.fromiter(rrs, np.float64)
+    return float(np.abs(np.diff(x)).mean() / x.mean())
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -58,3 +58,46 @@ def test_per_database_and_cross_database_reports():
     assert cross["svdb"]["trained_on"] == ["mitdb"] and cross["svdb"]["per_class"]["N"]["se"] == 1.0
     assert "S Se 0.0 +P None" in describe(cross["svdb"])
     assert cross_database(["101", "119"], classes, fit) == {}  # one database: nothing across
+
+
+def test_training_over_mitdb_and_svdb_reports_each_database_and_across(tmp_path, data_dir):
+    import json
+
+    from ecgmon.chunk import Chunk
+    from ecgmon.cli import main
+    from ecgmon.config import Config, DataConfig
+    from ecgmon.evaluate.record_run import run_jobs
+    from ecgmon.monitor.dsp.beat_features import ADAPTIVE_FEATURES
+    from ecgmon.monitor.model_loader import load_model
+    from ecgmon.monitor.pipeline import StreamPipeline
+    from ecgmon.replay.records import load_record
+    from ecgmon.schema import BeatMessage
+
+    out = tmp_path / "beat.pt"
+    features = ["pre_rr_norm", "post_rr_norm", *ADAPTIVE_FEATURES]
+    assert main(["train", "beat", "--records", "119", "101", "svdb:800", "svdb:801", "--folds", "2",
+                 "--epochs", "1", "--majority-fraction", "0.25", "--channel", "MLII", "0",
+                 "--rr-features", *features, "--out", str(out)]) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    m = card["metrics"]
+    assert "--channel MLII 0" in card["training"]["command"]
+    assert set(m["per_database"]) == {"mitdb", "svdb"}
+    assert m["per_database"]["mitdb"]["n"] + m["per_database"]["svdb"]["n"] == m["n"]
+    assert m["per_database"]["mitdb"]["per_class"]["V"]["n"] > 400  # 119's V beats
+    assert m["cross_database"]["svdb"]["trained_on"] == ["mitdb"]
+    assert m["cross_database"]["mitdb"]["n"] == m["per_database"]["mitdb"]["n"]
+    for fold in m["folds"]:  # each fold held out patients of both databases
+        assert {database_of(r) for r in fold["records"]} == {"mitdb", "svdb"}
+    # The daemon loads it and classifies a 128 Hz stream with the adaptive inputs.
+    model = load_model(out, device="cpu")
+    assert model.rr_features == tuple(features)
+    record = load_record("svdb:802", DataConfig(folder=str(data_dir)))
+    pipeline = StreamPipeline("s", record.fs, "ECG1", Config(), model, None)
+    x = record.signal[: int(60 * record.fs), :1]
+    jobs = []
+    for pos in range(0, x.shape[0], 64):
+        pipeline.feed(Chunk("s", record.fs, ("ECG1",), pos, x[pos : pos + 64].copy()))
+        jobs.extend(pipeline.take_jobs())
+    jobs.extend(pipeline.finish())
+    beats = [b for b in run_jobs(jobs, {"beat": model}) if isinstance(b, BeatMessage)]
+    assert len(beats) > 50 and sum(b.label is not None for b in beats) >= len(beats) - 1

@@ -13,7 +13,7 @@ from ecgmon.config import Config
 
 
 def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from ecgmon.monitor.dsp.beat_features import RR_FEATURES
+    from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, RR_FEATURES
 
     p = sub.add_parser(
         "train", parents=[common], help="train a classifier on DS1 records and export it",
@@ -24,7 +24,12 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("model", choices=["beat", "beat-spectrogram", "segment", "pcg"], help="which network")
     add_train_pcg_options(p)
     p.add_argument("--records", nargs="+", metavar="REC",
-                   help="training records (default: the de Chazal DS1 records found locally)")
+                   help="training records, MIT-BIH names or DB:RECORD specs (default: the records of --db)")
+    p.add_argument("--db", nargs="+", default=["mitdb"], metavar="DB",
+                   help="without --records: train on these databases, mitdb's de Chazal DS1 records "
+                        "and every record of the others (e.g. --db mitdb svdb); with --folds the "
+                        "card reports each database and, for two or more, across databases "
+                        "(trained on the others, scored on one)")
     p.add_argument("--val-records", nargs="+", metavar="REC",
                    help="held-out records for early stopping (default: --n-val drawn from --records)")
     p.add_argument("--n-val", type=int, default=4, help="records held out when --val-records is not given")
@@ -38,15 +43,17 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
     p.add_argument("--patience", type=int, default=5,
                    help="held-out records: epochs without improvement before stopping (not with --folds or pcg)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--channel", type=channel_arg, default=0, help="channel index or name")
+    p.add_argument("--channel", type=channel_arg, nargs="+", default=[0], metavar="CHANNEL",
+                   help="channel index or name; several are preferences, the first a record has wins "
+                        "(--channel MLII 0: MLII where there is one, else the first channel, as for svdb)")
     p.add_argument("--class-weight-power", type=float, default=0.5,
                    help="class weights ∝ count^-power (0.5: 1/sqrt(count); 1: inverse frequency)")
     p.add_argument("--majority-fraction", type=float, default=1.0, metavar="F",
                    help="each epoch trains on a fresh random fraction F of the commonest class (N)")
     p.add_argument("--min-class-count", type=int, default=50, metavar="N",
                    help="classes with fewer training examples are not learnt (weight 0)")
-    p.add_argument("--rr-features", nargs="+", choices=RR_FEATURES, default=list(RR_FEATURES), metavar="NAME",
-                   help=f"beat models: RR inputs, in order (of {', '.join(RR_FEATURES)})")
+    p.add_argument("--rr-features", nargs="+", choices=BEAT_FEATURES, default=list(RR_FEATURES), metavar="NAME",
+                   help=f"beat models: RR and patient-adaptive inputs, in order (of {', '.join(BEAT_FEATURES)})")
     p.add_argument("--jitter", type=int, default=0, metavar="SAMPLES",
                    help="beat models: random R shift of up to this many samples each way in training")
     p.add_argument("--noise", type=float, default=0.0,
@@ -60,11 +67,21 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         return cmd_train_pcg(args, config)
     from ecgmon.models.aami import DS1
     from ecgmon.models.datasets import record_id
+    from ecgmon.replay.records import database_record_names
     from ecgmon.models.trainer import TrainingJob, split_records, train_model
     from ecgmon.models.training import TrainSettings
     from ecgmon.replay.records import RecordError
 
-    records = [record_id(r) for r in (args.records or DS1)]
+    if args.records:
+        records = [record_id(r) for r in args.records]
+    else:
+        records = []
+        for db in dict.fromkeys(args.db):
+            try:
+                names = list(DS1) if db == "mitdb" else database_record_names(db, config.data)
+            except RecordError as err:
+                raise CommandError(str(err)) from None
+            records += [record_id(n if db == "mitdb" else f"{db}:{n}") for n in names]
     if args.folds:
         if args.val_records:
             raise CommandError("--folds holds records out itself: give no --val-records")
@@ -89,13 +106,14 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     held = f"--folds {args.folds}" if args.folds else f"--val-records {' '.join(val)} --patience {args.patience}"
     command = (f"ecgmon train {args.model} --records {' '.join(train)} {held} "
                f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
-               f"--seed {args.seed} --channel {args.channel} --class-weight-power {args.class_weight_power:g} "
+               f"--seed {args.seed} --channel {' '.join(map(str, args.channel))} --class-weight-power {args.class_weight_power:g} "
                f"--majority-fraction {args.majority_fraction:g} --min-class-count {args.min_class_count}")
     if args.model != "segment":
         command += (f" --rr-features {' '.join(args.rr_features)} --jitter {args.jitter} "
                     f"--noise {args.noise:g}")
     command += f" --out {args.out}"
-    job = TrainingJob(args.model, train, val, Path(args.out), command, settings, args.channel,
+    channel = args.channel[0] if len(args.channel) == 1 else tuple(args.channel)
+    job = TrainingJob(args.model, train, val, Path(args.out), command, settings, channel,
                       folds=args.folds, rr_features=tuple(args.rr_features), jitter=args.jitter,
                       noise=args.noise)
     try:
@@ -107,6 +125,14 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     per = ", ".join(f"{c} Se {v['se']} +P {v['ppv']}" for c, v in m["per_class"].items() if v["n"])
     where = f"{args.folds}-fold by record, pooled" if args.folds else f"held-out records {' '.join(val)}"
     log.info("wrote %s: %s: macro-F1 %s; %s", args.out, where, m["macro_f1"], per)
+    if m.get("per_database"):
+        from ecgmon.models.databases import describe
+
+        for db, report in m["per_database"].items():
+            log.info("  %s (%d records, in the pooled folds): %s", db, report["records"], describe(report))
+        for db, report in m.get("cross_database", {}).items():
+            log.info("  %s scored by a model trained on %s only: %s", db, "+".join(report["trained_on"]),
+                     describe(report))
     return 0
 
 

@@ -39,7 +39,8 @@ from ecgmon.models.export import export_torchscript
 from ecgmon.scores import class_report
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, SegmentAttentionCNN, card_template
 from ecgmon.models.training import FitResult, TrainSettings, fit, predict, set_seed
-from ecgmon.monitor.dsp.beat_features import RR_FEATURES
+from ecgmon.models.databases import cross_database, per_database
+from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, RR_FEATURES
 
 NAMES = {"beat": "beat-cnn-bilstm", "beat-spectrogram": "beat-spectrogram-cnn", "segment": "segment-attention-cnn"}
 
@@ -52,9 +53,9 @@ class TrainingJob:
     out: Path
     command: str
     settings: TrainSettings
-    channel: int | str = 0
+    channel: int | str | tuple[int | str, ...] = 0  # several: preferences, the first a record has
     folds: int = 0  # k-fold by record over train_records (0: measure on val_records)
-    rr_features: tuple[str, ...] = RR_FEATURES  # beat models: RR inputs by name, in order
+    rr_features: tuple[str, ...] = RR_FEATURES  # beat models: RR and adaptive inputs by name (BEAT_FEATURES), in order
     jitter: int = 0  # beat models: random R shift in training, up to this many samples each way
     noise: float = 0.0  # beat models: white noise in training, times the window's std
 
@@ -83,7 +84,7 @@ def _inputs(job: TrainingJob, rows: BeatSet | SegmentSet, training: bool) -> tup
     if isinstance(rows, SegmentSet):
         return (rows.windows,)
     windows = rows.windows if training else centre_crop(rows.windows, job.jitter)
-    columns = [RR_FEATURES.index(name) for name in job.rr_features]
+    columns = [BEAT_FEATURES.index(name) for name in job.rr_features]
     return windows, np.ascontiguousarray(rows.rr[:, columns])
 
 
@@ -124,13 +125,14 @@ class CrossValidation:
     pooled: dict
     folds: list[dict] = field(default_factory=list)
     models: list[tuple[nn.Module, list[str], list[str]]] = field(default_factory=list)
+    per_database: dict[str, dict] = field(default_factory=dict)  # the pooled report per database
 
 
 def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[str]) -> CrossValidation:
     """k models, each trained a fixed ``settings.epochs`` on the other folds' records and
     run on its own fold's; metrics per fold and over all folds' predictions pooled."""
     settings = replace(job.settings, patience=None)
-    labels, probabilities, folds, models = [], [], [], []
+    labels, probabilities, folds, models, held_records = [], [], [], [], []
     for i, (train, val) in enumerate(record_folds(records, job.folds, job.settings.seed)):
         assert_disjoint(train, val)
         model, result = _fit_on(job, rows, train, val, settings)
@@ -138,11 +140,28 @@ def cross_validate(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[s
         p = predict(model, _inputs(job, held, training=False))
         labels.append(held.labels)
         probabilities.append(p)
+        held_records.append(held.records)
         report = class_report(held.labels, p, job.classes)
         folds.append({"fold": i + 1, "records": val, **_summary(report), "history": result.history})
         models.append((model, train, val))
-    pooled = class_report(np.concatenate(labels), np.concatenate(probabilities), job.classes)
-    return CrossValidation(pooled, folds, models)
+    labels_all, probabilities_all = np.concatenate(labels), np.concatenate(probabilities)
+    pooled = class_report(labels_all, probabilities_all, job.classes)
+    by_db = per_database(labels_all, probabilities_all, np.concatenate(held_records), job.classes)
+    return CrossValidation(pooled, folds, models, by_db if len(by_db) > 1 else {})
+
+
+def across_databases(job: TrainingJob, rows: BeatSet | SegmentSet, records: list[str]) -> dict[str, dict]:
+    """With records of two or more databases: each database scored by a model trained the same
+    fixed epochs on every record of the others (a new ward is a new database)."""
+    settings = replace(job.settings, patience=None)
+
+    def fit(train: list[str], test: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        assert_disjoint(train, test)
+        model, _ = _fit_on(job, rows, train, [], settings)
+        held = rows.of_records(test)
+        return held.labels, predict(model, _inputs(job, held, training=False))
+
+    return cross_database(records, job.classes, fit)
 
 
 def _export_folds(job: TrainingJob, cv: CrossValidation, card_training: dict) -> None:
@@ -199,6 +218,9 @@ def train_model(job: TrainingJob, data: DataConfig) -> dict:
             **cv.pooled,
             "folds": cv.folds,
         }
+        if cv.per_database:
+            metrics["per_database"] = cv.per_database
+            metrics["cross_database"] = across_databases(job, rows, job.train_records)
         _export_folds(job, cv, card_training)
         settings = replace(job.settings, patience=None)
         model, result = _fit_on(job, rows, job.train_records, [], settings)

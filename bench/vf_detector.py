@@ -8,8 +8,8 @@ the reference VF episodes of `ecgmon evaluate alarms` ((VF/(VFL labels and '[' '
 Windows wholly inside an episode are VF, windows clear of every episode by 2 s are not, the
 rest are left out of training. The model is a 22 -> 8 tanh -> 1 network (torch, full batch,
 each record's VF and non-VF windows weighted equally), fitted from 3 random starts whose
-P(VF) is averaged; an alarm needs K consecutive windows
-with P(VF) >= T (and at most fibrillation.HIGH_MAX of the power above 12 Hz).
+P(VF) is averaged; an alarm needs K consecutive windows with P(VF) >= T (and at most
+fibrillation.HIGH_MAX of the power above 12 Hz).
 
 Folds: each record with VF (15 CUDB, MIT-BIH 207) is its own fold, and the records without
 VF (cu02, cu14, the other 26 MIT-BIH records) are dealt over the folds. For each held-out
@@ -17,7 +17,7 @@ fold, K and T are chosen on the other folds alone (inner 4-fold predictions: the
 episodes found within 10 s of onset with at most --max-fph false VF alarms per hour), the
 network is refitted on them, and the held-out records are scored: the held-out figures.
 
-The shipped model is fitted on every record but --holdout (CUDB records kept out of all
+The shipped model is fitted on every record but HOLDOUT (CUDB records kept out of all
 fitting and choosing, for tests/test_vf_detector.py), K and T chosen on its own fold
 predictions; with --write it replaces ecgmon/monitor/alarms/vf_model.py.
 

@@ -9,7 +9,9 @@ Windows wholly inside an episode are VF, windows clear of every episode by 2 s a
 rest are left out of training. The model is a 22 -> 8 tanh -> 1 network (torch, full batch,
 each record's VF and non-VF windows weighted equally), fitted from 3 random starts whose
 P(VF) is averaged; an alarm needs K consecutive windows with P(VF) >= T (and at most
-fibrillation.HIGH_MAX of the power above 12 Hz).
+fibrillation.HIGH_MAX of the power above 12 Hz), or one window passing the fixed flutter
+rule (fibrillation.flutter; --no-flutter-rule leaves it out, to compare). K and T are chosen
+with the rule in place.
 
 Folds: each record with VF (15 CUDB, MIT-BIH 207) is its own fold, and the records without
 VF (cu02, cu14, the other 26 MIT-BIH records) are dealt over the folds. For each held-out
@@ -50,6 +52,7 @@ EPOCHS = 300
 SEEDS = 3
 INNER = 4
 CLEAR_S = AlarmsConfig().clear_s
+FLUTTER_RULE = True  # --no-flutter-rule: the network alone, for comparison
 WITHIN_S = 10.0
 
 
@@ -142,13 +145,15 @@ def decide(p: np.ndarray, hold: int, thr: float) -> np.ndarray:
 
 def alarms(d: dict, vf: np.ndarray, vf_like: np.ndarray) -> list[tuple[float, float]]:
     """Unsuppressed alarm spans as the engine makes them: raised at the first VF decision,
-    cleared CLEAR_S after the last; suppressed while within CLEAR_S of a technical window
-    (noise only when the window is not VF-like); kept if unsuppressed at some time."""
+    cleared CLEAR_S after the last; suppressed at a window when a technical window (noise
+    only when the window is not VF-like) ended within CLEAR_S before it, this one included:
+    the engine knows no later one yet (AlarmEngine.suppressed_at); kept if unsuppressed at
+    some time, as the alarm book then publishes it."""
     t, tech = d["t"], d["tech"]
     bad = (tech[:, 0] > 0) | (tech[:, 1] > 0) | ((np.nan_to_num(tech[:, 2]) >= AlarmsConfig().noise_ratio) & ~vf_like)
     bt = t[bad]
-    j = np.searchsorted(bt, t - CLEAR_S)
-    sup = (j < bt.size) & (bt[np.minimum(j, max(bt.size - 1, 0))] - fibrillation.WINDOW_S - CLEAR_S <= t) if bt.size else np.zeros(t.size, bool)
+    j = np.searchsorted(bt, t - CLEAR_S - 1e-9)
+    sup = (j < bt.size) & (bt[np.minimum(j, max(bt.size - 1, 0))] <= t + 1e-9) if bt.size else np.zeros(t.size, bool)
     spans, cur, last = [], None, 0.0
     for ti, on, si in zip(t, vf, sup):
         if on:
@@ -177,8 +182,12 @@ def score(d: dict, spans: list[tuple[float, float]], tol: float = 5.0) -> tuple[
 def run(data: dict, P: dict, recs: list[str], hold: int, thr: float) -> dict:
     rows = {}
     for r in recs:
-        like = fibrillation.vf_like(P[r], data[r]["X"], thr)
-        spans = alarms(data[r], decide(np.where(like, P[r], 0.0), hold, thr), like)
+        X = data[r]["X"]
+        like = fibrillation.vf_like(P[r], X, thr)
+        vf = decide(np.where(like, P[r], 0.0), hold, thr)
+        if FLUTTER_RULE:  # the engine's single-window flutter rule, ORed as the engine does
+            vf = vf | fibrillation.flutter(X)
+        spans = alarms(data[r], vf, like)
         rows[r] = score(data[r], spans)
     delays = [x for r in recs for x in rows[r][0]]
     hours = sum(data[r]["hours"] for r in recs)
@@ -250,7 +259,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# An alarm needs HOLD_WINDOWS consecutive 1 s-step windows with P(VF) >= P_VF.
+# An alarm needs HOLD_WINDOWS consecutive 1 s-step windows with P(VF) >= P_VF (or one window
+# passing fibrillation.flutter).
 P_VF = {thr}
 HOLD_WINDOWS = {hold}
 
@@ -278,7 +288,10 @@ def main() -> None:
     ap.add_argument("--max-fph", type=float, default=1.0, help="false VF per hour allowed when choosing K and T")
     ap.add_argument("--cache", default="", help="pickle of the measured records (made if missing)")
     ap.add_argument("--write", action="store_true", help="write ecgmon/monitor/alarms/vf_model.py")
+    ap.add_argument("--no-flutter-rule", action="store_true", help="the network alone (no single-window flutter rule)")
     args = ap.parse_args()
+    global FLUTTER_RULE
+    FLUTTER_RULE = not args.no_flutter_rule
     config = Config()
     root = Path(os.environ.get("ECGMON_DATA", config.data.folder))
     if args.cache and Path(args.cache).is_file():
@@ -328,7 +341,8 @@ def main() -> None:
     if args.write:
         path = Path(fibrillation.__file__).with_name("vf_model.py")
         note = (f"Fitted on {len(train)} records (CUDB cu01-cu17 but {', '.join(HOLDOUT)}; the MIT-BIH records of\n"
-                f"../shared/data), K and T chosen on their fold predictions with at most {args.max_fph:g} false VF/h.")
+                f"../shared/data), K and T chosen on their fold predictions with at most {args.max_fph:g} false VF/h"
+                f"{', the' + chr(10) + 'flutter rule in place' if FLUTTER_RULE else ''}.")
         write_model(m, hold, thr, path, note)
         print(f"wrote {path}")
 

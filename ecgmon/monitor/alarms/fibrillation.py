@@ -7,7 +7,10 @@ that every stream rate 125-1000 Hz is measured alike) gets 22 classic measures f
 shock-advisory literature, and a small network (22 -> 8 tanh -> 1, three fits averaged,
 weights in ``vf_model.py``) turns them into P(VF). An alarm needs ``HOLD_WINDOWS`` consecutive windows
 at ``P_VF`` or more, none with more than ``HIGH_MAX`` of its power above 12 Hz (muscle
-noise). The measures:
+noise); or one window that passes the single-window flutter rule the engine used before the
+network (``flutter``: large most of the time, its power around one frequency of 2.5 Hz or
+more, sine-like). The network needs ``HOLD_WINDOWS`` windows and misses a flutter shorter
+than that (mitdb 207's 4.5 s run at 242.1 s); the rule catches it. The measures:
 
 - threshold-crossing sample counts at 10, 20 and 50 % of the window's peak (TCSC, Arafat
   et al. 2009) and the mean magnitude over the peak (MEA): a QRS complex is a narrow spike
@@ -48,6 +51,12 @@ VF_BAND_HZ = (DOMINANT_HZ[0], DOMINANT_HZ[1])
 PSR_LAG_S = 0.5
 GRID = 40
 HIGH_MAX = 0.3  # share of power above 12 Hz beyond which a window is not VF (see vf_like)
+# The single-window flutter rule (``flutter``), the engine's VF rule before the network;
+# its thresholds are that rule's, not fitted here.
+FLUTTER_TCSC = 0.4
+FLUTTER_CONCENTRATION = 0.4
+FLUTTER_LEAKAGE = 0.5
+FLUTTER_MIN_HZ = 2.5
 NAMES = (
     "tcsc", "leakage", "dominant_hz", "concentration", "high_fraction", "low_fraction", "kurtosis",
     "zero_crossings_ps", "peaks_ps", "ac_vf", "ac_beat", "mea", "bcp", "vf_band", "tcsc10", "tcsc50",
@@ -166,38 +175,66 @@ def probability(feats: np.ndarray, models: tuple[vf_model.Weights, ...] | None =
 
 
 def vf_like(p: np.ndarray, feats: np.ndarray, threshold: float) -> np.ndarray:
-    """Windows that count as VF: P(VF) at ``threshold`` or more and at most ``HIGH_MAX`` of the
-    power above 12 Hz. VF and flutter keep their power below 10 Hz (Barro's spectral
+    """Windows the network calls VF: P(VF) at ``threshold`` or more and at most ``HIGH_MAX`` of
+    the power above 12 Hz. VF and flutter keep their power below 10 Hz (Barro's spectral
     detector rests on it; 99 % of the VF windows of CUDB and 207 have under 0.3 above 12 Hz)
     while muscle noise spreads it up (nstdb 'ma' at -6 dB: median 0.54); the network, which
-    never saw heavy muscle noise, is not asked about it."""
+    never saw heavy muscle noise, is not asked about it. Such a window is not "noise: cannot
+    analyse" however busy it is (a flutter-rule window is: the rule was never set against noise)."""
     return (np.asarray(p) >= threshold) & (np.atleast_2d(feats)[:, NAMES.index("high_fraction")] <= HIGH_MAX)
+
+
+def flutter(feats: np.ndarray) -> np.ndarray:
+    """The single-window flutter rule: TCSC above ``FLUTTER_TCSC`` (large most of the time),
+    more than ``FLUTTER_CONCENTRATION`` of the power within 1 Hz of a dominant frequency of
+    ``FLUTTER_MIN_HZ`` or more, VF-filter leakage under ``FLUTTER_LEAKAGE`` (sine-like), and
+    no more than ``HIGH_MAX`` above 12 Hz. One window is enough (bench/vf_detector.py measures
+    the false alarms it adds: 1 in CUDB held out). Unlike a network VF window, a rule window
+    that is noisy stays noisy, and the noise alarm suppresses its VF alarm."""
+    f = np.atleast_2d(feats)
+    col = {n: f[:, NAMES.index(n)] for n in ("tcsc", "concentration", "leakage", "dominant_hz", "high_fraction")}
+    return (
+        (col["tcsc"] > FLUTTER_TCSC) & (col["concentration"] > FLUTTER_CONCENTRATION)
+        & (col["leakage"] < FLUTTER_LEAKAGE) & (col["dominant_hz"] >= FLUTTER_MIN_HZ)
+        & (col["high_fraction"] <= HIGH_MAX)
+    )
 
 
 class VFDetector:
     """Per stream: P(VF) of each analysis window and the alarm decision (``hold`` consecutive
-    windows at ``threshold`` or more)."""
+    windows at ``threshold`` or more, or this window passing the flutter rule)."""
 
     def __init__(self, fs: float, threshold: float | None = None, hold: int | None = None) -> None:
         self.fs = float(fs)
         self.threshold = vf_model.P_VF if threshold is None else threshold
         self.hold = vf_model.HOLD_WINDOWS if hold is None else hold
         self._recent: deque[float] = deque(maxlen=self.hold)
+        self._streak = 0  # consecutive windows, ending at the last, VF-like or passing the rule
+        self.run_windows = 1  # windows the current VF decision rests on (its onset: their first start)
 
     def reset(self) -> None:
         self._recent.clear()
+        self._streak = 0
+        self.run_windows = 1
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
-        """One window of the filtered ECG: its P(VF), whether it is VF-like (``vf_like``), and
-        whether VF holds (the alarm's condition: this and the ``hold - 1`` windows before it
-        all VF-like)."""
+        """One window of the filtered ECG: its P(VF), whether the network calls it VF
+        (``vf_like``), and whether VF holds (the alarm's condition: this and the ``hold - 1``
+        windows before it all VF-like, or this one passing the flutter rule)."""
         x = analysis_window(filtered, self.fs)
         feats = features(x[None, :])
         p = float(probability(feats)[0])
         like = bool(vf_like(np.array([p]), feats, self.threshold)[0])
         self._recent.append(p if like else 0.0)
-        return p, like, len(self._recent) == self.hold and min(self._recent) >= self.threshold
+        held = len(self._recent) == self.hold and min(self._recent) >= self.threshold
+        rule = bool(flutter(feats)[0])
+        self._streak = self._streak + 1 if like or rule else 0
+        # A rule alarm rests on this window (and the VF-like ones just before, up to hold).
+        self.run_windows = self.hold if held else max(1, min(self._streak, self.hold))
+        return p, like, held or rule
 
     def skip(self) -> None:
         """A window that could not be measured (missing samples, leads off) breaks the run."""
         self._recent.append(0.0)
+        self._streak = 0
+        self.run_windows = 1

@@ -1,7 +1,8 @@
 """The VF/flutter networks of fibrillation.py, written by bench/vf_detector.py --write.
 
 Fitted on 41 records (CUDB cu01-cu17 but cudb:cu15, cudb:cu16, cudb:cu17; the MIT-BIH records of
-../shared/data), K and T chosen on their fold predictions with at most 1 false VF/h.
+../shared/data), K and T chosen on their fold predictions with at most 1 false VF/h, the
+flutter rule in place.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# An alarm needs HOLD_WINDOWS consecutive 1 s-step windows with P(VF) >= P_VF.
+# An alarm needs HOLD_WINDOWS consecutive 1 s-step windows with P(VF) >= P_VF (or one window
+# passing fibrillation.flutter).
 P_VF = 0.96
-HOLD_WINDOWS = 3
+HOLD_WINDOWS = 5
 
 
 @dataclass(frozen=True)

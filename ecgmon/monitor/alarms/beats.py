@@ -38,6 +38,12 @@ DIFFERENT = 0.4
 # in a run, it does not make one. Clearly ventricular beats the model calls N (slow,
 # alternating-morphology V-tach of record 223) still count.
 VTACH_STRONG_SHARE = 0.5
+# Where the two QRS detectors agree on less than this share of beats (bSQI, quality.py) the
+# signal is doubtful: electrode motion makes runs of wide "beats" unlike the template and
+# unlike each other, so the morphology cues no longer count and V-tach needs the beat model
+# to call at least this share of the run ventricular (V, or F: fusion of V and N).
+CLEAN_AGREEMENT = 0.9
+DOUBTFUL_V_SHARE = 0.8
 # Beats for the user HR limits (the displayed HR's span).
 HR_BEATS = 9
 # Atrial fibrillation: irregularity of the RR intervals not touching a ventricular beat.
@@ -57,6 +63,7 @@ class BeatInfo:
     label: str | None
     ventricular: bool
     strong: bool = False  # V to the model, or wide and unlike the template (not merely a different shape)
+    quality: float | None = None  # bSQI of the signal up to the beat (None: not known yet)
 
 
 def is_ventricular(label: str | None, morph: Morphology | None) -> tuple[bool, bool]:
@@ -109,8 +116,7 @@ class BeatRhythm:
         run = self._run
         n = len(run)
         rate = _rate(run)
-        share = sum(b.strong for b in run) / n
-        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and share >= VTACH_STRONG_SHARE:
+        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and _ventricular_enough(run):
             self._run_was_vtach = True
             return [Observation("vtach", t, True, run[0].t, f"V-tach {rate:.0f} bpm, {n} beats", round(rate, 1))]
         return []
@@ -177,6 +183,15 @@ class BeatRhythm:
         share = float(np.mean(d > AF_DIFF_S))
         present = nrmssd > AF_NRMSSD and share > AF_SHARE
         return [Observation("afib", t, present, float(tt[0]), f"A-fib, irregular RR ({nrmssd:.2f})", round(nrmssd, 3), cfg.afib_hold_s)]
+
+
+def _ventricular_enough(run: list[BeatInfo]) -> bool:
+    """Whether a fast run is V-tach: clearly ventricular beats enough, by the model's word
+    alone where the signal is doubtful."""
+    quality = min((b.quality for b in run if b.quality is not None), default=None)
+    if quality is not None and quality < CLEAN_AGREEMENT:
+        return sum(b.label in ("V", "F") for b in run) / len(run) >= DOUBTFUL_V_SHARE
+    return sum(b.strong for b in run) / len(run) >= VTACH_STRONG_SHARE
 
 
 def _rate(run: list[BeatInfo]) -> float:

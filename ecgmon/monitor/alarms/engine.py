@@ -21,6 +21,7 @@ from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
 from ecgmon.monitor.alarms.morphology import REGULAR_RR, Morphology, MorphologyTracker
 from ecgmon.monitor.alarms.observation import Observation
+from ecgmon.monitor.alarms.quality import NOISE_AGREEMENT, BeatAgreement
 from ecgmon.monitor.alarms.technical import TechnicalMonitor
 # A beat is classified once the next beat is detected or this long after its R peak: the
 # pipeline's rule, which the alarms date their beat decisions by.
@@ -63,6 +64,7 @@ class AlarmEngine:
         (asystole), the noise baseline and the normal template of before the gap mean nothing."""
         self._since = start  # where the current continuous stretch of signal began
         self._tech = TechnicalMonitor(self.fs, self.cfg)
+        self._agreement = BeatAgreement(self.fs, start)  # bSQI: the two QRS detectors' agreement
         self._vf = fibrillation.VFDetector(self.fs)  # P(VF) per window, the run of VF windows
         self._morph = MorphologyTracker(self.fs)
         self._raw = np.zeros(0)
@@ -99,6 +101,7 @@ class AlarmEngine:
         self._filt = np.concatenate([self._filt, np.asarray(filtered, dtype=np.float64)])
         out: list[AlarmMessage] = []
         beats = sorted(beats, key=lambda b: b[1])
+        self._agreement.feed(self._filt[-raw.size:], beats)
         for r, det in beats:
             if self._prev_detected is not None:
                 self._detected[self._prev_detected] = det
@@ -130,20 +133,26 @@ class AlarmEngine:
         t = e / self.fs
         raw, filt = self._window(e, self._win)
         state = self._tech.assess(raw, filt, self._step)
+        agreement = self._agreement.check(e)
         vf = vf_like = False
         if filt.size == self._win and np.isfinite(filt).all() and not (state.leads_off or state.signal_loss):
             _, vf_like, vf = self._vf.window(filt)
         else:
             self._vf.skip()
+        # Noise: a busy baseline (median slope), or QRS detectors of two kinds that no longer
+        # agree on the beats (electrode motion makes beat-like artefacts, the slope hardly rises).
         # A VF-like window is fast and busy, as noise is: VF is not "noise: cannot analyse".
-        noisy = state.noise_ratio is not None and state.noise_ratio >= self.cfg.noise_ratio and not vf_like
+        busy = state.noise_ratio is not None and state.noise_ratio >= self.cfg.noise_ratio
+        disagree = agreement is not None and agreement < NOISE_AGREEMENT
+        noisy = (busy or disagree) and not vf_like
+        why = f"{state.noise_ratio or 0:.1f}x" if busy or not disagree else f"QRS detectors agree on {agreement:.0%}"
         start = t - raw.size / self.fs
         obs = [
             Observation("leads_off", t, state.leads_off, t - 2.0, "Leads off / flat line"),
             Observation("signal_loss", t, state.signal_loss, t - STEP_S, "Signal loss: samples missing"),
             Observation("clipping", t, state.clipping, start, "Signal clipped"),
             Observation(
-                "noise", t, noisy, start, f"Noise: cannot analyse ({state.noise_ratio or 0:.1f}x)",
+                "noise", t, noisy, start, f"Noise: cannot analyse ({why})",
                 round(state.noise_ratio, 2) if state.noise_ratio else None,
             ),
         ]
@@ -233,6 +242,7 @@ class AlarmEngine:
         # When the live pipeline knows the class: at the next beat's detection, or after the wait.
         t_known = min(nxt / self.fs, t + MAX_WAIT_S) if nxt is not None else t + MAX_WAIT_S
         ventricular, strong = is_ventricular(msg.label, morph)
+        quality = self._agreement.at(msg.sample) if current else None
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
@@ -240,7 +250,7 @@ class AlarmEngine:
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
         self._unclassified.pop(msg.sample, None)
-        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong), t_known)
+        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong, quality), t_known)
         # Beat conditions end on the beats' own clock, however late the classes came.
         return self._apply(obs) + self.book.tick(t_known - MAX_WAIT_S, BEAT_KINDS)
 

@@ -4,6 +4,8 @@ through the whole pipeline with the shipped models (its ventricular flutter foun
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -205,3 +207,17 @@ def test_cli_unknown_record_is_one_error_line(tmp_path, capsys) -> None:
     assert main(["evaluate", "alarms", "nosuchdb:1", "--out", str(tmp_path)]) != 0
     err = capsys.readouterr().err
     assert "nosuchdb:1" in err and "Traceback" not in err
+
+
+def test_cross_validated_alarms_classify_each_record_by_the_fold_that_held_it_out(tmp_path) -> None:
+    # The shipped beat model's fold models (ecgmon/models/weights/beat-cnn-bilstm.folds/).
+    report = tmp_path / "alarms.json"
+    assert main(["evaluate", "alarms", "mitdb:119", "mitdb:100", "--cross-validated", "--out", str(tmp_path),
+                 "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["mode"].startswith("cross-validated") and result["command"]["cross_validated"]
+    held = {r: f["name"] for f in result["fold_models"] for r in f["held_out_records"]}
+    by = {r["record"]: r for r in result["per_record"]}
+    assert by["mitdb:119"]["beat_model"] == held["119"] != "beat-cnn-bilstm"
+    assert by["mitdb:100"]["beat_model"] == "beat-cnn-bilstm" and "100" not in held
+    assert not any(r["trained_on"] for r in result["per_record"])

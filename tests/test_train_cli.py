@@ -14,12 +14,15 @@ from ecgmon.monitor.model_loader import load_model
 
 
 @pytest.fixture(scope="module")
-def folds_trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def folds_trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
     """One epoch on two records with 2 folds: the shipped file (its fold models beside it)."""
     out = tmp_path_factory.mktemp("train") / "beat.pt"
-    code = main(["train", "beat", "--records", "119", "101", "--folds", "2", "--epochs", "1",
-                 "--channel", "MLII", "--jitter", "3", "--noise", "0.05",
-                 "--rr-features", "post_rr_norm", "pre_rr_norm", "--out", str(out)])
+    # A module fixture runs before the per-test ECGMON_DATA of conftest: set it here too.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("ECGMON_DATA", str(data_dir))
+        code = main(["train", "beat", "--records", "119", "101", "--folds", "2", "--epochs", "1",
+                     "--channel", "MLII", "--jitter", "3", "--noise", "0.05",
+                     "--rr-features", "post_rr_norm", "pre_rr_norm", "--out", str(out)])
     assert code == 0
     return out
 

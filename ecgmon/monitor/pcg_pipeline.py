@@ -149,7 +149,6 @@ class PcgPipeline:
         return None if env is None else envelope_rate_bpm(env, self.env_fs)
 
     def _update_message(self, due: int) -> PcgMessage:
-        now_s = (due + (self._offset or 0)) / self.fs
         self.hr_bpm = self._rate(due)
         self.quality = round(self._window_quality(due), 3)
         end = due // self._dec

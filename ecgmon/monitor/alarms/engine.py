@@ -19,9 +19,9 @@ from ecgmon.monitor.alarms import fibrillation
 from ecgmon.monitor.alarms.beats import BeatInfo, BeatRhythm, is_ventricular
 from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
-from ecgmon.monitor.alarms.morphology import REGULAR_RR, Morphology, MorphologyTracker
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.alarms.quality import NOISE_AGREEMENT, BeatAgreement
+from ecgmon.monitor.dsp.beat_template import BeatTemplate, Morphology
 from ecgmon.monitor.alarms.technical import TechnicalMonitor
 # A beat is classified once the next beat is detected or this long after its R peak: the
 # pipeline's rule, which the alarms date their beat decisions by.
@@ -33,6 +33,8 @@ BUFFER_S = 10.0  # signal kept: the analysis window plus room for late morpholog
 BEAT_KINDS = ("vtach", "pvc_run", "couplet", "bigeminy", "trigeminy", "brady", "tachy", "hr_low", "hr_high", "afib")
 SIGNAL_KINDS = ("asystole", "vfib") + TECHNICAL
 MAX_PENDING = 64
+# Normal beats that teach the template: regular, i.e. RR within this fraction of the last one.
+REGULAR_RR = 0.2
 # A detected beat whose class has not come back after this much signal time is given up on
 # (its job failed or was dropped); until then beat alarms are not cleared past it.
 UNCLASSIFIED_STALE_S = 30.0
@@ -66,7 +68,7 @@ class AlarmEngine:
         self._tech = TechnicalMonitor(self.fs, self.cfg)
         self._agreement = BeatAgreement(self.fs, start)  # bSQI: the two QRS detectors' agreement
         self._vf = fibrillation.VFDetector(self.fs)  # P(VF) per window, the run of VF windows
-        self._morph = MorphologyTracker(self.fs)
+        self._morph = BeatTemplate(self.fs)  # the patient's normal beats, for wide/unlike complexes
         self._raw = np.zeros(0)
         self._filt = np.zeros(0)
         self._buf_start = start  # stream index of the buffers' first sample

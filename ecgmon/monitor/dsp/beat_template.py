@@ -1,6 +1,6 @@
 """The patient's own running dominant-beat template, and how a beat's QRS compares with it.
 
-Pure numpy with explicit state, so the alarm engine (``monitor.alarms.morphology``), the live
+Pure numpy with explicit state, so the alarm engine (``monitor.alarms``), the live
 beat classifier's patient-adaptive inputs (``beat_features.AdaptiveFeatures``) and training
 (``models.datasets``, through the same class) measure beats one way. Ventricular beats are
 wide and unlike the patient's supraventricular beats whatever the lead; comparing each beat

@@ -103,7 +103,7 @@ class AlarmEngine:
         self._filt = np.concatenate([self._filt, np.asarray(filtered, dtype=np.float64)])
         out: list[AlarmMessage] = []
         beats = sorted(beats, key=lambda b: b[1])
-        self._agreement.feed(self._filt[-raw.size:], beats)
+        self._agreement.feed(filtered, beats)
         for r, det in beats:
             if self._prev_detected is not None:
                 self._detected[self._prev_detected] = det

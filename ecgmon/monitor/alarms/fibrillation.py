@@ -33,7 +33,6 @@ CUDB records never used) is ``bench/vf_detector.py``; the README gives the figur
 
 from __future__ import annotations
 
-from collections import deque
 from fractions import Fraction
 
 import numpy as np
@@ -208,12 +207,12 @@ class VFDetector:
         self.fs = float(fs)
         self.threshold = vf_model.P_VF if threshold is None else threshold
         self.hold = vf_model.HOLD_WINDOWS if hold is None else hold
-        self._recent: deque[float] = deque(maxlen=self.hold)
+        self._like = 0  # consecutive windows, ending at the last, the network calls VF
         self._streak = 0  # consecutive windows, ending at the last, VF-like or passing the rule
         self.run_windows = 1  # windows the current VF decision rests on (its onset: their first start)
 
     def reset(self) -> None:
-        self._recent.clear()
+        self._like = 0
         self._streak = 0
         self.run_windows = 1
 
@@ -225,8 +224,8 @@ class VFDetector:
         feats = features(x[None, :])
         p = float(probability(feats)[0])
         like = bool(vf_like(np.array([p]), feats, self.threshold)[0])
-        self._recent.append(p if like else 0.0)
-        held = len(self._recent) == self.hold and min(self._recent) >= self.threshold
+        self._like = self._like + 1 if like else 0
+        held = self._like >= self.hold
         rule = bool(flutter(feats)[0])
         self._streak = self._streak + 1 if like or rule else 0
         # A rule alarm rests on this window (and the VF-like ones just before, up to hold).
@@ -235,6 +234,6 @@ class VFDetector:
 
     def skip(self) -> None:
         """A window that could not be measured (missing samples, leads off) breaks the run."""
-        self._recent.append(0.0)
+        self._like = 0
         self._streak = 0
         self.run_windows = 1

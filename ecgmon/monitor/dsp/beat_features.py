@@ -11,7 +11,7 @@ from collections import deque
 
 import numpy as np
 
-from ecgmon.monitor.dsp.beat_template import TEMPLATE_ALPHA, BeatTemplate
+from ecgmon.monitor.dsp.beat_template import BeatTemplate, learning_weight
 
 # Models run at one rate: MIT-BIH's own, so its 27 training records need no resampling;
 # other sources are resampled to it.
@@ -225,7 +225,7 @@ class AdaptiveFeatures:
         regular = ok and out[0] >= LEARN_MIN_PRE_LOCAL and bool(np.isfinite(w).all())
         if regular:
             if m.correlation is None or m.correlation >= LEARN_MIN_CORR:
-                alpha = max(TEMPLATE_ALPHA, 1.0 / (self.template.learnt + 1))
+                alpha = learning_weight(self.template.learnt)
                 self._wave = w.copy() if self._wave is None else self._wave + alpha * (w - self._wave)
                 self.template.learn(complex_)
                 self._misses = 0

@@ -66,6 +66,12 @@ def difference(w: np.ndarray, template: np.ndarray) -> float | None:
     return float(np.sqrt(max(0.0, 1.0 - cos * cos)))
 
 
+def learning_weight(learnt: int) -> float:
+    """The weight of the next beat folded into a template of ``learnt`` beats: a running mean
+    at first, then an exponential one that follows slow changes."""
+    return max(TEMPLATE_ALPHA, 1.0 / (learnt + 1))
+
+
 class BeatTemplate:
     """Keeps a running template of chosen beats' QRS complexes and measures beats against it.
 
@@ -133,9 +139,7 @@ class BeatTemplate:
         if self._template is None:
             self._template = complex_.astype(np.float64).copy()
         else:
-            # A running mean at first, then an exponential one that follows slow changes.
-            alpha = max(TEMPLATE_ALPHA, 1.0 / (self._normals + 1))
-            self._template += alpha * (complex_ - self._template)
+            self._template += learning_weight(self._normals) * (complex_ - self._template)
         self._template_width = qrs_width(self._template, self.fs)
         self._template_ptp = float(np.ptp(self._template))
         self._normals += 1

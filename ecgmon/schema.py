@@ -131,17 +131,23 @@ class PcgClassMessage(Message):
 
     kind: Literal["pcg_class"] = "pcg_class"
     time_s: float = Field(description="signal time of the window's end")
-    label: str = Field(description="normal or abnormal, for the recording so far")
-    probability: float = Field(description="probability of label, aggregated over windows")
+    label: Literal["normal", "abnormal", "uncertain"] = Field(
+        description="the verdict on the recording so far; uncertain: neither, the model cannot tell (see reason)"
+    )
+    reason: Literal["quality", "near threshold", "windows disagree"] | None = Field(
+        None, description="why the verdict is uncertain; none for normal and abnormal"
+    )
+    probability: float | None = Field(
+        description="the model's probability of label (mean over the aggregated windows); none when uncertain"
+    )
+    p_abnormal: float | None = Field(
+        None, description="mean P(abnormal) of the aggregated windows; none while no window is aggregated"
+    )
+    threshold: float = Field(0.5, description="the model card's threshold on p_abnormal")
     window_probability: float = Field(description="probability of abnormal in the latest window")
-    windows: int = Field(
-        description="windows aggregated: those of quality >= [audio] min_quality; while none is, every window"
-    )
+    windows: int = Field(description="windows aggregated: those of quality >= [audio] min_quality")
     window_quality: float | None = Field(None, description="signal-quality index of the latest window")
-    rejected: int = Field(
-        0, description="windows below [audio] min_quality, left out of the verdict (while every window "
-        "is below it, all are aggregated and rejected equals windows)",
-    )
+    rejected: int = Field(0, description="windows below [audio] min_quality, left out of the verdict")
 
 
 class StreamStatus(BaseModel):

@@ -159,3 +159,26 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = THR
         "threshold": threshold,
         "confusion": {"classes": ["normal", "abnormal"], "rows_reference_columns_predicted": [[tn, fp], [fn, tp]]},
     }
+
+
+UNCERTAIN_REASONS = ("quality", "near threshold", "windows disagree")
+
+
+def verdict_report(labels: np.ndarray, verdicts: Sequence[str], reasons: Sequence[str | None],
+                   means: np.ndarray, threshold: float) -> dict:
+    """Recording-level figures of verdicts that may abstain: Se, Sp, MAcc and the confusion
+    matrix on the recordings given a verdict ('normal'/'abnormal'), the share given one
+    (coverage), the uncertain ones by reason, and the ROC AUC of the mean P(abnormal) over
+    every recording (which does not depend on the threshold or on abstaining)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    verdicts = np.asarray(verdicts, dtype=object)
+    means = np.asarray(means, dtype=np.float64)
+    called = verdicts != "uncertain"
+    report = binary_report(labels[called], (verdicts[called] == "abnormal").astype(np.float64), 0.5)
+    scored = np.isfinite(means)
+    report["auc"] = auc(labels[scored], means[scored])
+    report["threshold"] = threshold
+    report["recordings"] = int(len(labels))
+    report["coverage"] = round(float(called.mean()), 4) if len(labels) else None
+    report["uncertain"] = {r: int(sum(x == r for x in reasons)) for r in UNCERTAIN_REASONS}
+    return report

@@ -210,6 +210,12 @@ def test_heart_sound_area():
     assert "PCG 75 bpm" in text and "abnormal 83%" in text and "quality 0.90" in text
     marks = [line for line in text.splitlines() if re.search(r"1\s+2\s+1\s+2", line)]
     assert marks, text  # S1 and S2 marks under the envelope
+    # Uncertain is shown as such, with its reason and without a percentage that would read as a measurement.
+    st.receive(0, frames_of(PcgClassMessage(stream="bed1", time_s=8.5, label="uncertain", reason="near threshold",
+                                            probability=None, p_abnormal=0.52, window_probability=0.6,
+                                            windows=4)), now, wall)
+    text = "\n".join(render(st, 80, 24))
+    assert "uncertain: near threshold (4 windows)" in text and "abnormal" not in text and "52%" not in text
 
 
 def test_silent_stream_shows_no_data_with_its_age():

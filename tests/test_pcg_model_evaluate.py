@@ -62,19 +62,35 @@ def test_evaluate_scores_every_usable_recording_and_warns_about_the_rest(
                      "stereo4k.wav: resampled from 4000 Hz"):
         assert expected in text, expected
     assert all("\n" not in w for w in warnings)
-    # The numbers are consistent with the per-recording scores and the card's threshold.
-    threshold = result["decision"]["threshold"]
-    labels = np.array([r["label"] for r in result["recordings"]])
-    called = np.array([r["score"] >= threshold for r in result["recordings"]])
+    # The numbers are consistent with the per-recording verdicts: Se/Sp on those given one.
+    recs = result["recordings"]
+    labels = np.array([r["label"] for r in recs])
+    verdict = np.array([r["verdict"] for r in recs])
+    assert set(verdict) <= {"normal", "abnormal", "uncertain"}
+    called = verdict == "abnormal"
+    given = verdict != "uncertain"
     overall = result["overall"]
     assert overall["confusion"]["rows_reference_columns_predicted"] == [
-        [int(np.sum((labels == 0) & ~called)), int(np.sum((labels == 0) & called))],
-        [int(np.sum((labels == 1) & ~called)), int(np.sum((labels == 1) & called))],
+        [int(np.sum((labels == 0) & given & ~called)), int(np.sum((labels == 0) & called))],
+        [int(np.sum((labels == 1) & given & ~called)), int(np.sum((labels == 1) & called))],
     ]
-    assert overall["macc"] == pytest.approx((overall["se"] + overall["sp"]) / 2, abs=1e-4)
+    assert overall["coverage"] == pytest.approx(given.mean(), abs=1e-4)
+    assert overall["recordings"] == 5 and sum(overall["uncertain"].values()) == int((~given).sum())
+    if overall["se"] is not None and overall["sp"] is not None:
+        assert overall["macc"] == pytest.approx((overall["se"] + overall["sp"]) / 2, abs=1e-4)
+    # A verdict is the mean of the good windows against the threshold, outside the margin.
+    d = result["decision"]
+    for r in recs:
+        if r["verdict"] != "uncertain":
+            assert (r["verdict"] == "abnormal") == (r["p_abnormal"] >= d["threshold"])
+            assert abs(r["p_abnormal"] - d["threshold"]) >= d["margin"] - 1e-4
+        elif r["reason"] == "near threshold":
+            assert abs(r["p_abnormal"] - d["threshold"]) < d["margin"] + 1e-4
+        elif r["reason"] == "quality":
+            assert r["good_windows"] == 0 and r["p_abnormal"] is None
     assert set(result["databases"]) == {"site-1", "site-2"}
     assert result["trained_on"] == []  # the tiny model trained on db-a and db-b
-    assert sum(d["n"] for d in result["databases"].values()) == overall["n"] == 5
+    assert sum(d["recordings"] for d in result["databases"].values()) == overall["recordings"] == 5
     written = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert written["overall"] == overall
     assert (tmp_path / "out" / "roc.png").read_bytes()[:4] == b"\x89PNG"
@@ -97,7 +113,7 @@ def test_cli_evaluate_pcg(tmp_path: Path, data_dir: Path, tiny_pcg_model: Path,
     assert main(["evaluate", "pcg", str(tmp_path / "db"), "--model", str(tiny_pcg_model),
                  "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "MAcc" in out and "confusion" in out
+    assert "MAcc" in out and "confusion" in out and "coverage" in out and "uncertain (no verdict)" in out
     assert "flatter" not in out
     make_database(tmp_path / "db-a", data_dir / "pcg2016" / "training-d", 2)  # a name it trained on
     assert main(["evaluate", "pcg", str(tmp_path / "db-a"), "--model", str(tiny_pcg_model),

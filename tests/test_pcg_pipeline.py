@@ -106,10 +106,72 @@ def test_model_windows_and_verdict(tiny_pcg_model: Path, data_dir: Path) -> None
     p = np.exp(logits - logits.max(axis=1, keepdims=True))
     p_abn = (p / p.sum(axis=1, keepdims=True))[:, list(model.classes).index("abnormal")]
     good = np.array([v.window_quality >= Config().audio.min_quality for v in verdicts])
-    expected = p_abn[good].mean() if good.any() else p_abn.mean()
-    assert last.windows == (good.sum() or len(jobs)) and last.rejected == len(jobs) - good.sum()
-    p_label = expected if last.label == "abnormal" else 1 - expected
-    assert last.probability == pytest.approx(p_label, abs=1e-3)
-    assert (last.label == "abnormal") == (expected >= pipe.threshold)
+    assert good.any()  # a0001 is a clean recording
+    expected = p_abn[good].mean()
+    assert last.windows == good.sum() and last.rejected == len(jobs) - good.sum()
+    assert last.p_abnormal == pytest.approx(expected, abs=1e-3)
+    rule = pipe.rule
+    if abs(expected - rule.threshold) < rule.margin:
+        assert last.label == "uncertain" and last.reason == "near threshold" and last.probability is None
+    elif last.label != "uncertain":
+        assert last.reason is None
+        p_label = expected if last.label == "abnormal" else 1 - expected
+        assert last.probability == pytest.approx(p_label, abs=1e-3)
+        assert (last.label == "abnormal") == (expected >= pipe.threshold)
+    else:
+        assert last.reason == "windows disagree"
+        side = (p_abn[good] >= rule.threshold) == (expected >= rule.threshold)
+        assert side.mean() < rule.min_agreement
     # No model loaded: the daemon finishes jobs with None and nothing is published.
     assert jobs[0].finish(None) == []
+
+
+def _verdicts(model, x: np.ndarray, config: Config) -> list[PcgClassMessage]:
+    pipe = PcgPipeline("bed1", FS, config, model)
+    feed(pipe, x, 500)
+    jobs = pipe.take_jobs() + pipe.finish()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.stack([j.inputs[0] for j in jobs])))
+    return [m for job, row in zip(jobs, logits.numpy()) for m in job.finish(row)]
+
+
+def test_uncertain_when_quality_is_low_or_near_the_threshold(tiny_pcg_model: Path, data_dir: Path) -> None:
+    """The same real recording: buried in loud white noise it gets no verdict for its quality;
+    clean, with a margin as wide as the whole scale, none for being near the threshold."""
+    model = load_model(tiny_pcg_model, "cpu")
+    x = audio(data_dir)
+    noisy = x + np.random.default_rng(0).standard_normal(x.size).astype(np.float32) * 20 * np.std(x)
+    msgs = _verdicts(model, np.clip(noisy, -1, 1).astype(np.float32), Config())
+    assert msgs and all(m.label == "uncertain" and m.reason == "quality" for m in msgs)
+    assert all(m.probability is None and m.p_abnormal is None and m.windows == 0 for m in msgs)
+    assert msgs[-1].rejected == len(msgs)
+
+    model.card["decision"]["margin"] = 1.0  # every mean is within 1 of the threshold
+    try:
+        msgs = _verdicts(model, x, Config())
+    finally:
+        model.card["decision"].pop("margin")
+    assert msgs[-1].label == "uncertain" and msgs[-1].reason == "near threshold"
+    assert msgs[-1].p_abnormal is not None and msgs[-1].probability is None
+    # Without margin (a card from before abstention) the same recording gets a verdict.
+    assert _verdicts(model, x, Config())[-1].label in ("normal", "abnormal")
+
+
+def test_the_daemon_and_evaluate_pcg_give_the_same_verdict(tiny_pcg_model: Path, data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """`ecgmon evaluate pcg` reports the verdict the daemon publishes after a recording's last window."""
+    from ecgmon.evaluate.pcg import evaluate_pcg
+    from pcg_model_helpers import make_database
+
+    names = make_database(tmp_path / "db", data_dir / "pcg2016" / "training-d", 4)
+    result = evaluate_pcg(tmp_path / "db", tiny_pcg_model, tmp_path / "out", print, device="cpu", progress=False)
+    model = load_model(tiny_pcg_model, "cpu")
+    by_name = {r["name"]: r for r in result["recordings"]}
+    assert set(by_name) == set(names)
+    for name in names:
+        x, _ = sf.read(data_dir / "pcg2016" / "training-d" / f"{name}.flac", dtype="float32")
+        last = _verdicts(model, x, Config())[-1]
+        r = by_name[name]
+        assert (last.label, last.reason, last.windows) == (r["verdict"], r["reason"], r["good_windows"])
+        if last.p_abnormal is not None:
+            assert last.p_abnormal == pytest.approx(r["p_abnormal"], abs=2e-4)

@@ -333,7 +333,8 @@ def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
         print_warning(text)
 
     try:
-        result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty())
+        result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty(),
+                              min_quality=config.audio.min_quality, envelope_fs=config.audio.envelope_fs)
     except PcgDataError as err:
         raise CommandError(str(err)) from None
     _report(result, render, args.json)

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from ecgmon.dashboard.braille import column_extents, marks_line, render_trace
 from ecgmon.dashboard.state import BEAT_CLASSES, DashboardState, StreamView, Trace
-from ecgmon.schema import AlarmMessage
+from ecgmon.schema import AlarmMessage, PcgClassMessage
 
 MIN_PANEL_W = 60  # a second column only when each gets this many characters
 MIN_PANEL_H = 8
@@ -154,6 +154,22 @@ def header(v: StreamView, stale: float | None, cells: int) -> Text:
     return text
 
 
+VERDICT_STYLE = {"abnormal": "bold red", "normal": "bold green", "uncertain": "bold yellow"}
+
+
+def verdict_text(verdict: PcgClassMessage) -> Text:
+    """The heart-sound verdict: 'abnormal 83%', 'normal 71%', or 'uncertain: near threshold'
+    (no percentage: the model cannot tell, and a number would read as a measurement)."""
+    text = Text(no_wrap=True)
+    style = VERDICT_STYLE.get(verdict.label, "bold")
+    if verdict.label == "uncertain" or verdict.probability is None:
+        text.append(f"{verdict.label}" + (f": {verdict.reason}" if verdict.reason else ""), style)
+    else:
+        text.append(f"{verdict.label} {verdict.probability * 100:.0f}%", style)
+    text.append(f" ({verdict.windows} windows)", "dim")
+    return text
+
+
 def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[Text | Plain]:
     """The heart-sound area: envelope with S1/S2 marks and the verdict, or one line saying none."""
     if v.pcg is None:
@@ -163,10 +179,8 @@ def heart_sounds(v: StreamView, cells: int, rows: int, window_s: float) -> list[
     info.append("---" if v.pcg.hr_bpm is None else f"{v.pcg.hr_bpm:.0f}", "bold cyan")
     info.append(" bpm", "dim")
     if v.verdict is not None:
-        style = "bold red" if v.verdict.label == "abnormal" else "bold green"
         info.append("  ")
-        info.append(f"{v.verdict.label} {v.verdict.probability * 100:.0f}%", style)
-        info.append(f" ({v.verdict.windows} windows)", "dim")
+        info.append_text(verdict_text(v.verdict))
     if v.pcg.quality is not None:
         q = v.pcg.quality
         info.append("  quality ", "dim")

@@ -3,8 +3,11 @@ exported model, loaded the way the daemon loads it (``load_model``), so the figu
 those of the file the daemon runs.
 
 Each recording is cut into the card's windows (5 s every 2.5 s), the model gives each a
-probability of 'abnormal', and the card's decision rule (mean over the windows, threshold)
-calls the recording. A file that cannot be scored (corrupt, shorter than one window, no
+probability of 'abnormal', and the daemon's decision rule (``monitor/dsp/pcg_decision``: the
+mean over the windows of acceptable quality against the card's threshold, or 'uncertain'
+within its margin, when the windows disagree or none is good enough) calls the recording.
+Se, Sp and MAcc are on the recordings given a verdict, beside the coverage (their share);
+the ROC AUC is of every recording's mean P(abnormal). A file that cannot be scored (corrupt, shorter than one window, no
 label) is a one-line warning and the others are still scored.
 """
 
@@ -32,8 +35,10 @@ from ecgmon.models.pcg_data import (
     read_audio,
     windows,
 )
+from ecgmon.config import AudioConfig
+from ecgmon.monitor.dsp.pcg_decision import Rule, decide, window_qualities
 from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model
-from ecgmon.scores import binary_report, roc
+from ecgmon.scores import roc, verdict_report
 
 BATCH = 128
 
@@ -43,8 +48,12 @@ class Scored:
     database: str
     name: str
     label: int  # class index
-    score: float  # mean P(abnormal) over the windows
+    score: float  # mean P(abnormal) over every window (the ROC's score)
     windows: int
+    verdict: str  # normal, abnormal or uncertain: the daemon's rule after the last window
+    reason: str | None  # why uncertain
+    p_abnormal: float | None  # mean P(abnormal) of the windows of acceptable quality
+    good_windows: int  # windows of quality >= min_quality
 
 
 def _model(path: Path, device: str) -> LoadedModel:
@@ -70,8 +79,10 @@ def window_probabilities(model: LoadedModel, audio: np.ndarray, hop: int) -> np.
 
 
 def score_recordings(recordings: list[tuple[str, str, Path, int]], model: LoadedModel, warn: Warn,
-                     progress: bool) -> list[Scored]:
-    """Score ``(database, name, file, label)`` recordings; unusable files are warned and skipped."""
+                     progress: bool, rule: Rule, envelope_fs: float) -> list[Scored]:
+    """Score ``(database, name, file, label)`` recordings; unusable files are warned and skipped.
+    Each gets the verdict the daemon would publish after its last window (``pcg_decision``,
+    window quality as the pipeline measures it)."""
     hop = int(model.card["input"]["hop"])
     scored = []
     with progress_bar(progress) as bar:
@@ -91,8 +102,16 @@ def score_recordings(recordings: list[tuple[str, str, Path, int]], model: Loaded
                      f"{model.window / model.fs:g} s window; skipped")
                 continue
             p = window_probabilities(model, audio, hop)
-            scored.append(Scored(db, name, label, float(p.mean()), len(p)))
+            q = window_qualities(audio, model.fs, model.window, hop, envelope_fs)
+            v = decide(p, q, rule)
+            scored.append(Scored(db, name, label, float(p.mean()), len(p), v.label, v.reason,
+                                 None if v.p_abnormal is None else round(v.p_abnormal, 4), v.windows))
     return scored
+
+
+def _report(results: list[Scored], threshold: float) -> dict[str, Any]:
+    return verdict_report(np.array([r.label for r in results]), [r.verdict for r in results],
+                          [r.reason for r in results], np.array([r.score for r in results]), threshold)
 
 
 def _roc_png(results: list[Scored], out: Path, title: str) -> Path | None:
@@ -105,42 +124,47 @@ def _roc_png(results: list[Scored], out: Path, title: str) -> Path | None:
 
 
 def evaluate_pcg(root: str | Path, model_path: str | Path, out: str | Path | None, warn: Warn,
-                 device: str = "auto", progress: bool = True) -> dict[str, Any]:
+                 device: str = "auto", progress: bool = True, min_quality: float | None = None,
+                 envelope_fs: float | None = None) -> dict[str, Any]:
     """Score every labelled recording under ``root``; write metrics.json, roc.png and
-    confusion.png into ``out`` (default ``eval/<model name>-<folder name>``)."""
+    confusion.png into ``out`` (default ``eval/<model name>-<folder name>``). ``min_quality``
+    and ``envelope_fs`` are the daemon's ([audio]; default: the config's defaults)."""
+    defaults = AudioConfig()
+    min_quality = defaults.min_quality if min_quality is None else min_quality
+    envelope_fs = defaults.envelope_fs if envelope_fs is None else envelope_fs
     root, model_path = Path(root), Path(model_path)
     model = _model(model_path, device)
     folders = database_folders(root)
-    threshold = float(model.card["decision"]["threshold"])
+    rule = Rule.from_card(model.card["decision"], min_quality)
+    threshold = rule.threshold
     recordings = []
     for folder in folders:
         try:
             recordings += [(folder.name, *rec) for rec in folder_recordings(folder, warn)]
         except PcgDataError as err:  # e.g. an unreadable REFERENCE.csv: the other folders still count
             warn(f"{err}; folder skipped")
-    results = score_recordings(recordings, model, warn, progress)
+    results = score_recordings(recordings, model, warn, progress, rule, float(envelope_fs))
     if not results:
         raise PcgDataError(f"{root}: no recording could be scored (see the warnings above)")
-    labels = np.array([r.label for r in results])
-    scores = np.array([r.score for r in results])
     dbs = np.array([r.database for r in results])
     out_dir = Path(out) if out else Path("eval") / f"{model.name}-{root.name}"
     out_dir.mkdir(parents=True, exist_ok=True)
     title = f"{model.name} on {root.name}"
-    overall = binary_report(labels, scores, threshold)
+    overall = _report(results, threshold)
     written = [
         _roc_png(results, out_dir, f"{title}: recording-level ROC"),
         plots.confusion_png(np.array(overall["confusion"]["rows_reference_columns_predicted"]), CLASSES,
-                            out_dir / "confusion.png", f"{title}: recordings"),
+                            out_dir / "confusion.png", f"{title}: recordings given a verdict"),
     ]
     result = {
         "model": {"path": str(model_path), "name": model.name, "sha256": model.card["sha256"].lower()},
         "command": f"ecgmon evaluate pcg {root} --model {model_path} --out {out_dir}",
-        "decision": model.card["decision"],
+        "decision": {k: v for k, v in model.card["decision"].items() if k != "chosen_on"},
+        "min_quality": min_quality,
         "overall": overall,
         # A database the model trained on flatters it: only the others measure generalisation.
         "trained_on": sorted(set(dbs.tolist()) & set((model.card.get("training") or {}).get("databases") or [])),
-        "databases": {db: binary_report(labels[dbs == db], scores[dbs == db], threshold)
+        "databases": {db: _report([r for r in results if r.database == db], threshold)
                       for db in sorted(set(dbs.tolist()))},
         "recordings": [r.__dict__ for r in results],
         "out": str(out_dir),
@@ -156,21 +180,27 @@ def _num(value: float | None) -> str:
 
 def render(result: dict[str, Any]) -> list[RenderableType]:
     """Per-database table with an overall row, then the overall confusion matrix."""
-    table = Table(title=f"{result['model']['name']}: recording-level, threshold "
-                        f"{result['decision']['threshold']:g} on {result['decision']['aggregation']}")
-    for col in ("database", "recordings", "abnormal", "normal", "Se", "Sp", "MAcc", "ROC AUC"):
+    d = result["decision"]
+    band = f" ± {d['margin']:g}" if d.get("margin") else ""
+    table = Table(title=f"{result['model']['name']}: recording-level, threshold {d['threshold']:g}{band} on "
+                        f"{d['aggregation']}; Se/Sp/MAcc on the recordings given a verdict")
+    for col in ("database", "recordings", "abnormal", "normal", "coverage", "Se", "Sp", "MAcc", "ROC AUC"):
         table.add_column(col, justify="left" if col == "database" else "right")
     rows = list(result["databases"].items()) + [("all", result["overall"])]
     for name, r in rows:
-        table.add_row(name, str(r["n"]), str(r["abnormal"]), str(r["normal"]), _num(r["se"]), _num(r["sp"]),
-                      _num(r["macc"]), _num(r["auc"]), style="bold" if name == "all" else None)
-    cm = Table(title="confusion (recordings)")
+        table.add_row(name, str(r["recordings"]), str(r["abnormal"]), str(r["normal"]), _num(r["coverage"]),
+                      _num(r["se"]), _num(r["sp"]), _num(r["macc"]), _num(r["auc"]),
+                      style="bold" if name == "all" else None)
+    cm = Table(title="confusion (recordings given a verdict)")
     cm.add_column("ref \\ pred")
     for name in CLASSES:
         cm.add_column(name, justify="right")
     for name, row in zip(CLASSES, result["overall"]["confusion"]["rows_reference_columns_predicted"]):
         cm.add_row(name, *(str(v) for v in row))
-    parts: list[RenderableType] = [table, cm]
+    uncertain = result["overall"]["uncertain"]
+    parts: list[RenderableType] = [table, cm, Text(
+        "uncertain (no verdict): " + ", ".join(f"{reason} {n}" for reason, n in uncertain.items())
+        + f"  (quality floor [audio] min_quality {result['min_quality']:g})")]
     if result["trained_on"]:
         parts.append(Text(f"the model trained on {', '.join(result['trained_on'])} (same folder names): "
                           "those figures flatter it; a database it never saw is what counts", style="yellow"))

@@ -2,7 +2,8 @@
 and S2, measures the rate and the signal quality, and publishes them with a decimated
 envelope for displays (PcgMessage); it cuts 5-second windows with 50 % overlap for the
 heart-sound model (InferenceJobs) and turns the window probabilities into a verdict on the
-recording so far (PcgClassMessage). It never blocks and never sleeps.
+recording so far (PcgClassMessage): normal, abnormal, or uncertain when the quality is low,
+the windows disagree or the probability is near the threshold. It never blocks and never sleeps.
 
 Every output is placed on the signal clock (sample indices), so the messages do not depend
 on how the audio was chunked.
@@ -17,6 +18,7 @@ import numpy as np
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import softmax_label
+from ecgmon.monitor.dsp.pcg_decision import Rule, decide
 from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
 from ecgmon.monitor.dsp.pcg_quality import quality_index
 from ecgmon.monitor.dsp.pcg_rate import RATE_SPAN_S, envelope_rate_bpm
@@ -63,7 +65,10 @@ class PcgPipeline:
         self.window = int(model.window) if model is not None else int(DEFAULT_WINDOW_S * self.fs)
         self.hop = int(inputs.get("hop") or self.window // 2) if model is not None else int(DEFAULT_HOP_S * self.fs)
         decision = model.card.get("decision", {}) if model is not None else {}
-        self.threshold = float(decision.get("threshold", 0.5))
+        # The card's threshold, margin and agreement (chosen on training databases) and the
+        # config's quality floor: when a verdict is 'uncertain'.
+        self.rule = Rule.from_card(decision, self.min_quality)
+        self.threshold = self.rule.threshold
         quality_n = int(QUALITY_WINDOW_S * self.fs)
         self._audio = RingBuffer(max(self.window, quality_n) + self.hop + int(self.fs), np.float32)
         env_n = max(self.window + self.hop, quality_n, int(RATE_SPAN_S * self.fs)) // self._dec
@@ -179,8 +184,8 @@ class PcgPipeline:
         ))
 
     def _verdict(self, output: Any, quality: float, end_s: float) -> list[Message]:
-        """The recording's verdict after one more window: the mean P(abnormal) of the windows
-        of acceptable quality (of all windows while none is acceptable yet)."""
+        """The recording's verdict after one more window (``pcg_decision.decide``: the mean
+        P(abnormal) of the windows of acceptable quality, or uncertain)."""
         if output is None:
             return []
         assert self.model is not None
@@ -188,15 +193,16 @@ class PcgPipeline:
         _, _, p = softmax_label(output, classes)
         p_abnormal = float(p[classes.index("abnormal")]) if "abnormal" in classes else float(p[-1])
         self._window_p.append((p_abnormal, quality))
-        good = [pa for pa, q in self._window_p if q >= self.min_quality]
-        used = good or [pa for pa, _ in self._window_p]
-        mean = float(np.mean(used))
-        abnormal = mean >= self.threshold
+        v = decide(np.array([pa for pa, _ in self._window_p]), np.array([q for _, q in self._window_p]), self.rule)
+        probability = None
+        if v.label != "uncertain" and v.p_abnormal is not None:
+            probability = round(v.p_abnormal if v.label == "abnormal" else 1.0 - v.p_abnormal, 4)
         return [PcgClassMessage(
-            stream=self.stream, time_s=round(end_s, 3), label="abnormal" if abnormal else "normal",
-            probability=round(mean if abnormal else 1.0 - mean, 4),
-            window_probability=round(p_abnormal, 4), windows=len(used),
-            window_quality=round(quality, 3), rejected=len(self._window_p) - len(good),
+            stream=self.stream, time_s=round(end_s, 3), label=v.label, reason=v.reason,  # type: ignore[arg-type]
+            probability=probability,
+            p_abnormal=None if v.p_abnormal is None else round(v.p_abnormal, 4), threshold=self.rule.threshold,
+            window_probability=round(p_abnormal, 4), windows=v.windows,
+            window_quality=round(quality, 3), rejected=v.rejected,
         )]
 
     def take_jobs(self) -> list[InferenceJob]:

@@ -4,13 +4,17 @@ During VF/flutter there are no QRS complexes to detect: the ECG is a fast, nearl
 sinusoidal oscillation (flutter, 2-7 Hz) or an irregular one (fibrillation, 3-10 Hz). Each
 ``WINDOW_S`` window of the filtered ECG (every ``STEP_S``, resampled to ``ANALYSIS_FS`` so
 that every stream rate 125-1000 Hz is measured alike) gets 22 classic measures from the
-shock-advisory literature, and a small network (22 -> 8 tanh -> 1, three fits averaged,
-weights in ``vf_model.py``) turns them into P(VF). An alarm needs ``HOLD_WINDOWS`` consecutive windows
-at ``P_VF`` or more, none with more than ``HIGH_MAX`` of its power above 12 Hz (muscle
-noise); or one window that passes the single-window flutter rule the engine used before the
-network (``flutter``: large most of the time, its power around one frequency of 2.5 Hz or
-more, sine-like). The network needs ``HOLD_WINDOWS`` windows and misses a flutter shorter
-than that (mitdb 207's 4.5 s run at 242.1 s); the rule catches it. The measures:
+shock-advisory literature and 11 measures of how alike successive cycles are, and a small
+network (33 -> 8 tanh -> 1, three fits averaged, weights in ``vf_model.py``) turns them into
+P(VF). An alarm needs the mean P(VF) of the last ``HOLD_WINDOWS`` windows at ``P_VF`` or
+more, a window with more than ``HIGH_MAX`` of its power above 12 Hz (muscle noise) counting
+0: a mean rather than every window over the threshold, since P(VF) wavers within long
+coarse-VF episodes (CUDB cu04, cu06) that a run of windows missed. Or one window that passes
+the single-window flutter rule the engine used before the network (``flutter``: large most
+of the time, its power around one frequency of 2.5 Hz or more, sine-like) with P(VF) of at
+least ``FLUTTER_P``: the network needs several windows and misses a flutter shorter than
+that (mitdb 207's 4.5 s run at 242.1 s), the rule catches it; alone, it also fired on a
+regular wide-complex tachycardia (cu09, P(VF) 0.3-0.8). The measures:
 
 - threshold-crossing sample counts at 10, 20 and 50 % of the window's peak (TCSC, Arafat
   et al. 2009) and the mean magnitude over the peak (MEA): a QRS complex is a narrow spike
@@ -25,7 +29,11 @@ than that (mitdb 207's 4.5 s run at 242.1 s); the rule catches it. The measures:
 - the shape of the distribution and the wave: kurtosis, zero crossings and peaks per second,
   autocorrelation at VF lags (0.1-0.4 s) and at heart-beat lags (0.4-2 s), the share of
   nearly flat samples (bCP), the amplitude (log std and 99th percentile, mV) and how much
-  steeper the wave is than a sine of the dominant frequency would be.
+  steeper the wave is than a sine of the dominant frequency would be;
+- how organised the wave is (``_cycle_measures``): spectral entropy; the variation of the
+  cycles' intervals and heights and the correlation of successive cycles; the variation of
+  the amplitude envelope; the autocorrelation at the cycle length and at twice and three
+  times it.
 
 How the network and the thresholds were fitted (folds by record on CUDB and MIT-BIH, some
 CUDB records never used) is ``bench/vf_detector.py``; the README gives the figures.
@@ -33,6 +41,7 @@ CUDB records never used) is ``bench/vf_detector.py``; the README gives the figur
 
 from __future__ import annotations
 
+from collections import deque
 from fractions import Fraction
 
 import numpy as np
@@ -60,6 +69,9 @@ NAMES = (
     "tcsc", "leakage", "dominant_hz", "concentration", "high_fraction", "low_fraction", "kurtosis",
     "zero_crossings_ps", "peaks_ps", "ac_vf", "ac_beat", "mea", "bcp", "vf_band", "tcsc10", "tcsc50",
     "psr", "hilb", "log_std", "log_p99", "harmonics", "steepness",
+    # How organised the wave is from one cycle to the next (see _cycle_measures).
+    "spectral_entropy", "cycle_interval_cv", "cycle_amplitude_cv", "cycle_corr_median", "cycle_corr_min",
+    "envelope_cv", "cycles_ps", "ac_cycle", "ac_cycle2", "ac_cycle3", "cycle_s",
 )
 LOG_FEATURES = (1, 6)  # leakage and kurtosis enter the model as logarithms
 
@@ -128,6 +140,69 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
         tcsc, leakage, dominant, concentration, high, low, kurtosis, zero_crossings, peaks, ac_vf, ac_beat,
         mea, bcp, in_vf_band, tcsc10, tcsc50, psr, hilb, np.log(np.maximum(std, 1e-4)),
         np.log(np.maximum(p99, 1e-4)), harmonics, np.log(np.maximum(steepness, 1e-3)),
+        np.vstack([_cycle_measures(row, fs) for row in W]),
+    ])
+
+
+def _cycle_measures(w: np.ndarray, fs: float) -> np.ndarray:
+    """Measures of one window that tell an organised fast rhythm (rapid VT, a wide-complex
+    tachycardia) from fibrillation, whose cycles differ in length, height and shape:
+
+    - spectral entropy over 0.5-30 Hz (normalised to 0-1: one line 0, white noise 1);
+    - the cycles' peaks (on the wave's larger polarity: samples that are the largest within
+      +-0.1 s and above 30 % of the window's peak): the variation of their intervals and
+      heights, the median and least correlation of successive cycles (+-0.08 s around each
+      peak), and how many per second;
+    - the variation of the largest magnitude in each 0.5 s (the amplitude envelope);
+    - the autocorrelation (corrected for the shrinking overlap) at its highest lag L in
+      0.15-1 s and near 2L and 3L (a periodic wave keeps it, fibrillation loses it; 0 when
+      the lag leaves no room in the window), and L in seconds.
+
+    One row at a time: the peaks differ in number from window to window."""
+    x = w - w.mean()
+    n = x.size
+    spec = np.abs(np.fft.rfft(x * np.hanning(n))) ** 2
+    f = np.fft.rfftfreq(n, 1 / fs)
+    s = spec[(f >= TOTAL_BAND_HZ[0]) & (f <= TOTAL_BAND_HZ[1])]
+    p = s / max(s.sum(), 1e-20)
+    entropy = -(p * np.log(np.maximum(p, 1e-20))).sum() / np.log(p.size)
+    y = x if x.max() >= -x.min() else -x
+    h = int(0.1 * fs)
+    local_max = maximum_filter1d(y, 2 * h + 1, mode="nearest")
+    pk = np.flatnonzero((y >= local_max) & (y > 0.3 * y.max()))
+    if pk.size:  # a flat top gives neighbouring samples: keep the first
+        pk = pk[np.concatenate([[True], np.diff(pk) > 1])]
+    if pk.size >= 3:
+        iv = np.diff(pk)
+        interval_cv = iv.std() / iv.mean()
+        amplitude_cv = y[pk].std() / y[pk].mean()
+    else:
+        interval_cv = amplitude_cv = 1.0
+    half = int(0.08 * fs)
+    segs = [x[k - half : k + half + 1] for k in pk if k - half >= 0 and k + half + 1 <= n]
+    corr = []
+    for a, b in zip(segs, segs[1:]):
+        a, b = a - a.mean(), b - b.mean()
+        d = np.sqrt((a @ a) * (b @ b))
+        corr.append(a @ b / d if d > 0 else 0.0)
+    corr_median = float(np.median(corr)) if corr else 0.0
+    corr_min = float(np.min(corr)) if corr else 0.0
+    block = int(0.5 * fs)
+    env = np.abs(x[: n // block * block]).reshape(-1, block).max(axis=1)
+    envelope_cv = env.std() / max(env.mean(), 1e-12)
+    ac = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * n)) ** 2)[:n]
+    ac = ac / max(ac[0], 1e-20) * n / (n - np.arange(n))
+    lo, hi = int(0.15 * fs), int(1.0 * fs)
+    lag = lo + int(np.argmax(ac[lo:hi]))
+
+    def near(k: int) -> float:
+        c = k * lag
+        r = max(2, int(0.1 * c))
+        return float(ac[max(0, c - r) : min(n - 1, c + r) + 1].max()) if c < n * 0.75 else 0.0
+
+    return np.array([
+        entropy, interval_cv, amplitude_cv, corr_median, corr_min, envelope_cv, pk.size / (n / fs),
+        ac[lag], near(2), near(3), lag / fs,
     ])
 
 
@@ -187,9 +262,10 @@ def flutter(feats: np.ndarray) -> np.ndarray:
     """The single-window flutter rule: TCSC above ``FLUTTER_TCSC`` (large most of the time),
     more than ``FLUTTER_CONCENTRATION`` of the power within 1 Hz of a dominant frequency of
     ``FLUTTER_MIN_HZ`` or more, VF-filter leakage under ``FLUTTER_LEAKAGE`` (sine-like), and
-    no more than ``HIGH_MAX`` above 12 Hz. One window is enough (bench/vf_detector.py measures
-    the false alarms it adds: 1 in CUDB held out). Unlike a network VF window, a rule window
-    that is noisy stays noisy, and the noise alarm suppresses its VF alarm."""
+    no more than ``HIGH_MAX`` above 12 Hz. One window is enough; the detector asks P(VF) >=
+    ``vf_model.FLUTTER_P`` of it too (chosen by bench/vf_detector.py with the network's rule).
+    Unlike a network VF window, a rule window that is noisy stays noisy, and the noise alarm
+    suppresses its VF alarm."""
     f = np.atleast_2d(feats)
     col = {n: f[:, NAMES.index(n)] for n in ("tcsc", "concentration", "leakage", "dominant_hz", "high_fraction")}
     return (
@@ -200,40 +276,46 @@ def flutter(feats: np.ndarray) -> np.ndarray:
 
 
 class VFDetector:
-    """Per stream: P(VF) of each analysis window and the alarm decision (``hold`` consecutive
-    windows at ``threshold`` or more, or this window passing the flutter rule)."""
+    """Per stream: P(VF) of each analysis window and the alarm decision (the mean P(VF) of
+    the last ``hold`` windows at ``threshold`` or more, a window with too much power above
+    12 Hz counting 0; or this window passing the flutter rule with P(VF) of at least
+    ``flutter_p``)."""
 
-    def __init__(self, fs: float, threshold: float | None = None, hold: int | None = None) -> None:
+    def __init__(
+        self, fs: float, threshold: float | None = None, hold: int | None = None, flutter_p: float | None = None
+    ) -> None:
         self.fs = float(fs)
         self.threshold = vf_model.P_VF if threshold is None else threshold
         self.hold = vf_model.HOLD_WINDOWS if hold is None else hold
-        self._like = 0  # consecutive windows, ending at the last, the network calls VF
+        self.flutter_p = vf_model.FLUTTER_P if flutter_p is None else flutter_p
+        self._recent: deque[float] = deque(maxlen=self.hold)  # P(VF) of the last windows (0: too busy above 12 Hz)
         self._streak = 0  # consecutive windows, ending at the last, VF-like or passing the rule
         self.run_windows = 1  # windows the current VF decision rests on (its onset: their first start)
 
     def reset(self) -> None:
-        self._like = 0
+        self._recent.clear()
         self._streak = 0
         self.run_windows = 1
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
         """One window of the filtered ECG: its P(VF), whether the network calls it VF
-        (``vf_like``), and whether VF holds (the alarm's condition: this and the ``hold - 1``
-        windows before it all VF-like, or this one passing the flutter rule)."""
+        (``vf_like``), and whether VF holds (the alarm's condition: the mean over this and the
+        ``hold - 1`` windows before it, a missing one counting 0, at the threshold; or this
+        one passing the flutter rule)."""
         x = analysis_window(filtered, self.fs)
         feats = features(x[None, :])
         p = float(probability(feats)[0])
         like = bool(vf_like(np.array([p]), feats, self.threshold)[0])
-        self._like = self._like + 1 if like else 0
-        held = self._like >= self.hold
-        rule = bool(flutter(feats)[0])
+        busy = feats[0, NAMES.index("high_fraction")] > HIGH_MAX
+        self._recent.append(0.0 if busy else p)
+        held = sum(self._recent) / self.hold >= self.threshold
+        rule = bool(flutter(feats)[0]) and p >= self.flutter_p
         self._streak = self._streak + 1 if like or rule else 0
-        # A rule alarm rests on this window (and the VF-like ones just before, up to hold).
+        # The mean rests on the last hold windows; a rule alarm on this window (and the
+        # VF-like ones just before, up to hold).
         self.run_windows = self.hold if held else max(1, min(self._streak, self.hold))
         return p, like, held or rule
 
     def skip(self) -> None:
         """A window that could not be measured (missing samples, leads off) breaks the run."""
-        self._like = 0
-        self._streak = 0
-        self.run_windows = 1
+        self.reset()

@@ -46,6 +46,7 @@ class ReplayConfig(_Section):
     chunk_s: PositiveFloat = 0.1
     loop: bool = False
     channel: int | str = 0
+    second_lead: bool = True  # the record's other lead as the chunks' second column
 
 
 class SimulatorConfig(_Section):

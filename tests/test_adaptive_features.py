@@ -1,6 +1,7 @@
 """Patient-adaptive beat inputs (RR against the patient's recent rhythm, the QRS against the
-patient's own running dominant-beat template): the live pipeline computes exactly what
-training computes from the same record; they separate V from N on a record no model saw;
+patient's own running dominant-beat template, in the first lead and the second): the live
+pipeline computes exactly what training computes from the same record, and a one-lead
+stream gets the second lead's inputs as unknown (NaN); they separate V from N on a record no model saw;
 malformed and short input gives neutral values or a clear error, never a crash."""
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from ecgmon.monitor.dsp.beat_features import (
     ADAPTIVE_FEATURES,
     BEAT_FEATURES,
     BEFORE,
+    FIRST_LEAD2,
     FS_MODEL,
+    LEAD2_FEATURES,
     RR_FEATURES,
     AdaptiveFeatures,
     adaptive_features,
     beat_rr_features,
+    lead2_features,
 )
 from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.pipeline import StreamPipeline
@@ -40,12 +44,12 @@ def adaptive_model(data_dir):
     return dataclasses.replace(models["beat"], rr_features=BEAT_FEATURES)
 
 
-def _live(record, model, chunk: int):
+def _live(record, model, chunk: int, leads: int = 2):
     pipeline = StreamPipeline("s", record.fs, "MLII", Config(), model, None)
-    signal = record.signal[: MINUTES * 60 * int(record.fs), :1]
+    signal = record.signal[: MINUTES * 60 * int(record.fs), :leads]
     jobs = []
     for pos in range(0, signal.shape[0], chunk):
-        pipeline.feed(Chunk("s", record.fs, ("MLII",), pos, signal[pos : pos + chunk].copy()))
+        pipeline.feed(Chunk("s", record.fs, record.channels[:leads], pos, signal[pos : pos + chunk].copy()))
         jobs.extend(pipeline.take_jobs())
     jobs.extend(pipeline.finish())
     return jobs
@@ -60,10 +64,11 @@ def test_live_adaptive_features_equal_the_offline_ones(spec, data_dir, adaptive_
     r_native = np.array([m.sample for m in messages])
     assert len(jobs) == len(messages) > 200
     # Offline, as training does it: the whole record filtered and resampled, R at the model rate.
-    signal = filtered_channel(record, 0)[: round(MINUTES * 60 * FS_MODEL)]
+    n = round(MINUTES * 60 * FS_MODEL)
+    signal, signal2 = filtered_channel(record, 0)[:n], filtered_channel(record, 1)[:n]
     r = np.round(r_native * FS_MODEL / record.fs).astype(np.int64)
     rr = beat_rr_features(r_native, record.fs)  # the live RR (at the stream's own rate)
-    offline = adaptive_features(signal, r, rr)
+    offline = np.hstack([adaptive_features(signal, r, rr), lead2_features(signal2, r, rr)])
     k = len(RR_FEATURES)
     checked = 0
     for i, job in enumerate(jobs[:-1]):  # the last beat has no successor live nor offline alike
@@ -74,8 +79,23 @@ def test_live_adaptive_features_equal_the_offline_ones(spec, data_dir, adaptive_
         np.testing.assert_allclose(features[k:], offline[i], rtol=1e-4, atol=1e-4)
         checked += 1
     assert checked > 200
+    # The second lead is not a copy of the first: its template inputs are its own.
+    assert not np.allclose(offline[:, FIRST_LEAD2 - k :], offline[:, 2:8], atol=0.01)
     # The template did form: most beats are compared with it, not given the neutral values.
     assert np.mean(offline[:, ADAPTIVE_FEATURES.index("tpl_corr")] < 1.0) > 0.9
+
+
+def test_a_one_lead_stream_gets_no_second_lead_inputs(data_dir, adaptive_model):
+    # A one-lead source (most serial and MQTT devices): the second lead's inputs are unknown
+    # (NaN, which the models were trained to meet), the rest as with two leads.
+    record = load_record("mitdb:119", DataConfig(folder=str(data_dir)))
+    one, two = _live(record, adaptive_model, 360, leads=1), _live(record, adaptive_model, 360)
+    rows = [(a.inputs[1], b.inputs[1]) for a, b in zip(one, two) if a.inputs is not None]
+    assert len(one) == len(two) and len(rows) > 200
+    for a, b in rows:
+        assert np.isnan(a[FIRST_LEAD2:]).all() and np.isfinite(b[FIRST_LEAD2:]).all()
+        np.testing.assert_array_equal(a[:FIRST_LEAD2], b[:FIRST_LEAD2])
+    assert len(LEAD2_FEATURES) == len(BEAT_FEATURES) - FIRST_LEAD2
 
 
 def test_template_features_separate_v_from_n_on_an_unseen_record(data_dir):

@@ -61,10 +61,18 @@ async def test_whole_record_concatenates_exactly(tmp_path, rec100):
     starts = [c.start for c in chunks]
     assert starts[0] == 0 and all(a.end == b.start for a, b in zip(chunks, chunks[1:]))
     for c in chunks:
-        assert c.samples.shape == (c.n, 1) and c.samples.dtype == np.float32
-        assert c.channels == ("MLII",) and c.stream == "mitdb-100" and c.fs == 360.0
-    signal = np.concatenate([c.samples for c in chunks])[:, 0]
-    np.testing.assert_array_equal(signal, rec100.signal[:, 0])
+        # The chosen lead first, the record's other lead beside it (beat models may read it).
+        assert c.samples.shape == (c.n, 2) and c.samples.dtype == np.float32
+        assert c.channels == ("MLII", "V5") and c.stream == "mitdb-100" and c.fs == 360.0
+    signal = np.concatenate([c.samples for c in chunks])
+    np.testing.assert_array_equal(signal, rec100.signal)
+
+
+async def test_second_lead_can_be_left_out(tmp_path, rec100):
+    config = make_config(tmp_path, speed=0, chunk_s=0.5, channel="V5", second_lead=False)
+    chunks = await collect(RecordSource("mitdb:100", config, record=short(rec100, 2000)))
+    assert all(c.channels == ("V5",) and c.samples.shape == (c.n, 1) for c in chunks)
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks])[:, 0], rec100.signal[:2000, 1])
 
 
 @pytest.mark.parametrize("channel", [1, "V5", "v5", "1"])
@@ -73,9 +81,9 @@ async def test_channel_selection(tmp_path, rec100, channel):
     source = RecordSource("mitdb:100", config, record=short(rec100, 5000))
     assert source.lead == "V5"
     chunks = await collect(source)
-    assert all(c.channels == ("V5",) for c in chunks)
-    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks])[:, 0],
-                                  rec100.signal[:5000, 1])
+    assert all(c.channels == ("V5", "MLII") for c in chunks)
+    np.testing.assert_array_equal(np.concatenate([c.samples for c in chunks]),
+                                  rec100.signal[:5000, ::-1])
 
 
 @pytest.mark.parametrize("channel", [2, "V1", -1])

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from ecgmon.cli import main
 from ecgmon.monitor.model_loader import load_model
@@ -22,7 +23,8 @@ def folds_trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> P
         env.setenv("ECGMON_DATA", str(data_dir))
         code = main(["train", "beat", "--records", "119", "101", "--folds", "2", "--epochs", "1",
                      "--channel", "MLII", "--jitter", "3", "--noise", "0.05",
-                     "--rr-features", "post_rr_norm", "pre_rr_norm", "--out", str(out)])
+                     "--rr-features", "post_rr_norm", "pre_rr_norm", "lead2_tpl_corr", "--feature-mlp",
+                     "--lead2-dropout", "0.5", "--out", str(out)])
     assert code == 0
     return out
 
@@ -32,14 +34,24 @@ def test_one_epoch_on_two_records_with_folds_exports_a_model_the_daemon_loads(fo
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["training"]["records"] == ["101", "119"] and card["training"]["validation_records"] == []
     assert "ecgmon train beat" in card["training"]["command"] and "--folds 2" in card["training"]["command"]
-    assert card["input"]["rr_features"] == ["post_rr_norm", "pre_rr_norm"]
+    assert card["input"]["rr_features"] == ["post_rr_norm", "pre_rr_norm", "lead2_tpl_corr"]
+    assert "--feature-mlp" in card["training"]["command"] and "--lead2-dropout 0.5" in card["training"]["command"]
+    assert card["training"]["ensemble"]["combination"] == "mean of the members' probabilities"
     m = card["metrics"]
     # Each record is classified once, by the fold model that never trained on it.
     assert sorted(r for f in m["folds"] for r in f["records"]) == ["101", "119"]
     assert m["n"] == sum(f["n"] for f in m["folds"]) and m["per_class"]["V"]["n"] > 400
     model = load_model(out, device="cpu")
     assert list(model.classes) == ["N", "S", "V", "F", "Q"] and out.stat().st_size < 5 * 2**20
-    assert model.rr_features == ("post_rr_norm", "pre_rr_norm")
+    assert model.rr_features == ("post_rr_norm", "pre_rr_norm", "lead2_tpl_corr")
+    # One file, two networks: its output is the log of the members' mean probability, and a
+    # missing second lead (NaN) is an input it takes, not a NaN class.
+    net = torch.jit.load(str(out))
+    window, rr = torch.randn(4, 252), torch.tensor([[1.0, 1.0, 0.9], [0.8, 1.3, float("nan")]] * 2)
+    members = [torch.softmax(m(window, rr), dim=1) for m in net.members.children()]
+    assert len(members) == 2
+    torch.testing.assert_close(net(window, rr).exp(), (members[0] + members[1]) / 2)
+    assert torch.isfinite(net(window, rr)).all()
 
 
 def test_training_and_validation_records_must_differ(tmp_path: Path, capsys) -> None:

@@ -58,6 +58,12 @@ def add_train(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) 
                    help="beat models: random R shift of up to this many samples each way in training")
     p.add_argument("--noise", type=float, default=0.0,
                    help="beat models: white noise in training, this fraction of each window's std")
+    p.add_argument("--feature-mlp", action="store_true",
+                   help="beat: ship the CNN-BiLSTM averaged with an MLP on the RR/adaptive inputs and the "
+                        "window's coarse shape (one TorchScript file)")
+    p.add_argument("--lead2-dropout", type=float, default=0.0, metavar="SHARE",
+                   help="beat models: share of training records shown without their second lead "
+                        "(lead2_* inputs), so the model stays right on one-lead sources")
     p.add_argument("--out", required=True, metavar="FILE.pt", help="where to write the model (card beside it)")
     p.set_defaults(func=cmd_train)
 
@@ -110,12 +116,14 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
                f"--majority-fraction {args.majority_fraction:g} --min-class-count {args.min_class_count}")
     if args.model != "segment":
         command += (f" --rr-features {' '.join(args.rr_features)} --jitter {args.jitter} "
-                    f"--noise {args.noise:g}")
+                    f"--noise {args.noise:g} --lead2-dropout {args.lead2_dropout:g}")
+        if args.feature_mlp:
+            command += " --feature-mlp"
     command += f" --out {args.out}"
     channel = args.channel[0] if len(args.channel) == 1 else tuple(args.channel)
     job = TrainingJob(args.model, train, val, Path(args.out), command, settings, channel,
                       folds=args.folds, rr_features=tuple(args.rr_features), jitter=args.jitter,
-                      noise=args.noise)
+                      noise=args.noise, feature_mlp=args.feature_mlp, lead2_dropout=args.lead2_dropout)
     try:
         card = train_model(job, config.data)
     except (RecordError, ValueError) as err:

@@ -21,7 +21,7 @@ import wfdb
 from ecgmon.config import DataConfig, DspConfig
 from ecgmon.models.aami import CLASSES, CLASS_INDEX, aami_index
 from ecgmon.monitor.dsp.beat_features import (
-    AFTER, BEFORE, BEAT_FEATURES, FS_MODEL, adaptive_features, beat_rr_features, beat_windows,
+    AFTER, BEFORE, BEAT_FEATURES, FS_MODEL, adaptive_features, beat_rr_features, beat_windows, lead2_features,
 )
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.replay.records import Record, RecordError, load_record, record_id  # noqa: F401 (record_id: the sets' ids)
@@ -55,6 +55,7 @@ def record_spec(name: str) -> str:
 class _Loaded:
     record: Record
     signal: np.ndarray  # filtered channel at FS_MODEL, float32 mV
+    signal2: np.ndarray | None  # the record's second lead (Record.second_channel) filtered alike
     ann_samples: np.ndarray  # reference annotations at FS_MODEL
     ann_symbols: list[str]
 
@@ -107,7 +108,10 @@ def _load(spec: str, data: DataConfig, channel: Channel, dsp: DspConfig | None) 
     samples = record.ann_samples
     if record.fs != FS_MODEL:
         samples = np.round(samples * (FS_MODEL / record.fs)).astype(np.int64)
-    return _Loaded(record, filtered_channel(record, channel, dsp), samples, record.ann_symbols)
+    primary = _pick_channel(record, channel)
+    second = record.second_channel(primary)
+    signal2 = None if second is None else filtered_channel(record, second, dsp)
+    return _Loaded(record, filtered_channel(record, primary, dsp), signal2, samples, record.ann_symbols)
 
 
 def _progress(enabled: bool):
@@ -163,8 +167,8 @@ class _RowArrays:
 class BeatSet(_RowArrays):
     """Labelled beats: one row per beat in every array.
 
-    ``windows`` (n, WINDOW) float32 filtered mV, R at index ``BEFORE``; ``rr`` (n, 13) float32
-    RR and patient-adaptive features (columns ``beat_features.BEAT_FEATURES``); ``labels`` (n,) int64 index into ``CLASSES``;
+    ``windows`` (n, WINDOW) float32 filtered mV, R at index ``BEFORE``; ``rr`` (n, len(BEAT_FEATURES)) float32
+    RR, patient-adaptive and second-lead features (columns ``beat_features.BEAT_FEATURES``); ``labels`` (n,) int64 index into ``CLASSES``;
     ``records`` (n,) str record id; ``samples`` (n,) int64 R sample at ``FS_MODEL``.
     """
 
@@ -195,7 +199,7 @@ def _record_beats(rid: str, rec: _Loaded, margin: int = 0) -> BeatSet:
     qrs_labels = np.array([aami_index(s) for s, q in zip(symbols, is_qrs) if q], np.int64)
     rr = beat_rr_features(qrs_samples, FS_MODEL)
     # The adaptive inputs follow every beat in order, as live, whether or not it is a row here.
-    rr = np.hstack([rr, adaptive_features(rec.signal, qrs_samples, rr)])
+    rr = np.hstack([rr, adaptive_features(rec.signal, qrs_samples, rr), lead2_features(rec.signal2, qrs_samples, rr)])
     keep = qrs_labels >= 0
     # EC57 leaves ventricular flutter/fibrillation episodes out of beat classification.
     for start, end in vf_episodes(samples, symbols, rec.signal.shape[0]):

@@ -1,4 +1,5 @@
-"""The three ECG networks (beat CNN-BiLSTM, beat spectrogram CNN, segment attention CNN).
+"""The ECG networks (beat CNN-BiLSTM, beat feature MLP and their ensemble, beat spectrogram
+CNN, segment attention CNN).
 
 Each normalises its own input and is ``torch.jit.script``-able, so an exported file needs
 nothing from serving but the causally 0.5-40 Hz filtered ECG in mV at 360 Hz; Grad-CAM for
@@ -59,27 +60,20 @@ def _standardise(x: Tensor, eps: float = 1e-6) -> Tensor:
     return centred / torch.sqrt(var + eps)
 
 
-class _RRBranch(nn.Module):
-    """Standardise the RR features with fixed buffers, then a small MLP.
+class _Standardiser(nn.Module):
+    """Standardise the RR and patient inputs with fixed buffers.
 
     The buffers start as identity (mean 0, std 1); training sets them from the training
     records with :meth:`set_stats` so that the exported file carries them.
     """
 
-    def __init__(self, rr_features: int, hidden: int = 16) -> None:
+    def __init__(self, rr_features: int) -> None:
         super().__init__()
         if rr_features < 1:
             raise ValueError(f"rr_features must be at least 1, got {rr_features}")
         self.rr_features = rr_features
         self.register_buffer("mean", torch.zeros(rr_features))
         self.register_buffer("std", torch.ones(rr_features))
-        self.mlp = nn.Sequential(
-            nn.Linear(rr_features, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-        )
-        self.out_features = hidden
 
     @torch.jit.ignore
     def set_stats(self, mean: Sequence[float] | np.ndarray, std: Sequence[float] | np.ndarray) -> None:
@@ -93,11 +87,30 @@ class _RRBranch(nn.Module):
         self.std.copy_(std_t)
 
     def forward(self, rr: Tensor) -> Tensor:
-        z = (rr - self.mean) / self.std
-        # An RR interval that is not known yet (the first beats of a stream arrive as NaN)
-        # becomes the training average, 0 after standardisation, instead of a NaN class.
-        z = torch.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0)
-        return self.mlp(z)
+        return _standardise_rr(rr, self.mean, self.std)
+
+
+def _standardise_rr(rr: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    # A value that is not known (the first beats' RR intervals, a second lead the source
+    # lacks) becomes the training average, 0 after standardisation, instead of a NaN class.
+    return torch.nan_to_num((rr - mean) / std, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+class _RRBranch(_Standardiser):
+    """The standardised RR inputs through a small MLP."""
+
+    def __init__(self, rr_features: int, hidden: int = 16) -> None:
+        super().__init__(rr_features)
+        self.mlp = nn.Sequential(
+            nn.Linear(rr_features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+        )
+        self.out_features = hidden
+
+    def forward(self, rr: Tensor) -> Tensor:
+        return self.mlp(_standardise_rr(rr, self.mean, self.std))
 
 
 def _conv1d_block(c_in: int, c_out: int, kernel: int, pool: int) -> nn.Sequential:
@@ -159,6 +172,83 @@ class BeatCNNBiLSTM(nn.Module):
         # Mean and max pooling: the mean sees the whole beat, the max a single sharp feature.
         pooled = torch.cat([seq.mean(dim=1), seq.amax(dim=1)], dim=1)
         return self.head(torch.cat([pooled, self.rr(rr)], dim=1))
+
+
+class BeatFeatureMLP(nn.Module):
+    """Beat classifier on the RR, patient-adaptive and second-lead inputs and the window's
+    coarse shape: a plain MLP, which learns across patients differently from the CNN-BiLSTM
+    (it sees the shape only at 60 Hz, after the per-window standardisation, beside the
+    template comparisons), so the two err on different beats and their mean is better than
+    either (see the README's table).
+
+    ``forward(window [B, 252], rr [B, k]) -> logits [B, n_classes]``. Which inputs are
+    missing (NaN: a one-lead source's second-lead inputs) is an input too.
+    """
+
+    kind = "beat"
+    normalisation = (
+        "window: every 6th sample (60 Hz), standardised per window inside the model; "
+        "rr: (rr - mean) / std with buffers fixed from the training records, NaN as 0 and flagged"
+    )
+
+    def __init__(
+        self,
+        rr_features: int = 4,
+        n_classes: int = 5,
+        window: int = BEAT_WINDOW,
+        step: int = 6,
+        hidden: tuple[int, int] = (128, 64),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.window = window
+        self.n_classes = n_classes
+        self.step = step
+        self.rr = _Standardiser(rr_features)
+        h1, h2 = hidden
+        n_in = 2 * rr_features + len(range(0, window, step))
+        self.head = nn.Sequential(
+            nn.Linear(n_in, h1), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(h1, h2), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(h2, n_classes),
+        )
+
+    def forward(self, window: Tensor, rr: Tensor) -> Tensor:
+        coarse = _standardise(window[:, :: self.step])
+        missing = torch.isnan(rr).to(window.dtype)
+        return self.head(torch.cat([self.rr(rr), missing, coarse], dim=1))
+
+
+class BeatEnsemble(nn.Module):
+    """Beat models on the same inputs, their class probabilities averaged.
+
+    ``forward(window, rr) -> logits``: the log of the mean probability, so a softmax of the
+    output is that mean, as for any single beat model.
+    """
+
+    kind = "beat"
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        first = members[0]
+        self.members = nn.ModuleList(members)
+        self.window = first.window
+        self.n_classes = first.n_classes
+        self.rr_features = first.rr.rr_features
+        if any(m.window != self.window or m.n_classes != self.n_classes or m.rr.rr_features != self.rr_features
+               for m in members):
+            raise ValueError("ensemble members must share their window, classes and RR inputs")
+        self.normalisation = "mean of the members' probabilities; " + " | ".join(
+            f"{type(m).__name__}: {m.normalisation}" for m in members)
+
+    def forward(self, window: Tensor, rr: Tensor) -> Tensor:
+        probabilities: list[Tensor] = []
+        for member in self.members:
+            probabilities.append(torch.softmax(member(window, rr), dim=1))
+        mean = torch.stack(probabilities).mean(dim=0)
+        return torch.log(mean.clamp_min(1e-12))
 
 
 class BeatSpectrogramCNN(nn.Module):
@@ -389,11 +479,12 @@ def card_template(
         names = list(classes or SEGMENT_CLASSES)
         inputs: dict[str, Any] = {"fs": FS, "window": model.segment}
         outputs = ["logits", "attention"]
-    elif isinstance(model, (BeatCNNBiLSTM, BeatSpectrogramCNN)):
+    elif isinstance(model, (BeatCNNBiLSTM, BeatSpectrogramCNN, BeatFeatureMLP, BeatEnsemble)):
         names = list(classes or BEAT_CLASSES)
         rr_names = list(rr_features or DEFAULT_RR_FEATURES)
-        if len(rr_names) != model.rr.rr_features:
-            raise ValueError(f"{len(rr_names)} RR feature names for a model with {model.rr.rr_features} RR inputs")
+        n_rr = model.rr_features if isinstance(model, BeatEnsemble) else model.rr.rr_features
+        if len(rr_names) != n_rr:
+            raise ValueError(f"{len(rr_names)} RR feature names for a model with {n_rr} RR inputs")
         inputs = {"fs": FS, "window": model.window, "before": BEAT_BEFORE, "rr_features": rr_names}
         outputs = ["logits"]
     else:

@@ -37,12 +37,17 @@ from ecgmon.models.datasets import (
 from ecgmon.model_card import fold_folder
 from ecgmon.models.export import export_torchscript
 from ecgmon.scores import class_report
-from ecgmon.models.networks import BeatCNNBiLSTM, BeatSpectrogramCNN, SegmentAttentionCNN, card_template
+from ecgmon.models.networks import (
+    BeatCNNBiLSTM, BeatEnsemble, BeatFeatureMLP, BeatSpectrogramCNN, SegmentAttentionCNN, card_template,
+)
 from ecgmon.models.training import FitResult, TrainSettings, fit, predict, set_seed
 from ecgmon.models.databases import cross_database, per_database
-from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, RR_FEATURES
+from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, LEAD2_FEATURES, RR_FEATURES
 
 NAMES = {"beat": "beat-cnn-bilstm", "beat-spectrogram": "beat-spectrogram-cnn", "segment": "segment-attention-cnn"}
+# How the beat feature MLP trains beside the CNN-BiLSTM (``feature_mlp``): every N beat every
+# epoch (its class weights alone balance the classes) for 6 epochs of 512; the rest as the job's.
+MLP_SETTINGS = {"epochs": 6, "batch_size": 512, "majority_fraction": 1.0}
 
 
 @dataclass
@@ -58,6 +63,8 @@ class TrainingJob:
     rr_features: tuple[str, ...] = RR_FEATURES  # beat models: RR and adaptive inputs by name (BEAT_FEATURES), in order
     jitter: int = 0  # beat models: random R shift in training, up to this many samples each way
     noise: float = 0.0  # beat models: white noise in training, times the window's std
+    feature_mlp: bool = False  # beat: ship the CNN-BiLSTM and a BeatFeatureMLP averaged (BeatEnsemble)
+    lead2_dropout: float = 0.0  # beat models: share of training records shown without their second lead
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -85,14 +92,27 @@ def _inputs(job: TrainingJob, rows: BeatSet | SegmentSet, training: bool) -> tup
         return (rows.windows,)
     windows = rows.windows if training else centre_crop(rows.windows, job.jitter)
     columns = [BEAT_FEATURES.index(name) for name in job.rr_features]
-    return windows, np.ascontiguousarray(rows.rr[:, columns])
+    rr = np.ascontiguousarray(rows.rr[:, columns])
+    lead2 = [i for i, name in enumerate(job.rr_features) if name in LEAD2_FEATURES]
+    if training and lead2 and job.lead2_dropout > 0:
+        # Whole patients without their second lead, as a one-lead source gives them: the
+        # model must stay right with one lead, not lean on a second it may not get.
+        rng = np.random.default_rng(job.settings.seed)
+        records = np.unique(rows.records)
+        dropped = records[rng.random(records.size) < job.lead2_dropout]
+        rr[np.ix_(np.isin(rows.records, dropped), lead2)] = np.nan
+    return windows, rr
 
 
 def _new_model(job: TrainingJob, train_rr: np.ndarray | None) -> nn.Module:
-    set_seed(job.settings.seed)
     if job.kind == "segment":
+        set_seed(job.settings.seed)
         return SegmentAttentionCNN(n_classes=len(SEGMENT_CLASSES))
-    network = BeatCNNBiLSTM if job.kind == "beat" else BeatSpectrogramCNN
+    return _beat_network(job, BeatCNNBiLSTM if job.kind == "beat" else BeatSpectrogramCNN, train_rr)
+
+
+def _beat_network(job: TrainingJob, network: type[nn.Module], train_rr: np.ndarray) -> nn.Module:
+    set_seed(job.settings.seed)
     model = network(rr_features=len(job.rr_features), n_classes=len(CLASSES))
     model.rr.set_stats(np.nanmean(train_rr, axis=0), np.nanstd(train_rr, axis=0))
     return model
@@ -114,6 +134,11 @@ def _fit_on(
         val_x, val_y = _inputs(job, val, training=False), val.labels
     augment = BeatAugment(job.jitter, job.noise) if job.kind != "segment" and (job.jitter or job.noise) else None
     result = fit(model, train_x, train.labels, val_x, val_y, len(job.classes), settings, augment)
+    if job.feature_mlp:
+        mlp = _beat_network(job, BeatFeatureMLP, train_x[1])
+        fit(mlp, train_x, train.labels, None, None, len(job.classes),
+            replace(settings, patience=None, **MLP_SETTINGS), augment)
+        model = BeatEnsemble([model, mlp])
     return model, result
 
 
@@ -197,8 +222,13 @@ def train_model(job: TrainingJob, data: DataConfig) -> dict:
         "validation_records": sorted(job.val_records),
         "seed": job.settings.seed,
         "channel": job.channel,
-        **({"augmentation": {"r_jitter_samples": job.jitter, "noise_std_fraction": job.noise}}
+        **({"augmentation": {"r_jitter_samples": job.jitter, "noise_std_fraction": job.noise,
+                             "records_without_second_lead": job.lead2_dropout}}
            if job.kind != "segment" else {}),
+        **({"ensemble": {"members": ["BeatCNNBiLSTM (the settings above)",
+                                     f"BeatFeatureMLP ({', '.join(f'{k} {v}' for k, v in MLP_SETTINGS.items())})"],
+                         "combination": "mean of the members' probabilities"}}
+           if job.feature_mlp else {}),
         "class_weight_power": job.settings.weight_power,
         "majority_fraction": job.settings.majority_fraction,
         "min_class_count": job.settings.min_class_count,

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ecgmon.monitor.dsp.beat_features import (
-    BEAT_FEATURES, LOCAL_N, RECORD_WINDOW_S, RR_FEATURES, AdaptiveFeatures, beat_rr_features,
+    BEAT_FEATURES, FIRST_LEAD2, LEAD2_FEATURES, LOCAL_N, RECORD_WINDOW_S, RR_FEATURES, TEMPLATE_COLUMNS,
+    AdaptiveFeatures, beat_rr_features,
 )
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
 from ecgmon.monitor.inference_job import InferenceJob
@@ -58,7 +59,8 @@ class BeatClassification:
     """
 
     def __init__(
-        self, model: LoadedModel, fs: float, ring: RingBuffer, done: Callable[[BeatMessage], list[Message]]
+        self, model: LoadedModel, fs: float, ring: RingBuffer, done: Callable[[BeatMessage], list[Message]],
+        ring2: RingBuffer | None = None,
     ) -> None:
         check_beat_model(model)
         self.classes = model.classes
@@ -74,6 +76,9 @@ class BeatClassification:
             AdaptiveFeatures(self._before, model.fs)
             if any(c >= len(RR_FEATURES) for c in self._columns) else None
         )
+        # The second lead (``ring2``, the pipeline's filtered second column) against its own template.
+        self._ring2 = ring2
+        self._adaptive2 = AdaptiveFeatures(self._before, model.fs) if any(c >= FIRST_LEAD2 for c in self._columns) else None
         self._done = done
         self._wait = round(MAX_WAIT_S * fs)
         self._keep = RECORD_WINDOW_S * fs
@@ -99,11 +104,23 @@ class BeatClassification:
             rr = beat_rr_features(np.fromiter(self._history, np.int64)[: i + 1 + has_next], self.fs)[i]
             window = self._windows.cut(self._ring, k0, self._n)
             if self._adaptive is not None:
-                rr = np.concatenate([rr, self._adaptive.step(window, rr)]).astype(np.float32)
+                parts = [rr, self._adaptive.step(window, rr)]
+                if self._adaptive2 is not None:
+                    parts.append(self._lead2(k0, rr))
+                rr = np.concatenate(parts).astype(np.float32)
             inputs = None if window is None else (window, rr[self._columns])
             out.append(InferenceJob("beat", inputs, partial(self._finish, msg, received)))
             self._forget(r)
         return out
+
+    def _lead2(self, k0: int, rr: np.ndarray) -> np.ndarray:
+        """The second lead's template inputs for the beat whose window starts at ``k0``; NaN
+        (unknown, as the model was trained to expect) when the stream has no second lead there."""
+        window = None if self._ring2 is None else self._windows.cut(self._ring2, k0, self._n)
+        if window is not None and not np.isfinite(window).all():
+            window = None
+        measured = self._adaptive2.step(window, rr)[TEMPLATE_COLUMNS]
+        return measured if window is not None else np.full(len(LEAD2_FEATURES), np.nan)
 
     def _forget(self, oldest_needed: int) -> None:
         # Keep the beats the RR features of the next due beat still use: the last LOCAL_N

@@ -18,6 +18,7 @@ from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification
 from ecgmon.monitor.alarms import AlarmEngine
+from ecgmon.monitor.dsp.beat_features import LEAD2_FEATURES
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
 from ecgmon.monitor.dsp.qrs import Beat, QRSDetector
@@ -81,6 +82,8 @@ class StreamPipeline:
         self.hr_bpm: float | None = None
         self._jobs: list[InferenceJob] = []
         self._ring_span = 0
+        # A beat model that reads the second lead: the chunks' second column, filtered alike.
+        self._wants_lead2 = beat_model is not None and any(n in LEAD2_FEATURES for n in beat_model.rr_features)
         if beat_model is not None or segment_model is not None:
             # The filtered signal the models' windows are cut from: a beat's window while
             # the beat waits for its successor, or one segment window and a half.
@@ -97,6 +100,9 @@ class StreamPipeline:
         self._filter = ECGFilter(
             self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
         )
+        self._filter2 = ECGFilter(
+            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
+        ) if self._wants_lead2 else None
         self._detector = QRSDetector(self.fs, self.config.detector)
         self._hr.reset()
         self.hr_bpm = None
@@ -107,10 +113,13 @@ class StreamPipeline:
         self._frame_n = 0
         self._last_beat_sample: int | None = None
         self._ring = RingBuffer(self._ring_span) if self._ring_span else None
+        self._ring2 = RingBuffer(self._ring_span) if self._wants_lead2 else None
         self._beat_jobs: BeatClassification | None = None
         self._segment_jobs: SegmentClassification | None = None
         if self._beat_model is not None:
-            self._beat_jobs = BeatClassification(self._beat_model, self.fs, self._ring, self.beat_done)
+            self._beat_jobs = BeatClassification(
+                self._beat_model, self.fs, self._ring, self.beat_done, self._ring2
+            )
         if self._segment_model is not None:
             self._segment_jobs = SegmentClassification(
                 self._segment_model, self.stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done
@@ -136,16 +145,17 @@ class StreamPipeline:
         timed: list[tuple[int, int, Message]] = []  # (known at sample, tie order, message)
         if self._offset is None:
             self._offset = chunk.start
-        x = chunk.samples[:, 0]
+        block = chunk.samples
         gap = chunk.start - self.position
         if gap < 0:
-            x = x[-gap:]  # already fed: keep only what is new
+            block = block[-gap:]  # already fed: keep only what is new
             timed.append((self.samples, 0, self._gap_event(chunk, "overlap: the repeated samples were dropped")))
         elif 0 < gap <= MAX_FILL_S * self.fs:
-            x = np.concatenate([np.full(gap, np.nan, dtype=x.dtype), x])
+            block = np.concatenate([np.full((gap, block.shape[1]), np.nan, dtype=block.dtype), block])
             timed.append((self.samples, 0, self._gap_event(chunk, "bridged with held samples")))
         elif gap > 0:
             head = self._splice(chunk)
+        x = block[:, 0]
         if x.size == 0:
             return head + [m for _, _, m in timed]
         start = self.samples
@@ -155,6 +165,11 @@ class StreamPipeline:
             # Beats early in a long chunk still need their windows once the chunk is in.
             self._ring.reserve(self._ring_span + filtered.size)
             self._ring.extend(filtered)
+        if self._ring2 is not None:
+            self._ring2.reserve(self._ring_span + x.size)
+            # A chunk without a second lead leaves a gap (NaN) there: its beats get no lead-2 inputs.
+            lead2 = self._filter2(block[:, 1]) if block.shape[1] > 1 else np.full(x.size, np.nan, np.float32)
+            self._ring2.extend(lead2)
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end
 

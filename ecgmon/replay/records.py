@@ -280,6 +280,12 @@ class Record:
     def n_samples(self) -> int:
         return int(self.signal.shape[0])
 
+    def second_channel(self, primary: int) -> int | None:
+        """The lead beside ``primary`` that beat models may use as their second view of the
+        heart (MIT-BIH's V1/V2/V4/V5 beside MLII, SVDB's ECG2): the first other column, or
+        None for a one-lead record."""
+        return next((i for i in range(len(self.channels)) if i != primary), None)
+
     def channel_index(self, channel: int | str) -> int:
         """The column of ``channel``: an index, or a name (exact, else case-insensitive)."""
         n = len(self.channels)

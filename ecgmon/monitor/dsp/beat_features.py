@@ -176,8 +176,14 @@ LEARN_MIN_CORR = 0.8
 # After this many beats in a row of a regular rhythm that do not match, the patient's dominant
 # beat has changed (or the template was learnt from odd beats): start a new one.
 RELEARN_AFTER = 8
-# Every feature: the RR ones, then the adaptive ones; model cards name their inputs from this.
-BEAT_FEATURES: tuple[str, ...] = RR_FEATURES + ADAPTIVE_FEATURES
+# The second lead's QRS against its own running template (a template per lead, learnt from
+# the same beats): a ventricular beat that the first lead shows much like the patient's usual
+# beat is often plainly unlike it in a lead at right angles. NaN when the source has one lead.
+TEMPLATE_COLUMNS = slice(2, 8)  # the tpl_* columns of ADAPTIVE_FEATURES
+LEAD2_FEATURES: tuple[str, ...] = tuple(f"lead2_{n}" for n in ADAPTIVE_FEATURES[TEMPLATE_COLUMNS])
+# Every feature: the RR ones, the adaptive ones, the second lead's; model cards name their inputs from this.
+BEAT_FEATURES: tuple[str, ...] = RR_FEATURES + ADAPTIVE_FEATURES + LEAD2_FEATURES
+FIRST_LEAD2 = len(RR_FEATURES) + len(ADAPTIVE_FEATURES)  # BEAT_FEATURES index of the first lead-2 column
 
 
 class AdaptiveFeatures:
@@ -270,3 +276,14 @@ def adaptive_features(
     for i in range(r.size):
         out[i] = tracker.step(beat_window(signal, r[i], before, after), rr[i])
     return out
+
+
+def lead2_features(
+    signal2: np.ndarray | None, r_samples: np.ndarray, rr: np.ndarray, before: int = BEFORE, after: int = AFTER
+) -> np.ndarray:
+    """``(n, len(LEAD2_FEATURES))`` float32: the template inputs of the second lead's
+    ``signal2`` (at ``FS_MODEL``) at the first lead's beats, as live; NaN without a second lead."""
+    r = np.asarray(r_samples, dtype=np.int64)
+    if signal2 is None:
+        return np.full((r.size, len(LEAD2_FEATURES)), np.nan, np.float32)
+    return adaptive_features(signal2, r, rr, before, after)[:, TEMPLATE_COLUMNS]

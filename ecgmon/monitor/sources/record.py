@@ -1,4 +1,5 @@
-"""A WFDB record replayed as a live stream: one channel, paced to the monotonic clock."""
+"""A WFDB record replayed as a live stream: its chosen lead and the lead beside it, paced to the
+monotonic clock."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ _STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 class RecordSource:
-    """Replays channel ``config.replay.channel`` of record ``spec`` in chunks of ``chunk_s``.
+    """Replays channel ``config.replay.channel`` of record ``spec`` in chunks of ``chunk_s``,
+    with the record's second lead (``Record.second_channel``) as the chunks' second column when
+    it has one and ``replay.second_lead`` is on: beat models may use it, everything else reads
+    the first.
 
     The record is loaded (and downloaded if need be) in the constructor, so a bad spec or a
     rate the detector does not support is reported before anything starts. A live replay
@@ -50,8 +54,10 @@ class RecordSource:
             raise SourceError(f"record {spec} has no samples to replay")
         self.fs = self.record.fs
         self.lead = self.record.channels[self.channel]
-        # One contiguous column, so each chunk is a cheap slice of it.
-        self._samples = self.record.signal[:, self.channel : self.channel + 1].copy()
+        second = self.record.second_channel(self.channel) if config.replay.second_lead else None
+        self.columns = [self.channel] + ([] if second is None else [second])
+        # A contiguous copy of the replayed columns, so each chunk is a cheap slice of it.
+        self._samples = self.record.signal[:, self.columns].copy()
 
     @property
     def chunk_samples(self) -> int:
@@ -66,7 +72,7 @@ class RecordSource:
         pacer = Pacer(self.fs, self.config.replay.speed)
         step = self.chunk_samples
         total = self._samples.shape[0]
-        channels = (self.lead,)
+        channels = tuple(self.record.channels[c] for c in self.columns)
         offset = 0
         while True:
             for pos in range(0, total, step):

@@ -164,6 +164,10 @@ def add_train_pcg_options(p: argparse.ArgumentParser) -> None:
                         "default: pcg2016 under $ECGMON_DATA or [data] folder)")
     p.add_argument("--databases", nargs="+", metavar="NAME",
                    help="pcg: database folders under --data to use (default: all); one is held out per fold")
+    p.add_argument("--band-share", type=float, default=0.0, metavar="SHARE",
+                   help="pcg: share of training crops randomly low-/high-pass filtered (other stethoscopes' band)")
+    p.add_argument("--adversary", type=float, default=0.0, metavar="WEIGHT",
+                   help="pcg: weight of the reversed gradient of a database classifier on the features (0: none)")
 
 
 def _pcg_root(args: argparse.Namespace, config: Config):
@@ -193,16 +197,19 @@ def cmd_train_pcg(args: argparse.Namespace, config: Config) -> int:
             folders = [f for f in folders if f.name in args.databases]
         data = load_pcg(folders, lambda text: log.warning("%s", text), progress=sys.stderr.isatty())
         settings = PcgSettings(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                               seed=args.seed, progress=sys.stderr.isatty())
+                               seed=args.seed, progress=sys.stderr.isatty(), band_share=args.band_share,
+                               adversary=args.adversary)
         command = ("ecgmon train pcg" + (f" --data {args.data}" if args.data else "")
                    + f" --databases {' '.join(f.name for f in folders)} "
                    f"--epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr:g} "
+                   f"--band-share {args.band_share:g} --adversary {args.adversary:g} "
                    f"--seed {args.seed} --out {args.out}")
-        card = train_and_export(data, Path(args.out), command, settings)
+        card = train_and_export(data, Path(args.out), command, settings, min_quality=config.audio.min_quality)
     except (PcgDataError, ValueError) as err:
         raise CommandError(str(err)) from None
     _check_daemon_loads(Path(args.out))
     m = card["metrics"]
-    folds = ", ".join(f"{db} MAcc {f['macc']} (Se {f['se']} Sp {f['sp']})" for db, f in m["folds"].items())
+    folds = ", ".join(f"{db} MAcc {f['macc']} (Se {f['se']} Sp {f['sp']}, coverage {f['coverage']})"
+                      for db, f in m["folds"].items())
     log.info("wrote %s: leave-one-database-out %s; mean MAcc %s", args.out, folds, m["mean"]["macc"])
     return 0

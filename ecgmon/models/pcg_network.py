@@ -166,13 +166,17 @@ class PcgMelCNN(nn.Module):
             keep = keep * (~((bins >= start) & (bins < start + width))).float()[:, :, None]
         return z * keep
 
-    def forward(self, audio: Tensor) -> Tensor:
+    def embed(self, audio: Tensor) -> Tensor:
+        """``[B, 2 * channels[-1]]``: the pooled features the head classifies (training's
+        database adversary reads them too)."""
         z = self.normalised(audio)
         if self.training:
             z = self._spec_augment(z)
         x = self.conv(z.unsqueeze(1))
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return self.head(pooled)
+        return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+
+    def forward(self, audio: Tensor) -> Tensor:
+        return self.head(self.embed(audio))
 
 
 def pcg_card_template(model: PcgMelCNN, name: str, aggregation: str, threshold: float) -> dict[str, Any]:

@@ -77,6 +77,9 @@ class PcgSettings:
     # mel median removes a fixed frequency response, but not where a device has no signal at
     # all: there the bins hold only its noise.
     band_share: float = 0.0
+    # Weight of the reversed gradient of a database classifier on the pooled features (0: none):
+    # training that penalises recognising the database.
+    adversary: float = 0.0
     # The epoch rule (see choose_rule): checkpoints every checkpoint_every epochs up to epochs,
     # each scored on at most curve_recordings recordings (curve_windows windows each) of the
     # database the model never saw.
@@ -206,6 +209,25 @@ def evaluate_set(model: nn.Module, data: PcgSet, rule: Rule | None = None) -> di
 Checkpoint = Callable[[int, nn.Module], None]
 
 
+class _GradReverse(torch.autograd.Function):
+    """Identity forward; the gradient times ``-weight`` backward (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return -ctx.weight * grad, None
+
+
+def _adversary(model: nn.Module, n_databases: int) -> nn.Module:
+    """A small database classifier on the model's pooled features (training only, never exported)."""
+    width = model.head[-1].in_features
+    return nn.Sequential(nn.Linear(width, 32), nn.ReLU(), nn.Linear(32, n_databases))
+
+
 def train_pcg(model: nn.Module, train: PcgSet, settings: PcgSettings, desc: str = "training",
               epochs: int | None = None, checkpoint: Checkpoint | None = None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` (default ``settings.epochs``) epochs of
@@ -216,8 +238,12 @@ def train_pcg(model: nn.Module, train: PcgSet, settings: PcgSettings, desc: str 
     rng = np.random.default_rng(settings.seed)
     loss_fn = nn.CrossEntropyLoss()
     draw = sampling_weights(train.databases, train.labels)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    db_names = sorted(set(train.databases.tolist()))
+    adversary = _adversary(model, len(db_names)) if settings.adversary > 0 and len(db_names) > 1 else None
+    params = list(model.parameters()) + ([] if adversary is None else list(adversary.parameters()))
+    optimiser = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     labels = torch.from_numpy(train.labels)
+    db_index = torch.from_numpy(np.searchsorted(db_names, train.databases))
     n = settings.epoch_size
     batches = (n + settings.batch_size - 1) // settings.batch_size
     history: list[dict] = []
@@ -232,7 +258,14 @@ def train_pcg(model: nn.Module, train: PcgSet, settings: PcgSettings, desc: str 
                 idx = order[b * settings.batch_size : (b + 1) * settings.batch_size]
                 x = torch.from_numpy(_augment(_crops(train, idx, rng), settings, rng))
                 optimiser.zero_grad()
-                loss = loss_fn(model(x), labels[idx])
+                if adversary is None:
+                    loss = loss_fn(model(x), labels[idx])
+                else:
+                    # The features must serve the class and hide the database: the adversary
+                    # learns to name the database, the reversed gradient unlearns it in them.
+                    features = model.embed(x)
+                    loss = loss_fn(model.head(features), labels[idx]) + loss_fn(
+                        adversary(_GradReverse.apply(features, settings.adversary)), db_index[idx])
                 loss.backward()
                 optimiser.step()
                 total += loss.item() * len(idx)
@@ -372,6 +405,8 @@ def run_fold(data: PcgSet, held_out: str, settings: PcgSettings, min_quality: fl
     model = PcgMelCNN(**settings.network)
     model.load_state_dict(curve.states[epochs])
     report = evaluate_set(model.eval(), data.of_databases([held_out]), rule)
+    log.info("fold %s: epochs %d, %s: %s", held_out, epochs, rule,
+             {k: report[k] for k in ("se", "sp", "macc", "auc", "coverage")})
     result = FoldResult(held_out, train_dbs, report, curve.history[:epochs])
     result.rule = {"epochs": epochs, **asdict(rule), "chosen_on": chosen}
     return result, curve

@@ -14,7 +14,7 @@ from ecgmon.chunk import Chunk
 from ecgmon.config import Config, DataConfig
 from ecgmon.models.datasets import filtered_channel
 from ecgmon.monitor.classification import MAX_WAIT_S
-from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, adaptive_features, beat_rr_features
+from ecgmon.monitor.dsp.beat_features import BEAT_FEATURES, adaptive_features, beat_rr_features, lead2_features
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
 from ecgmon.monitor.model_set import load_models, model_path
 from ecgmon.monitor.pipeline import StreamPipeline
@@ -67,10 +67,10 @@ def test_windows_at_the_model_rate_match_resampling_the_whole_stream(fs):
 
 def _jobs(record, config: Config, models, chunk: int):
     pipeline = StreamPipeline("s", record.fs, "MLII", config, models["beat"], None)
-    signal = record.signal[: MINUTES * 60 * int(record.fs), :1]
+    signal = record.signal[: MINUTES * 60 * int(record.fs)]  # both leads, as a replay gives them
     beats, jobs = [], []
     for pos in range(0, signal.shape[0], chunk):
-        pipeline.feed(Chunk("s", record.fs, ("MLII",), pos, signal[pos : pos + chunk].copy()))
+        pipeline.feed(Chunk("s", record.fs, record.channels, pos, signal[pos : pos + chunk].copy()))
         jobs.extend(pipeline.take_jobs())
     jobs.extend(pipeline.finish())
     return pipeline, jobs
@@ -85,8 +85,9 @@ def test_live_beat_inputs_equal_the_training_inputs(record100, shipped):
     assert len(jobs) == len(messages) > 150
     offline_signal = filtered_channel(record100, 0)
     offline_rr = beat_rr_features(r, record100.fs)
-    # The patient-adaptive inputs too, as training computes them over the whole record.
-    offline_rr = np.hstack([offline_rr, adaptive_features(offline_signal, r, offline_rr)])
+    # The patient-adaptive and second-lead inputs too, as training computes them over the whole record.
+    offline_rr = np.hstack([offline_rr, adaptive_features(offline_signal, r, offline_rr),
+                            lead2_features(filtered_channel(record100, 1), r, offline_rr)])
     model = shipped["beat"]
     cols = [BEAT_FEATURES.index(n) for n in model.rr_features]
     for i, job in enumerate(jobs[:-1]):  # the last beat has no successor live nor offline alike

@@ -69,7 +69,7 @@ def reference_beats(spec: str, n_chunks: int | None, cfg: Config) -> list[int]:
     """R-peak indices of the in-process replay: the record's chunks fed to a StreamPipeline."""
     src = RecordSource(spec, cfg)
     pipe = StreamPipeline("ref", src.fs, src.lead, cfg)
-    x = src._samples
+    x = src.record.signal[:, src.channel : src.channel + 1]  # the lead MQTT carries
     step = src.chunk_samples
     end = x.shape[0] if n_chunks is None else min(x.shape[0], n_chunks * step)
     beats = []

@@ -65,7 +65,7 @@ def reference_beats(spec: str, cfg: Config) -> list[int]:
     """R-peak samples of the record's first CHUNKS chunks through a pipeline of its own."""
     src = RecordSource(spec, cfg)
     pipe = StreamPipeline("ref", src.fs, src.lead, cfg)
-    x = src._samples[: CHUNKS * STEP]
+    x = src.record.signal[: CHUNKS * STEP, src.channel : src.channel + 1]  # the lead a pipeline reads
     out = []
     for pos in range(0, x.shape[0], STEP):
         chunk = Chunk("ref", src.fs, (src.lead,), pos, x[pos : pos + STEP].copy())

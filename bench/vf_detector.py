@@ -129,8 +129,8 @@ def fit(data: dict, recs: list[str], seed: int = 0) -> dict:
     return {"mean": mean, "scale": scale, "w1": p[0].T, "b1": p[1], "w2": p[2][0], "b2": float(p[3][0])}
 
 
-def weights(m: dict) -> fibrillation.vf_model.Weights:
-    return fibrillation.vf_model.Weights(m["mean"], m["scale"], m["w1"], m["b1"], m["w2"], m["b2"])
+def weights(m: dict) -> fibrillation.Weights:
+    return fibrillation.Weights(m["mean"], m["scale"], m["w1"], m["b1"], m["w2"], m["b2"])
 
 
 def fit_all(data: dict, recs: list[str]) -> list[dict]:
@@ -249,23 +249,21 @@ def write_model(ms: list[dict], hold: int, thr: float, gate: float, path: Path, 
     def arr(a: np.ndarray) -> str:
         return np.array2string(np.asarray(a), separator=", ", precision=8, max_line_width=100, threshold=10**6)
 
-    body = "".join(f"""    Weights(
-        mean=np.array({arr(m["mean"])}),
-        scale=np.array({arr(m["scale"])}),
-        w1=np.array({arr(m["w1"])}),
-        b1=np.array({arr(m["b1"])}),
-        w2=np.array({arr(m["w2"])}),
-        b2={m["b2"]!r},
+    # Every fit standardises the same training features: the mean and scale are written once.
+    mean, scale = ms[0]["mean"], ms[0]["scale"]
+    if any(not (np.array_equal(m["mean"], mean) and np.array_equal(m["scale"], scale)) for m in ms):
+        raise ValueError("the fits do not share their feature normalisation")
+    body = "".join(f"""    (
+        np.array({arr(m["w1"])}),
+        np.array({arr(m["b1"])}),
+        np.array({arr(m["w2"])}),
+        {m["b2"]!r},
     ),
 """ for m in ms)
     path.write_text(f'''"""The VF/flutter networks of fibrillation.py, written by bench/vf_detector.py --write.
 
 {note}
 """
-
-from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -275,21 +273,12 @@ P_VF = {thr}
 HOLD_WINDOWS = {hold}
 FLUTTER_P = {gate}
 
+# The features' normalisation, shared by every fit (leakage and kurtosis as logarithms).
+FEATURE_MEAN = np.array({arr(mean)})
+FEATURE_SCALE = np.array({arr(scale)})
 
-@dataclass(frozen=True)
-class Weights:
-    """One network: feature normalisation (leakage and kurtosis as logarithms), then
-    tanh(z @ w1 + b1) @ w2 + b2 is the log-odds of VF."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    w1: np.ndarray  # (33, hidden)
-    b1: np.ndarray
-    w2: np.ndarray  # (hidden,)
-    b2: float
-
-
-MODELS = (
+# (w1 (33, hidden), b1, w2 (hidden,), b2) of each fit: tanh(z @ w1 + b1) @ w2 + b2 is the log-odds of VF.
+NETS = (
 {body})
 ''')
 
@@ -327,8 +316,8 @@ def main() -> None:
         held_s = run(data, {r: held[r] for r in g}, g, hold, thr, gate)
         print(f"fold {gi:2d} {g[0]:10s} K={hold} T={thr:.2f} G={gate:.2f}: {held_s['found10']}/{held_s['episodes']} within 10 s, "
               f"{held_s['false']} false", flush=True)
-    rows, found, found10, eps, false = {}, 0, 0, 0, 0
-    for (first, hold, thr, gate), g in zip(chosen, groups):
+    rows = {}
+    for (_, hold, thr, gate), g in zip(chosen, groups):
         s = run(data, held, g, hold, thr, gate)
         rows.update(s["rows"])
     for name, sel in (("CUDB", [r for r in recs if r.startswith("cudb")]), ("MIT-BIH", [r for r in recs if r.startswith("mitdb")])):

@@ -42,6 +42,7 @@ CUDB records never used) is ``bench/vf_detector.py``; the README gives the figur
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
@@ -235,13 +236,30 @@ def _box_fill(a: np.ndarray, b: np.ndarray, skip: int) -> np.ndarray:
     return (counts > 0).sum(axis=1) / (GRID * GRID)
 
 
-def probability(feats: np.ndarray, models: tuple[vf_model.Weights, ...] | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class Weights:
+    """One network: feature normalisation (leakage and kurtosis as logarithms), then
+    tanh(z @ w1 + b1) @ w2 + b2 is the log-odds of VF."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    w1: np.ndarray  # (33, hidden)
+    b1: np.ndarray
+    w2: np.ndarray  # (hidden,)
+    b2: float
+
+
+# The shipped fits (vf_model.py, generated), over their one shared feature normalisation.
+MODELS = tuple(Weights(vf_model.FEATURE_MEAN, vf_model.FEATURE_SCALE, *net) for net in vf_model.NETS)
+
+
+def probability(feats: np.ndarray, models: tuple[Weights, ...] | None = None) -> np.ndarray:
     """P(VF) of each row of ``features`` output: the mean over the networks ``models`` (the
     shipped ones: the same network fitted from several random starts, which steadies it)."""
     z0 = np.array(feats, dtype=np.float64, ndmin=2)
     z0[:, LOG_FEATURES] = np.log(np.maximum(z0[:, LOG_FEATURES], 1e-6))
     out = np.zeros(z0.shape[0])
-    nets = models or vf_model.MODELS
+    nets = models or MODELS
     for m in nets:
         hidden = np.tanh(((z0 - m.mean) / m.scale) @ m.w1 + m.b1)
         out += 1.0 / (1.0 + np.exp(-np.clip(hidden @ m.w2 + m.b2, -50, 50)))

@@ -70,8 +70,7 @@ def measure(spec: str, config: Config) -> dict:
     rec = load_record(spec, config.data)
     fs = rec.fs
     x = np.nan_to_num(rec.signal[:, 0].astype(np.float64))
-    dsp = config.dsp
-    filt = ECGFilter(fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q)(x)
+    filt = ECGFilter.configured(fs, config.dsp)(x)
     win, step = round(fibrillation.WINDOW_S * fs), max(1, round(STEP_S * fs))
     ends = np.arange(win, x.size + 1, step)
     windows = np.stack([fibrillation.analysis_window(filt[e - win : e], fs) for e in ends])

@@ -73,13 +73,12 @@ def run_record(
         source.stream, source.fs, source.lead, config, models.get("beat"), models.get("segment")
     )
     signal = source.record.signal[:, source.columns]
-    channels = tuple(source.record.channels[c] for c in source.columns)
     step = max(1, round(chunk_s * source.fs))
     every = max(1, round(lag_s / chunk_s))
     out: list[Message] = []
     jobs: list[InferenceJob] = []
     for n, pos in enumerate(range(0, signal.shape[0], step), 1):
-        chunk = Chunk(source.stream, source.fs, channels, pos, signal[pos : pos + step].copy())
+        chunk = Chunk(source.stream, source.fs, source.channels, pos, signal[pos : pos + step].copy())
         out.extend(pipeline.feed(chunk))
         jobs.extend(pipeline.take_jobs())
         if n % every == 0:

@@ -86,13 +86,7 @@ def filtered_channel(record: Record, channel: Channel = 0, dsp: DspConfig | None
     The filter runs at the record's own rate, causally from the first sample, exactly as a
     stream pipeline filters a live source; only then is the result resampled.
     """
-    dsp = dsp or DspConfig()
-    raw = record.signal[:, _pick_channel(record, channel)]
-    filt = ECGFilter(
-        record.fs, highpass_hz=dsp.highpass_hz, lowpass_hz=dsp.lowpass_hz, order=dsp.order,
-        notch_hz=dsp.notch_hz, notch_q=dsp.notch_q,
-    )
-    x = filt(raw)
+    x = ECGFilter.configured(record.fs, dsp or DspConfig())(record.signal[:, _pick_channel(record, channel)])
     if record.fs != FS_MODEL:
         up, down = _resample_ratio(record.fs)
         x = resample_poly(x, up, down)

@@ -96,13 +96,8 @@ class StreamPipeline:
         """The state of one continuous stretch of signal, from internal sample 0: made at the
         stream's start and again at a splice, after which nothing from before the gap (filter
         and detector state, RR, heart rate, the models' context) may shape what follows."""
-        dsp = self.config.dsp
-        self._filter = ECGFilter(
-            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
-        )
-        self._filter2 = ECGFilter(
-            self.fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q
-        ) if self._wants_lead2 else None
+        self._filter = ECGFilter.configured(self.fs, self.config.dsp)
+        self._filter2 = ECGFilter.configured(self.fs, self.config.dsp) if self._wants_lead2 else None
         self._detector = QRSDetector(self.fs, self.config.detector)
         self._hr.reset()
         self.hr_bpm = None

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import signal
 
+from ecgmon.config import DspConfig
+
 
 def bandpass_sos(fs: float, low_hz: float, high_hz: float, order: int = 2) -> np.ndarray:
     """Butterworth bandpass as second-order sections; the upper edge is clipped below Nyquist."""
@@ -80,6 +82,11 @@ class ECGFilter:
         if notch_hz and notch_hz < fs / 2:
             sos = np.vstack([sos, notch_sos(fs, notch_hz, notch_q)])
         self._filter = StatefulSOS(sos, channels)
+
+    @classmethod
+    def configured(cls, fs: float, dsp: DspConfig) -> ECGFilter:
+        """The chain ``[dsp]`` sets: what a stream pipeline runs and training reproduces."""
+        return cls(fs, dsp.highpass_hz, dsp.lowpass_hz, dsp.order, dsp.notch_hz, dsp.notch_q)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._filter(x)

@@ -56,6 +56,7 @@ class RecordSource:
         self.lead = self.record.channels[self.channel]
         second = self.record.second_channel(self.channel) if config.replay.second_lead else None
         self.columns = [self.channel] + ([] if second is None else [second])
+        self.channels = tuple(self.record.channels[c] for c in self.columns)  # the chunks' channel names
         # A contiguous copy of the replayed columns, so each chunk is a cheap slice of it.
         self._samples = self.record.signal[:, self.columns].copy()
 
@@ -72,7 +73,6 @@ class RecordSource:
         pacer = Pacer(self.fs, self.config.replay.speed)
         step = self.chunk_samples
         total = self._samples.shape[0]
-        channels = tuple(self.record.channels[c] for c in self.columns)
         offset = 0
         while True:
             for pos in range(0, total, step):
@@ -80,7 +80,7 @@ class RecordSource:
                 start = offset + pos
                 await pacer.wait_until(start + block.shape[0])
                 # A copy: consumers own their chunk and may not alter the record.
-                yield Chunk(self.stream, self.fs, channels, start, block.copy())
+                yield Chunk(self.stream, self.fs, self.channels, start, block.copy())
             if not self.config.replay.loop:
                 return
             offset += total

@@ -20,7 +20,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.classification import softmax_label
 from ecgmon.monitor.dsp.pcg_decision import Rule, decide
 from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
-from ecgmon.monitor.dsp.pcg_quality import quality_index
+from ecgmon.monitor.dsp.pcg_quality import QUALITY_WINDOW_S, quality_index
 from ecgmon.monitor.dsp.pcg_rate import RATE_SPAN_S, envelope_rate_bpm
 from ecgmon.monitor.dsp.pcg_sounds import HeartSound, HeartSoundDetector
 from ecgmon.monitor.dsp.ring_buffer import RingBuffer
@@ -30,8 +30,6 @@ from ecgmon.schema import EventMessage, Message, PcgClassMessage, PcgMessage, St
 if TYPE_CHECKING:
     from ecgmon.monitor.model_loader import LoadedModel
 
-# Quality is judged on the last QUALITY_WINDOW_S of audio (a few cardiac cycles).
-QUALITY_WINDOW_S = 5.0
 # Without a model, windows are still cut for their quality at the model's usual size.
 DEFAULT_WINDOW_S, DEFAULT_HOP_S = 5.0, 2.5
 # Gaps up to this long are filled with silence so the clock stays right; longer ones are spliced.

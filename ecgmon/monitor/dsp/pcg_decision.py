@@ -23,6 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ecgmon.monitor.dsp.pcg_envelope import HomomorphicEnvelope, PcgBandpass
+from ecgmon.monitor.dsp.pcg_quality import QUALITY_WINDOW_S, quality_index
+
 LABELS = ("normal", "abnormal", "uncertain")
 # Card "decision" keys and their values for a card written before abstention existed: no
 # margin and no agreement requirement, so such a model keeps its old verdicts (bar quality).
@@ -83,11 +86,7 @@ def window_qualities(audio: np.ndarray, fs: float, window: int, hop: int, envelo
     """The quality index of each ``window``-sample window every ``hop`` samples of a whole
     recording, computed as the daemon's pipeline computes it when it cuts that window (the
     last 5 s of audio and of the causal envelope; both filters are chunk-invariant)."""
-    from ecgmon.monitor.dsp.pcg_envelope import HomomorphicEnvelope, PcgBandpass
-    from ecgmon.monitor.dsp.pcg_quality import quality_index
-
-    # The pipeline judges quality on the last QUALITY_WINDOW_S (5 s) of audio.
-    span = int(5.0 * fs)
+    span = int(QUALITY_WINDOW_S * fs)
     envelope = HomomorphicEnvelope(fs, float(envelope_fs))
     env = envelope(PcgBandpass(fs)(np.asarray(audio, dtype=np.float32)))
     dec = envelope.decimation

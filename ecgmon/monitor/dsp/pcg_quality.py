@@ -22,6 +22,8 @@ CLIP_LEVEL = 0.999
 CLIP_LIMIT = 0.05
 # Below this RMS (full scale) there is no stethoscope signal at all (-70 dBFS).
 SILENCE_RMS = 10 ** (-70 / 20)
+# Quality is judged on the last QUALITY_WINDOW_S of audio (a few cardiac cycles).
+QUALITY_WINDOW_S = 5.0
 
 
 def periodicity(env: np.ndarray, fs: float) -> float:

@@ -367,3 +367,14 @@ def test_record_stream_id(spec, stream):
     assert record_stream_id(spec) == stream
     assert all(c.isascii() and (c.isalnum() or c in "-_") for c in record_stream_id(spec))
 
+
+
+def test_second_lead_is_another_signal_in_the_same_unit():
+    # The beat model's second view of the heart: another ECG lead, never a pressure or EEG
+    # signal recorded beside it (polysomnography and ICU records carry those).
+    signal = np.zeros((10, 4), np.float32)
+    rec = Record("x", 250.0, ("BP", "ECG", "Resp", "V1"), signal, ("mmHg", "mV", "l", "MV"))
+    assert rec.second_channel(1) == 3
+    assert rec.second_channel(3) == 1
+    one = Record("y", 250.0, ("ECG", "BP"), signal[:, :2], ("mV", "mmHg"))
+    assert one.second_channel(0) is None

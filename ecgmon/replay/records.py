@@ -282,9 +282,11 @@ class Record:
 
     def second_channel(self, primary: int) -> int | None:
         """The lead beside ``primary`` that beat models may use as their second view of the
-        heart (MIT-BIH's V1/V2/V4/V5 beside MLII, SVDB's ECG2): the first other column, or
-        None for a one-lead record."""
-        return next((i for i in range(len(self.channels)) if i != primary), None)
+        heart (MIT-BIH's V1/V2/V4/V5 beside MLII, SVDB's ECG2): the first other column in the
+        same unit (a blood-pressure, respiration or EEG signal beside the ECG is no lead), or
+        None when there is none."""
+        unit = self.units[primary].casefold()
+        return next((i for i, u in enumerate(self.units) if i != primary and u.casefold() == unit), None)
 
     def channel_index(self, channel: int | str) -> int:
         """The column of ``channel``: an index, or a name (exact, else case-insensitive)."""

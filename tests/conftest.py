@@ -24,9 +24,11 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _ecgmon_data_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test (and every subprocess it starts) finds the recordings the same way."""
+def _ecgmon_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test (and every subprocess it starts) finds the recordings the same way, and a
+    daemon it runs archives into a scratch folder of its own, not the user's archive."""
     monkeypatch.setenv("ECGMON_DATA", str(_data_dir()))
+    monkeypatch.setenv("ECGMON_ARCHIVE", str(tmp_path_factory.mktemp("archive")))
 
 
 def free_tcp_port() -> int:

@@ -24,6 +24,7 @@ from ecgmon.monitor.sources.base import Source, SourceError
 from ecgmon.schema import DAEMON_STREAM, EventMessage, Message, StatusMessage, StreamStatus
 
 if TYPE_CHECKING:
+    from ecgmon.archive.writer import ArchiveWriter
     from ecgmon.monitor.model_loader import LoadedModel
 
 log = logging.getLogger("ecgmon.daemon")
@@ -84,6 +85,9 @@ class Daemon:
 
     ``models`` are the loaded `[models]` entries by key ("beat", "segment"); ``model_errors``
     the one-line reasons why configured models are missing, published as events at the start.
+
+    ``archive``, if given, gets every ECG chunk and every published message (it queues them
+    and returns at once); the daemon starts it, closes it at the end and publishes its events.
     """
 
     def __init__(
@@ -93,8 +97,10 @@ class Daemon:
         publisher: Publisher | None = None,
         models: dict[str, LoadedModel] | None = None,
         model_errors: list[str] | None = None,
+        archive: ArchiveWriter | None = None,
     ) -> None:
         self.config = config
+        self.archive = archive
         self.sources = sources
         self.publisher = publisher
         self.models = dict(models or {})
@@ -117,9 +123,20 @@ class Daemon:
                 return st.pipeline.alarms
         return None
 
-    def _publish(self, msg: Message) -> None:
+    def publish(self, msg: Message) -> None:
+        """Publish ``msg`` and archive it (the control socket's alarm changes come here too)."""
         assert self.publisher is not None
         self.publisher.publish(msg)
+        if self.archive is not None:
+            self.archive.message(msg)
+
+    _publish = publish
+
+    def _archive_events(self) -> None:
+        """Publish what the archive writer reported (disk faults, a full queue)."""
+        if self.archive is not None:
+            for ev in self.archive.take_events():
+                self._event(ev.stream, ev.level, ev.code, ev.text, ev.counts)
 
     def _event(self, stream: str, level: str, code: str, text: str, counts: dict | None = None) -> None:
         self._publish(EventMessage(stream=stream, level=level, code=code, text=text, counts=counts or {}))
@@ -180,6 +197,9 @@ class Daemon:
         st = self._stream_of(chunk, source)
         if st is None:
             return
+        if self.archive is not None and _modality(source) == "ecg":
+            self.archive.feed(chunk, source)  # before the pipeline: its faults lose no signal
+            self._archive_events()
         st.last_chunk = time.monotonic()
         if st.pipeline is None:
             return
@@ -333,6 +353,7 @@ class Daemon:
         while True:
             await asyncio.sleep(period)
             self._drop_idle()
+            self._archive_events()
             self._publish(self.status_message())
 
     def _drop_idle(self) -> None:
@@ -378,6 +399,8 @@ class Daemon:
             pc = self.config.publisher
             self.publisher = Publisher(pc.endpoint, pc.send_hwm)
         self._t0 = time.monotonic()
+        if self.archive is not None:
+            self.archive.start()
         self._start_batchers()
         self._publish(self.status_message())
         status = asyncio.create_task(self._status_loop(), name="status")
@@ -401,6 +424,10 @@ class Daemon:
                 if st.state in ("starting", "running"):
                     st.state = "ended"  # stopped by shutdown
             try:
+                if self.archive is not None:
+                    # Its open segments are written now; the wait is bounded (its queue is).
+                    await asyncio.to_thread(self.archive.close)
+                    self._archive_events()
                 self._publish(self.status_message())
             finally:
                 # A short linger lets the last status and events reach subscribers.

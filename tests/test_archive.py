@@ -1,0 +1,140 @@
+"""The archive (issue 15): a record replayed through the daemon at --speed 0 comes back from
+disk with wfdb sample for sample, its beats as WFDB annotations equal to the published beat
+messages; an archive folder that cannot be written is a technical event and monitoring goes
+on."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import wfdb
+
+from ecgmon.archive import reader
+from ecgmon.archive.annotations import BEAT_EXT, BEAT_SYMBOL, EVENT_EXT
+from ecgmon.archive.audit import read_audit
+from ecgmon.archive.layout import NULL
+from ecgmon.archive.writer import ArchiveWriter
+from ecgmon.config import Config
+from ecgmon.evaluate import qrs
+from ecgmon.evaluate.matching import MATCH_WINDOW_S, score_beats
+from ecgmon.monitor.daemon import Daemon
+from ecgmon.monitor.model_set import load_models
+from ecgmon.monitor.publisher import Publisher
+from ecgmon.monitor.sources.record import RecordSource
+from ecgmon.replay.records import load_record
+from ecgmon.replay.reference import reference_beats
+from ecgmon.schema import AlarmMessage, BeatMessage, EventMessage, parse_message
+from zmq_helpers import PREFIXES, subscriber
+
+SECONDS = 75  # two closed segments of 30 s and a short last one
+
+
+def _span(name: str, seconds: float):
+    rec = load_record(name, Config().data)
+    return dataclasses.replace(rec, signal=rec.signal[: int(seconds * rec.fs)], ann_samples=None, ann_symbols=None)
+
+
+async def _run(endpoint: str, config: Config, record, archive, models=None) -> list:
+    pub = Publisher(endpoint, 100000)
+    ctx, sub = await subscriber(endpoint, PREFIXES + ("alarm.",))
+    source = RecordSource(record.name, config, stream="bed1", record=record)
+    try:
+        await asyncio.wait_for(Daemon(config, [source], pub, models or {}, [], archive).run(), 300)
+        msgs = []
+        while await sub.poll(300):
+            msgs.append(parse_message((await sub.recv_multipart())[1]))
+        return msgs
+    finally:
+        sub.close()
+        ctx.term()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models(Config().models)[0]
+
+
+async def test_a_replayed_record_comes_back_from_the_archive(endpoint, data_dir, tmp_path, models):
+    config = Config()
+    config.replay.speed = 0
+    record = _span("mitdb:119", SECONDS)  # ventricular bigeminy: N and V beats
+    archive = ArchiveWriter(tmp_path, segment_s=30)
+    msgs = await _run(endpoint, config, record, archive, models)
+    assert archive.dropped == 0
+
+    layout = reader.open_layout(tmp_path / "bed1")
+    assert [n for n, _ in layout.entries][-1] != NULL and layout.length == record.n_samples
+    assert [n for _, n in layout.entries] == [30 * 360, 30 * 360, 15 * 360]
+
+    # The signal, sample for sample: the record's own digital values, both replayed leads.
+    n = record.n_samples
+    got = wfdb.rdrecord(str(tmp_path / "bed1" / layout.name), physical=False)
+    want = wfdb.rdrecord(str(data_dir / "mitdb" / "119"), sampto=n, physical=False)
+    assert got.sig_name == want.sig_name and got.fs == want.fs
+    np.testing.assert_array_equal(got.d_signal, want.d_signal)
+    phys = wfdb.rdrecord(str(tmp_path / "bed1" / layout.name)).p_signal
+    np.testing.assert_array_equal(phys, wfdb.rdrecord(str(data_dir / "mitdb" / "119"), sampto=n).p_signal)
+
+    # The beats: the published ones, at the record's indices, with their classes as WFDB codes.
+    beats = [m for m in msgs if isinstance(m, BeatMessage)]
+    samples, symbols, _ = reader.annotations(layout, BEAT_EXT, stream_indices=True)
+    assert samples.tolist() == [b.sample for b in beats]
+    assert symbols == [BEAT_SYMBOL[b.label] for b in beats]
+    assert {"N", "V"} <= set(symbols)
+    # ... and scored against the reference they give the figures of `evaluate qrs` for the span.
+    full = load_record("mitdb:119", Config().data)
+    ref = reference_beats(full.ann_samples[full.ann_samples < n], [
+        s for s, at in zip(full.ann_symbols, full.ann_samples) if at < n], n)
+    qrs_beats = await qrs._replay_beats(RecordSource("mitdb:119", config, record=record), config)
+    want_score = score_beats(ref, np.array([b.sample for b in qrs_beats]), 360.0, MATCH_WINDOW_S)
+    got_score = score_beats(ref, samples, 360.0, MATCH_WINDOW_S)
+    assert (got_score.tp, got_score.fp, got_score.fn) == (want_score.tp, want_score.fp, want_score.fn)
+    assert got_score.se > 0.99 and got_score.ppv > 0.99
+
+    # Events as notes, and the audit log: the start and stop, every event in order.
+    _, ev_symbols, ev_aux = reader.annotations(layout, EVENT_EXT)
+    assert '"' in ev_symbols and any("source_ended" in a for a in ev_aux)
+    audit = read_audit(tmp_path)
+    assert audit[0]["type"] == "daemon_start" and audit[-1]["type"] == "daemon_stop"
+    published_events = [m.code for m in msgs if isinstance(m, EventMessage)]
+    assert [e["code"] for e in audit if e["type"] == "event"] == published_events
+    alarms = [m for m in msgs if isinstance(m, AlarmMessage) and m.state == "raised"]
+    assert [e["id"] for e in audit if e.get("action") == "raised"] == [a.id for a in alarms]
+    assert all(json.dumps(e) for e in audit)
+
+
+async def test_a_second_run_continues_the_stream_after_a_gap(endpoint, tmp_path):
+    config = Config()
+    config.replay.speed = 0
+    record = _span("mitdb:100", 12)
+    for _ in range(2):
+        await _run(endpoint, config, record, ArchiveWriter(tmp_path, segment_s=5))
+    layout = reader.open_layout(tmp_path / "bed1")
+    names = [n for n, _ in layout.entries]
+    assert names.count(NULL) == 1 and names[3] == NULL  # 5 + 5 + 2 s, the gap, 5 + 5 + 2 s
+    assert [n for name, n in layout.entries if name != NULL] == [1800, 1800, 720] * 2
+    sig = wfdb.rdrecord(str(tmp_path / "bed1" / layout.name), physical=False).d_signal
+    gap = layout.entries[3][1]
+    first, second = sig[:4320], sig[4320 + gap:]
+    np.testing.assert_array_equal(first, second)  # the same record, replayed twice
+    assert (sig[4320 : 4320 + gap] == -32768).all()  # WFDB's invalid sample in the gap
+    assert [e["type"] for e in read_audit(tmp_path)].count("daemon_start") == 2
+
+
+async def test_an_unwritable_archive_is_an_event_and_monitoring_goes_on(endpoint, tmp_path):
+    config = Config()
+    config.replay.speed = 0
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the archive's folder should be")
+    msgs = await _run(endpoint, config, _span("mitdb:100", 20), ArchiveWriter(blocker / "archive", segment_s=5))
+    beats = [m for m in msgs if isinstance(m, BeatMessage)]
+    assert len(beats) >= 20  # monitoring went on
+    failed = [m for m in msgs if isinstance(m, EventMessage) and m.code == "archive_failed"]
+    # Once for the audit log and once for the signal, not once per chunk or message.
+    assert sorted((m.stream, m.text.split(" in ")[0]) for m in failed) == [
+        ("bed1", "cannot write the archive"), ("ecgmon", "cannot append to the audit log")]
+    assert all(m.level == "error" and str(blocker) in m.text and "Not a directory" in m.text for m in failed)

@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 
+from ecgmon.commands.calibrate import add_calibrate
 from ecgmon.commands.common import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CommandError, print_error, setup_logging
 from ecgmon.commands.devices import add_devices
 from ecgmon.commands.evaluate import add_evaluate
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_replay(sub, common)
     add_evaluate(sub, common)
     add_train(sub, common)
+    add_calibrate(sub, common)
     return parser
 
 

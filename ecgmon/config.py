@@ -167,6 +167,10 @@ class AudioConfig(_Section):
     # Windows of the heart-sound model with a quality index below this are left out of the
     # recording's verdict.
     min_quality: float = Field(0.5, ge=0, le=1)
+    # The stethoscope's calibration (`ecgmon calibrate pcg`, or `ecgmon run --pcg-calibration`):
+    # where this device puts the model's scores. Without one, a model whose card rules on the
+    # calibrated score says "uncertain: device not calibrated" instead of a verdict.
+    calibration: str = ""
 
 
 class ModelsConfig(_Section):

@@ -134,8 +134,12 @@ class PcgClassMessage(Message):
     label: Literal["normal", "abnormal", "uncertain"] = Field(
         description="the verdict on the recording so far; uncertain: neither, the model cannot tell (see reason)"
     )
-    reason: Literal["quality", "near threshold", "windows disagree"] | None = Field(
+    reason: Literal["quality", "device not calibrated", "near threshold", "windows disagree"] | None = Field(
         None, description="why the verdict is uncertain; none for normal and abnormal"
+    )
+    calibrated: bool = Field(
+        False, description="the verdict is on the device's calibrated score ([audio] calibration); threshold "
+                           "is then the card's z_threshold carried to this device's P(abnormal) scale"
     )
     probability: float | None = Field(
         description="the model's probability of label (mean over the aggregated windows); none when uncertain"

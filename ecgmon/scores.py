@@ -161,7 +161,7 @@ def binary_report(labels: np.ndarray, scores: np.ndarray, threshold: float = THR
     }
 
 
-UNCERTAIN_REASONS = ("quality", "near threshold", "windows disagree")
+UNCERTAIN_REASONS = ("quality", "device not calibrated", "near threshold", "windows disagree")
 
 
 def verdict_report(labels: np.ndarray, verdicts: Sequence[str], reasons: Sequence[str | None],

@@ -37,3 +37,17 @@ def tiny_pcg_model(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> 
     settings = PcgSettings(epochs=1, batch_size=4, progress=False, epoch_size=8)
     train_and_export(data, out, "ecgmon train pcg (test)", settings)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_calibration(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, tiny_pcg_model: Path) -> Path:
+    """The tiny model's calibration for the device of database d: ``ecgmon calibrate pcg`` on 30
+    of its real recordings (at least 20 of acceptable quality) (their REFERENCE.csv lies beside them and is not read)."""
+    from ecgmon.cli import main
+
+    root = tmp_path_factory.mktemp("pcg-device")
+    make_database(root / "d", data_dir / "pcg2016" / "training-d", 30)
+    out = root / "cal.json"
+    assert main(["calibrate", "pcg", str(root / "d"), "--out", str(out), "--model", str(tiny_pcg_model),
+                 "--device", "cpu"]) == 0
+    return out

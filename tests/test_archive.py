@@ -18,6 +18,7 @@ from ecgmon.archive.annotations import BEAT_EXT, BEAT_SYMBOL, EVENT_EXT
 from ecgmon.archive.audit import read_audit
 from ecgmon.archive.layout import NULL
 from ecgmon.archive.writer import ArchiveWriter
+from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.evaluate import qrs
 from ecgmon.evaluate.matching import MATCH_WINDOW_S, score_beats
@@ -138,3 +139,25 @@ async def test_an_unwritable_archive_is_an_event_and_monitoring_goes_on(endpoint
     assert sorted((m.stream, m.text.split(" in ")[0]) for m in failed) == [
         ("bed1", "cannot write the archive"), ("ecgmon", "cannot append to the audit log")]
     assert all(m.level == "error" and str(blocker) in m.text and "Not a directory" in m.text for m in failed)
+
+
+def test_retention_deletes_the_oldest_segments_and_keeps_the_indices(tmp_path, data_dir):
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 20)
+    x = rec.p_signal.astype(np.float32)
+    # Each 2 s segment is 2.9 kB of samples: 10 kB keeps the newest few, whatever the headers.
+    writer = ArchiveWriter(tmp_path, segment_s=2, max_gb=10e3 / 1e9)
+    writer.start()
+    adc = [(g, b, u) for g, b, u in zip(rec.adc_gain, rec.baseline, rec.units)]
+    for s in range(0, len(x), 36):
+        writer.feed(Chunk("bed2", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy()), adc)
+    writer.close()
+    layout = reader.open_layout(tmp_path / "bed2")
+    kept = [n for n, _ in layout.entries]
+    assert 1 <= len(kept) < 10 and kept[-1] == "bed2_000010"
+    assert layout.first_sample == (10 - len(kept)) * 720  # the rest keeps its indices
+    assert not (tmp_path / "bed2" / "bed2_000001.dat").exists()
+    assert sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file()) <= 10e3
+    got = wfdb.rdrecord(str(tmp_path / "bed2" / layout.name), physical=False).d_signal
+    want = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampfrom=layout.first_sample, sampto=360 * 20,
+                         physical=False).d_signal
+    np.testing.assert_array_equal(got, want)

@@ -15,7 +15,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.model_loader import load_model
 from ecgmon.monitor.pcg_pipeline import PcgPipeline
 from ecgmon.schema import EventMessage, PcgClassMessage, PcgMessage
-from pcg_model_helpers import tiny_pcg_model  # noqa: F401 (a fixture)
+from pcg_model_helpers import tiny_calibration, tiny_pcg_model  # noqa: F401 (fixtures)
 
 FS = 2000.0
 
@@ -83,11 +83,18 @@ def test_wrong_rate_is_refused() -> None:
         PcgPipeline("bed1", 4000.0, Config())
 
 
-def test_model_windows_and_verdict(tiny_pcg_model: Path, data_dir: Path) -> None:
+def calibrated(calibration: Path) -> Config:
+    """The default config with the device's calibration ([audio] calibration)."""
+    config = Config()
+    return config.model_copy(update={"audio": config.audio.model_copy(update={"calibration": str(calibration)})})
+
+
+def test_model_windows_and_verdict(tiny_pcg_model: Path, tiny_calibration: Path, data_dir: Path) -> None:
     model = load_model(tiny_pcg_model, "cpu")
     assert model.fs == FS
     x = audio(data_dir)
-    pipe = PcgPipeline("bed1", FS, Config(), model)
+    pipe = PcgPipeline("bed1", FS, calibrated(tiny_calibration), model)
+    assert pipe.calibration is not None and not pipe.rule.uncalibrated
     feed(pipe, x, 200)
     jobs = pipe.take_jobs() + pipe.finish()
     hop = model.card["input"]["hop"]
@@ -135,42 +142,52 @@ def _verdicts(model, x: np.ndarray, config: Config) -> list[PcgClassMessage]:
     return [m for job, row in zip(jobs, logits.numpy()) for m in job.finish(row)]
 
 
-def test_uncertain_when_quality_is_low_or_near_the_threshold(tiny_pcg_model: Path, data_dir: Path) -> None:
+def test_uncertain_when_quality_is_low_or_near_the_threshold(tiny_pcg_model: Path, tiny_calibration: Path,
+                                                             data_dir: Path) -> None:
     """The same real recording: buried in loud white noise it gets no verdict for its quality;
     clean, with a margin as wide as the whole scale, none for being near the threshold."""
     model = load_model(tiny_pcg_model, "cpu")
+    config = calibrated(tiny_calibration)
     x = audio(data_dir)
     noisy = x + np.random.default_rng(0).standard_normal(x.size).astype(np.float32) * 20 * np.std(x)
-    msgs = _verdicts(model, np.clip(noisy, -1, 1).astype(np.float32), Config())
+    msgs = _verdicts(model, np.clip(noisy, -1, 1).astype(np.float32), config)
     assert msgs and all(m.label == "uncertain" and m.reason == "quality" for m in msgs)
     assert all(m.probability is None and m.p_abnormal is None and m.windows == 0 for m in msgs)
     assert msgs[-1].rejected == len(msgs)
 
-    model.card["decision"]["margin"] = 1.0  # every mean is within 1 of the threshold
+    # A margin as wide as the whole scale on the calibrated score (z_margin in IQRs).
+    model.card["decision"]["z_margin"] = 1e6
     try:
-        msgs = _verdicts(model, x, Config())
+        msgs = _verdicts(model, x, config)
     finally:
-        model.card["decision"].pop("margin")
+        model.card["decision"]["z_margin"] = 0.0
     assert msgs[-1].label == "uncertain" and msgs[-1].reason == "near threshold"
     assert msgs[-1].p_abnormal is not None and msgs[-1].probability is None
-    # Without margin (a card from before abstention) the same recording gets a verdict.
-    assert _verdicts(model, x, Config())[-1].label in ("normal", "abnormal")
+    # Without margin (nor agreement required) the same recording gets a verdict.
+    agreement = model.card["decision"].pop("min_agreement")
+    try:
+        assert _verdicts(model, x, config)[-1].label in ("normal", "abnormal")
+    finally:
+        model.card["decision"]["min_agreement"] = agreement
 
 
-def test_the_daemon_and_evaluate_pcg_give_the_same_verdict(tiny_pcg_model: Path, data_dir: Path,
-                                                         tmp_path: Path) -> None:
-    """`ecgmon evaluate pcg` reports the verdict the daemon publishes after a recording's last window."""
+def test_the_daemon_and_evaluate_pcg_give_the_same_verdict(tiny_pcg_model: Path, tiny_calibration: Path,
+                                                         data_dir: Path, tmp_path: Path) -> None:
+    """`ecgmon evaluate pcg` reports the verdict the daemon publishes after a recording's last
+    window, both on the same device's calibration."""
     from ecgmon.evaluate.pcg import evaluate_pcg
     from pcg_model_helpers import make_database
 
     names = make_database(tmp_path / "db", data_dir / "pcg2016" / "training-d", 4)
-    result = evaluate_pcg(tmp_path / "db", tiny_pcg_model, tmp_path / "out", print, device="cpu", progress=False)
+    result = evaluate_pcg(tmp_path / "db", tiny_pcg_model, tmp_path / "out", print, device="cpu", progress=False,
+                          calibration=tiny_calibration)
     model = load_model(tiny_pcg_model, "cpu")
     by_name = {r["name"]: r for r in result["recordings"]}
     assert set(by_name) == set(names)
     for name in names:
         x, _ = sf.read(data_dir / "pcg2016" / "training-d" / f"{name}.flac", dtype="float32")
-        last = _verdicts(model, x, Config())[-1]
+        last = _verdicts(model, x, calibrated(tiny_calibration))[-1]
+        assert last.calibrated
         r = by_name[name]
         assert (last.label, last.reason, last.windows) == (r["verdict"], r["reason"], r["good_windows"])
         if last.p_abnormal is not None:

@@ -283,6 +283,10 @@ class ArchiveWriter:
                 self._fault("disk", st.stream, f"cannot write the last segment of {st.stream}: {_why(err)}")
             except Exception as err:
                 self._report(st.stream, "error", "archive_error", f"closing the archive: {type(err).__name__}: {err}")
+        try:
+            self._retention.run(self._active_layouts(), force=True)
+        except OSError as err:
+            self._fault("disk", DAEMON_STREAM, f"retention: {_why(err)}")
         self._write_audit("daemon_stop", now, run=self.run, dropped=self.dropped,
                           write_errors=self.counts["write_errors"])
         if self._audit is not None:

@@ -312,6 +312,10 @@ def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.Argumen
     e.add_argument("dir", metavar="DIR", help="recordings with REFERENCE.csv (1 abnormal, -1 normal)")
     e.add_argument("--model", help="a .pt/.pt2 heart-sound model (default: [models] pcg of the config)")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    e.add_argument("--calibration", metavar="CAL.json|none",
+                   help="for a card ruling on the calibrated score: one device's calibration for every "
+                        "database, or 'none' (the daemon's verdict without one: device not calibrated); "
+                        "default: each database folder calibrated on its own recordings, no label read")
     e.add_argument("--out", metavar="DIR", help="where to write metrics.json and the plots "
                                                 "(default: eval/<model name>-<DIR name>)")
     _json_argument(e)
@@ -334,7 +338,8 @@ def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
 
     try:
         result = evaluate_pcg(args.dir, model, args.out, warn, device=args.device, progress=sys.stderr.isatty(),
-                              min_quality=config.audio.min_quality, envelope_fs=config.audio.envelope_fs)
+                              min_quality=config.audio.min_quality, envelope_fs=config.audio.envelope_fs,
+                              calibration=args.calibration)
     except PcgDataError as err:
         raise CommandError(str(err)) from None
     _report(result, render, args.json)

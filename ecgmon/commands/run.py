@@ -35,6 +35,9 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
                    help="heart sounds: mic, mic:DEVICE (index or name; see `ecgmon devices`), "
                         "FILE.wav or FILE.flac, or NAME=SPEC (the ECG's NAME puts both on one "
                         "patient); repeatable. With --pcg and no --source, no ECG is started")
+    p.add_argument("--pcg-calibration", metavar="CAL.json",
+                   help="the stethoscope's calibration for the heart-sound model (`ecgmon calibrate pcg`; "
+                        "default: [audio] calibration)")
     p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
     p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
     p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
@@ -66,6 +69,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         ("--server-key", "security", "server_key", args.server_key),
         ("--allowed-keys", "security", "allowed_keys", args.allowed_keys),
         ("--insecure", "security", "insecure", args.insecure),
+        ("--pcg-calibration", "audio", "calibration", args.pcg_calibration),
     ])
     pc, sc = config.publisher, config.security
     keys = server_keys(sc)
@@ -81,6 +85,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.monitor.model_set import load_models
 
     models, model_errors = load_models(config.models)
+    _check_calibration(config, models)
     daemon = Daemon(config, sources, publisher, models, model_errors)
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s%s",
@@ -107,6 +112,22 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     if code == 0 and any(s.state == "failed" for s in daemon.streams):
         return 1
     return code
+
+
+def _check_calibration(config: Config, models) -> None:
+    """A calibration that cannot serve the loaded heart-sound model is refused now, not when
+    the first heart-sound stream starts."""
+    if not config.audio.calibration or models.get("pcg") is None:
+        return
+    from ecgmon.commands.common import CommandError
+    from ecgmon.monitor.dsp.pcg_decision import Calibration, CalibrationError, device_rule
+
+    model = models.get("pcg")
+    try:
+        device_rule(model.card.get("decision", {}),
+                    Calibration.load(config.audio.calibration, model.card["sha256"]), config.audio.min_quality)
+    except CalibrationError as err:
+        raise CommandError(f"[audio] calibration: {err}") from None
 
 
 def _open_control(endpoint: str, daemon, keys, insecure: bool):

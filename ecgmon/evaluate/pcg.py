@@ -9,6 +9,15 @@ within its margin, when the windows disagree or none is good enough) calls the r
 Se, Sp and MAcc are on the recordings given a verdict, beside the coverage (their share);
 the ROC AUC is of every recording's mean P(abnormal). A file that cannot be scored (corrupt, shorter than one window, no
 label) is a one-line warning and the others are still scored.
+
+A card that rules on the calibrated score (``z_threshold``) needs each device's calibration.
+By default each database folder is taken as one device and calibrated on its own recordings'
+scores, with no label read (what a user does with ``ecgmon calibrate pcg`` on a new
+stethoscope); ``calibration`` gives one file for every folder instead, and ``"none"`` shows
+what the daemon says without one (uncertain: device not calibrated).
+
+``ecgmon calibrate pcg`` (``calibrate_pcg``) scores unlabelled recordings the same way and
+writes the device's calibration.
 """
 
 from __future__ import annotations
@@ -36,7 +45,17 @@ from ecgmon.models.pcg_data import (
     windows,
 )
 from ecgmon.config import AudioConfig
-from ecgmon.monitor.dsp.pcg_decision import Rule, decide, window_qualities
+from ecgmon.monitor.dsp.pcg_decision import (
+    Calibration,
+    CalibrationError,
+    DeviceRule,
+    Rule,
+    decide,
+    device_rule,
+    fit_calibration,
+    recording_score,
+    window_qualities,
+)
 from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model
 from ecgmon.scores import roc, verdict_report
 
@@ -78,11 +97,21 @@ def window_probabilities(model: LoadedModel, audio: np.ndarray, hop: int) -> np.
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def score_recordings(recordings: list[tuple[str, str, Path, int]], model: LoadedModel, warn: Warn,
-                     progress: bool, rule: Rule, envelope_fs: float) -> list[Scored]:
-    """Score ``(database, name, file, label)`` recordings; unusable files are warned and skipped.
-    Each gets the verdict the daemon would publish after its last window (``pcg_decision``,
-    window quality as the pipeline measures it)."""
+@dataclass(frozen=True)
+class Windows:
+    """One recording's windows: P(abnormal) and quality index of each, as the daemon gets them."""
+
+    database: str
+    name: str
+    label: int  # class index; -1 when unlabelled (calibration)
+    p: np.ndarray
+    q: np.ndarray
+
+
+def score_windows(recordings: list[tuple[str, str, Path, int]], model: LoadedModel, warn: Warn,
+                  progress: bool, envelope_fs: float) -> list[Windows]:
+    """The windows of ``(database, name, file, label)`` recordings; unusable files are warned
+    and skipped."""
     hop = int(model.card["input"]["hop"])
     scored = []
     with progress_bar(progress) as bar:
@@ -103,10 +132,31 @@ def score_recordings(recordings: list[tuple[str, str, Path, int]], model: Loaded
                 continue
             p = window_probabilities(model, audio, hop)
             q = window_qualities(audio, model.fs, model.window, hop, envelope_fs)
-            v = decide(p, q, rule)
-            scored.append(Scored(db, name, label, float(p.mean()), len(p), v.label, v.reason,
-                                 None if v.p_abnormal is None else round(v.p_abnormal, 4), v.windows))
+            scored.append(Windows(db, name, label, p, q))
     return scored
+
+
+def verdicts(recordings: list[Windows], rule: Rule) -> list[Scored]:
+    """The verdict the daemon would publish after each recording's last window (``pcg_decision``)."""
+    out = []
+    for r in recordings:
+        v = decide(r.p, r.q, rule)
+        out.append(Scored(r.database, r.name, r.label, float(r.p.mean()), len(r.p), v.label, v.reason,
+                          None if v.p_abnormal is None else round(v.p_abnormal, 4), v.windows))
+    return out
+
+
+def score_recordings(recordings: list[tuple[str, str, Path, int]], model: LoadedModel, warn: Warn,
+                     progress: bool, rule: Rule, envelope_fs: float) -> list[Scored]:
+    """Score ``(database, name, file, label)`` recordings with one ``rule``; unusable files are
+    warned and skipped."""
+    return verdicts(score_windows(recordings, model, warn, progress, envelope_fs), rule)
+
+
+def fit_device(recordings: list[Windows], model: LoadedModel, min_quality: float, device: str) -> Calibration:
+    """The calibration of the device that recorded ``recordings`` (their labels are not read)."""
+    return fit_calibration([recording_score(r.p, r.q, min_quality) for r in recordings],
+                           model.card["sha256"], model.name, device, min_quality)
 
 
 def _report(results: list[Scored], threshold: float) -> dict[str, Any]:
@@ -125,25 +175,51 @@ def _roc_png(results: list[Scored], out: Path, title: str) -> Path | None:
 
 def evaluate_pcg(root: str | Path, model_path: str | Path, out: str | Path | None, warn: Warn,
                  device: str = "auto", progress: bool = True, min_quality: float | None = None,
-                 envelope_fs: float | None = None) -> dict[str, Any]:
+                 envelope_fs: float | None = None, calibration: str | Path | None = None) -> dict[str, Any]:
     """Score every labelled recording under ``root``; write metrics.json, roc.png and
     confusion.png into ``out`` (default ``eval/<model name>-<folder name>``). ``min_quality``
-    and ``envelope_fs`` are the daemon's ([audio]; default: the config's defaults)."""
+    and ``envelope_fs`` are the daemon's ([audio]; default: the config's defaults).
+    ``calibration``: None, each database folder calibrated on its own recordings (labels not
+    read); a file, that device's calibration for all; "none", no calibration (the daemon's
+    verdict on a device not calibrated). Used only when the card rules on the calibrated score."""
     defaults = AudioConfig()
     min_quality = defaults.min_quality if min_quality is None else min_quality
     envelope_fs = defaults.envelope_fs if envelope_fs is None else envelope_fs
     root, model_path = Path(root), Path(model_path)
     model = _model(model_path, device)
     folders = database_folders(root)
-    rule = Rule.from_card(model.card["decision"], min_quality)
-    threshold = rule.threshold
+    decision = model.card["decision"]
+    calibrated = DeviceRule.from_card(decision) is not None
+    if calibration is not None and str(calibration) != "none" and not calibrated:
+        raise PcgDataError(f"{model_path}: its card has no rule on the calibrated score; --calibration is not used")
+    fixed_cal = None
+    if calibrated and calibration is not None and str(calibration) != "none":
+        try:
+            fixed_cal = Calibration.load(calibration, model.card["sha256"])
+        except CalibrationError as err:
+            raise PcgDataError(str(err)) from None
+    threshold = float(decision.get("threshold", 0.5))
     recordings = []
     for folder in folders:
         try:
             recordings += [(folder.name, *rec) for rec in folder_recordings(folder, warn)]
         except PcgDataError as err:  # e.g. an unreadable REFERENCE.csv: the other folders still count
             warn(f"{err}; folder skipped")
-    results = score_recordings(recordings, model, warn, progress, rule, float(envelope_fs))
+    scored = score_windows(recordings, model, warn, progress, float(envelope_fs))
+    results: list[Scored] = []
+    calibrations: dict[str, Any] = {}
+    for db in sorted({r.database for r in scored}):
+        mine = [r for r in scored if r.database == db]
+        cal = fixed_cal
+        if calibrated and calibration is None:
+            try:
+                cal = fit_device(mine, model, min_quality, db)
+            except CalibrationError as err:
+                warn(f"{db}: not calibrated ({err}): its recordings are 'device not calibrated'")
+        if calibrated:
+            calibrations[db] = None if cal is None else {"median": cal.median, "iqr": cal.iqr,
+                                                         "recordings": cal.recordings}
+        results += verdicts(mine, device_rule(decision, cal, min_quality))
     if not results:
         raise PcgDataError(f"{root}: no recording could be scored (see the warnings above)")
     dbs = np.array([r.database for r in results])
@@ -158,7 +234,13 @@ def evaluate_pcg(root: str | Path, model_path: str | Path, out: str | Path | Non
     ]
     result = {
         "model": {"path": str(model_path), "name": model.name, "sha256": model.card["sha256"].lower()},
-        "command": f"ecgmon evaluate pcg {root} --model {model_path} --out {out_dir}",
+        "command": f"ecgmon evaluate pcg {root} --model {model_path} --out {out_dir}"
+                   + (f" --calibration {calibration}" if calibration is not None else ""),
+        "calibration": (None if not calibrated else
+                        "each database its own, from its recordings' scores (no label read)" if calibration is None
+                        else "none: every verdict 'device not calibrated'" if str(calibration) == "none"
+                        else f"{calibration} for every database"),
+        "calibrations": calibrations,
         "decision": {k: v for k, v in model.card["decision"].items() if k != "chosen_on"},
         "min_quality": min_quality,
         "overall": overall,
@@ -181,8 +263,13 @@ def _num(value: float | None) -> str:
 def render(result: dict[str, Any]) -> list[RenderableType]:
     """Per-database table with an overall row, then the overall confusion matrix."""
     d = result["decision"]
-    band = f" ± {d['margin']:g}" if d.get("margin") else ""
-    table = Table(title=f"{result['model']['name']}: recording-level, threshold {d['threshold']:g}{band} on "
+    if d.get("z_threshold") is not None:
+        band = f" ± {d['z_margin']:g}" if d.get("z_margin") else ""
+        rule = f"z-threshold {d['z_threshold']:g}{band} on the calibrated score (calibration: {result['calibration']})"
+    else:
+        band = f" ± {d['margin']:g}" if d.get("margin") else ""
+        rule = f"threshold {d['threshold']:g}{band}"
+    table = Table(title=f"{result['model']['name']}: recording-level, {rule} on "
                         f"{d['aggregation']}; Se/Sp/MAcc on the recordings given a verdict")
     for col in ("database", "recordings", "abnormal", "normal", "coverage", "Se", "Sp", "MAcc", "ROC AUC"):
         table.add_column(col, justify="left" if col == "database" else "right")
@@ -205,3 +292,37 @@ def render(result: dict[str, Any]) -> list[RenderableType]:
         parts.append(Text(f"the model trained on {', '.join(result['trained_on'])} (same folder names): "
                           "those figures flatter it; a database it never saw is what counts", style="yellow"))
     return parts + [Text(f"wrote {result['out']}: metrics.json {' '.join(result['plots'])}")]
+
+
+def calibrate_pcg(paths: list[str | Path], model_path: str | Path, out: str | Path, warn: Warn,
+                  device: str = "auto", progress: bool = True, min_quality: float | None = None,
+                  envelope_fs: float | None = None, name: str = "") -> Calibration:
+    """``ecgmon calibrate pcg``: score the recordings of one device (files, or folders of
+    *.wav/*.flac; no label is read) with the model and write the location and scale of their
+    scores to ``out``. Refused for a model whose card has no rule on the calibrated score."""
+    defaults = AudioConfig()
+    min_quality = defaults.min_quality if min_quality is None else min_quality
+    envelope_fs = defaults.envelope_fs if envelope_fs is None else envelope_fs
+    model = _model(Path(model_path), device)
+    if DeviceRule.from_card(model.card["decision"]) is None:
+        raise PcgDataError(f"{model_path}: its card has no rule on the calibrated score (z_threshold): "
+                           "a calibration would not be used")
+    files: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            files += sorted(f for f in item.rglob("*") if f.suffix.lower() in (".wav", ".flac"))
+        elif item.is_file():
+            files.append(item)
+        else:
+            warn(f"{item}: no such file or folder; skipped")
+    if not files:
+        raise PcgDataError("no *.wav or *.flac recording to calibrate on")
+    recordings = [("device", f.stem, f, -1) for f in files]
+    scored = score_windows(recordings, model, warn, progress, float(envelope_fs))
+    try:
+        cal = fit_device(scored, model, float(min_quality), name or ",".join(str(p) for p in paths))
+    except CalibrationError as err:
+        raise PcgDataError(f"cannot calibrate: {err}") from None
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    cal.save(out)
+    return cal

@@ -9,6 +9,12 @@ checkpoint: ``choose_rule``). The shipped model trains on every database with th
 applied the same way to the outer folds (each database scored by a model that never saw it).
 An earlier card took the median of the folds' best held-out epochs: that looked at them.
 
+Beside the raw threshold the rule has a device rule (``pcg_decision.DeviceRule``): a threshold
+and margin on the score standardised by each database's own median and IQR, chosen the same way
+on the inner databases. Each held-out database is then scored as a user meets a new stethoscope:
+its calibration is fitted on its own recordings' scores (no label read), and the card's headline
+figures are those of the device rule; the raw rule's figures stay beside them ("uncalibrated").
+
 The loop is its own rather than ``training.fit``: every epoch draws a fresh random 5 s crop
 of every recording (the time-shift augmentation, and each recording counting once however
 long it is), and the rule is chosen on recordings, not windows.
@@ -39,7 +45,14 @@ from ecgmon.models.pcg_data import (
 )
 from ecgmon.models.pcg_network import PcgMelCNN, pcg_card_template
 from ecgmon.models.training import set_seed
-from ecgmon.monitor.dsp.pcg_decision import Rule, decide, window_qualities
+from ecgmon.monitor.dsp.pcg_decision import (
+    DeviceRule,
+    Rule,
+    decide,
+    fit_calibration,
+    recording_score,
+    window_qualities,
+)
 from ecgmon.scores import AGGREGATION, THRESHOLD, auc, verdict_report
 
 NAME = "pcg-mel-cnn"
@@ -196,6 +209,21 @@ def decision_report(labels: np.ndarray, window_p: list[np.ndarray], window_q: li
     return verdict_report(labels, [v.label for v in verdicts], [v.reason for v in verdicts], means, rule.threshold)
 
 
+def held_out_reports(model: nn.Module, data: PcgSet, rule: Rule, zrule: DeviceRule, min_quality: float
+                     ) -> tuple[dict, dict, dict]:
+    """``data`` (one database the model never saw) scored as a user meets a new device: its
+    calibration fitted on its own recordings' scores (labels not read), the device rule on it;
+    and the raw ``rule`` for comparison. Returns (calibrated report, raw report, calibration)."""
+    index = np.arange(len(data))
+    window_p = score_windows(model, data, index)
+    window_q = [window_qualities(data.audio(i), FS, WINDOW, HOP, ENVELOPE_FS) for i in index]
+    cal = fit_calibration([recording_score(p, q, min_quality) for p, q in zip(window_p, window_q)],
+                          "fold", device=str(data.databases[0]), min_quality=min_quality, min_recordings=2)
+    calibrated = decision_report(data.labels, window_p, window_q, zrule.rule(cal, min_quality))
+    raw = decision_report(data.labels, window_p, window_q, rule)
+    return calibrated, raw, {"median": cal.median, "iqr": cal.iqr, "recordings": cal.recordings}
+
+
 def evaluate_set(model: nn.Module, data: PcgSet, rule: Rule | None = None) -> dict:
     """Recording-level report of ``model`` on ``data`` with ``rule`` (every window of every
     recording, quality judged as the daemon judges it)."""
@@ -337,7 +365,44 @@ def train_curve(data: PcgSet, train_dbs: list[str], held_out: str, settings: Pcg
     return curve
 
 
-def choose_rule(curves: list[Curve], settings: PcgSettings, min_quality: float) -> tuple[int, Rule, dict]:
+Z_GRID = np.round(np.arange(-2.0, 2.001, 0.02), 2)
+Z_MARGINS = np.round(np.arange(0.0, 1.001, 0.02), 2)
+
+
+def standardised(window_p: list[np.ndarray]) -> list[np.ndarray]:
+    """Window scores of one database divided into its own recording scores' location and
+    scale, (p - median) / IQR, as a calibration from its unlabelled recordings does."""
+    means = np.array([float(np.mean(p)) for p in window_p if len(p)])
+    q25, median, q75 = np.percentile(means, [25, 50, 75])
+    iqr = max(float(q75 - q25), 1e-6)
+    return [(np.asarray(p, np.float64) - median) / iqr for p in window_p]
+
+
+def choose_device_rule(curves: list[Curve], epochs: int, settings: PcgSettings) -> tuple[DeviceRule, dict]:
+    """The device rule from the same held-out-inside-training scores as the raw rule, each
+    database standardised by its own scores: z-threshold with the highest mean MAcc (of equals
+    the nearest 0), z-margin the widest keeping ``settings.coverage`` of every database."""
+    zs = [(c.labels, standardised(c.window_p[epochs])) for c in curves]
+
+    def report(rule: Rule) -> list[dict]:
+        return [decision_report(labels, zp, None, rule) for labels, zp in zs]
+
+    scores = [float(np.mean([r["macc"] or 0.0 for r in report(Rule(t))])) for t in Z_GRID]
+    top = [t for t, v in zip(Z_GRID, scores) if v >= max(scores) - 1e-9]
+    z_threshold = float(min(top, key=lambda t: (abs(t), t)))
+    z_margin = 0.0
+    for m in Z_MARGINS:
+        if min(r["coverage"] for r in report(Rule(z_threshold, float(m), settings.min_agreement))) < settings.coverage:
+            break
+        z_margin = float(m)
+    zrule = DeviceRule(z_threshold, z_margin, settings.min_agreement)
+    chosen = {c.held_out: {k: v for k, v in r.items() if k in ("se", "sp", "macc", "coverage", "recordings")}
+              for c, r in zip(curves, report(Rule(z_threshold, z_margin, settings.min_agreement)))}
+    return zrule, {"mean_macc_at_z_threshold": round(max(scores), 4), "held_out": chosen}
+
+
+def choose_rule(curves: list[Curve], settings: PcgSettings, min_quality: float
+                ) -> tuple[int, Rule, DeviceRule, dict]:
     """The epoch count, threshold and margin from models scored on databases they never saw
     (each database counts once, whatever its size):
 
@@ -348,7 +413,8 @@ def choose_rule(curves: list[Curve], settings: PcgSettings, min_quality: float) 
     """
     epochs_all = checkpoint_epochs(settings)
     if not curves:  # one training database: nothing to hold out inside it
-        return settings.epochs, Rule(THRESHOLD, 0.0, settings.min_agreement, min_quality), {
+        return settings.epochs, Rule(THRESHOLD, 0.0, settings.min_agreement, min_quality), DeviceRule(
+            0.0, 0.0, settings.min_agreement), {
             "rule": "one training database: nothing to choose on, every setting at its default"}
     mean_auc = {e: float(np.mean([c.auc(e) or 0.5 for c in curves])) for e in epochs_all}
     best = max(mean_auc.values())
@@ -382,12 +448,14 @@ def choose_rule(curves: list[Curve], settings: PcgSettings, min_quality: float) 
         }
         for c in curves
     }
-    return epochs, rule, {"mean_auc_by_epoch": {str(e): round(v, 4) for e, v in mean_auc.items()},
-                          "mean_macc_at_threshold": round(max(scores), 4), "held_out": chosen_on}
+    zrule, zchosen = choose_device_rule(curves, epochs, settings)
+    return epochs, rule, zrule, {"mean_auc_by_epoch": {str(e): round(v, 4) for e, v in mean_auc.items()},
+                                 "mean_macc_at_threshold": round(max(scores), 4), "held_out": chosen_on,
+                                 "device_rule": zchosen}
 
 
 def nested_rule(data: PcgSet, train_dbs: list[str], settings: PcgSettings, min_quality: float,
-                desc: str) -> tuple[int, Rule, dict]:
+                desc: str) -> tuple[int, Rule, DeviceRule, dict]:
     """The rule for a model trained on ``train_dbs``, chosen by leaving each of them out in turn
     (never looking at any other database)."""
     curves = [train_curve(data, [d for d in train_dbs if d != t], t, settings, f"{desc}, inner: {t} held out")
@@ -400,15 +468,18 @@ def run_fold(data: PcgSet, held_out: str, settings: PcgSettings, min_quality: fl
     ``held_out`` with that rule; the curve of held_out at every checkpoint is kept for the
     shipped model's rule."""
     train_dbs = sorted(set(data.databases.tolist()) - {held_out})
-    epochs, rule, chosen = nested_rule(data, train_dbs, settings, min_quality, f"fold {held_out}")
+    epochs, rule, zrule, chosen = nested_rule(data, train_dbs, settings, min_quality, f"fold {held_out}")
     curve = train_curve(data, train_dbs, held_out, settings, f"fold: {held_out} held out")
     model = PcgMelCNN(**settings.network)
     model.load_state_dict(curve.states[epochs])
-    report = evaluate_set(model.eval(), data.of_databases([held_out]), rule)
-    log.info("fold %s: epochs %d, %s: %s", held_out, epochs, rule,
-             {k: report[k] for k in ("se", "sp", "macc", "auc", "coverage")})
+    report, raw, calibration = held_out_reports(model.eval(), data.of_databases([held_out]), rule, zrule, min_quality)
+    figures = ("se", "sp", "macc", "auc", "coverage")
+    log.info("fold %s: epochs %d, %s, %s, calibration %s: %s (uncalibrated %s)", held_out, epochs, zrule, rule,
+             calibration, {k: report[k] for k in figures}, {k: raw[k] for k in figures})
     result = FoldResult(held_out, train_dbs, report, curve.history[:epochs])
-    result.rule = {"epochs": epochs, **asdict(rule), "chosen_on": chosen}
+    result.rule = {"epochs": epochs, **{k: v for k, v in asdict(rule).items() if k != "uncalibrated"},
+                   "z_threshold": zrule.z_threshold, "z_margin": zrule.z_margin,
+                   "calibration": calibration, "uncalibrated": {k: raw[k] for k in figures}, "chosen_on": chosen}
     return result, curve
 
 
@@ -418,9 +489,13 @@ def fold_summary(folds: list[FoldResult]) -> dict:
         f.held_out: {"train_databases": f.train_databases, **f.report, "rule": f.rule, "history": f.history}
         for f in folds
     }
+    figures = ("se", "sp", "macc", "auc", "coverage")
     mean = {k: round(float(np.mean([f.report[k] for f in folds if f.report[k] is not None])), 4)
-            for k in ("se", "sp", "macc", "auc", "coverage") if any(f.report[k] is not None for f in folds)}
-    return {"folds": per, "mean": mean}
+            for k in figures if any(f.report[k] is not None for f in folds)}
+    raw = [f.rule["uncalibrated"] for f in folds if "uncalibrated" in f.rule]
+    uncalibrated = {k: round(float(np.mean([r[k] for r in raw if r[k] is not None])), 4)
+                    for k in figures if any(r[k] is not None for r in raw)}
+    return {"folds": per, "mean": mean, "mean_uncalibrated": uncalibrated}
 
 
 RULE_TEXT = (
@@ -430,7 +505,8 @@ RULE_TEXT = (
     "threshold = the highest mean MAcc there, margin = the widest keeping a verdict on {coverage:.0%} "
     "of every one of them (windows must agree {agreement:.0%}); the held-out database is never looked at. "
     "The shipped model's rule is chosen the same way on the outer folds' curves (each database "
-    "scored by a model that never saw it)."
+    "scored by a model that never saw it). The device rule (z_threshold, z_margin) is chosen the same way "
+    "on those scores standardised per database by the database's own median and IQR."
 )
 
 
@@ -445,7 +521,7 @@ def train_and_export(data: PcgSet, out: Path, command: str, settings: PcgSetting
         folds.append(fold)
         curves.append(curve)
     summary = fold_summary(folds)
-    epochs, rule, chosen = choose_rule(curves, settings, min_quality)
+    epochs, rule, zrule, chosen = choose_rule(curves, settings, min_quality)
     set_seed(settings.seed)
     model = PcgMelCNN(**settings.network)
     history = train_pcg(model, data, settings, desc="final model: every database", epochs=epochs)
@@ -453,6 +529,14 @@ def train_and_export(data: PcgSet, out: Path, command: str, settings: PcgSetting
     card["decision"].update({
         "margin": rule.margin,
         "min_agreement": rule.min_agreement,
+        "z_threshold": zrule.z_threshold,
+        "z_margin": zrule.z_margin,
+        "calibration": (
+            "the verdict uses z = (mean P(abnormal) of the good windows - median) / IQR, median and IQR of "
+            "the device's own unlabelled recordings (ecgmon calibrate pcg): abnormal when z >= z_threshold, "
+            "uncertain within z_margin of it; without a calibration for the device every verdict is uncertain "
+            "('device not calibrated'): threshold and margin are the raw rule, measured not to carry over"
+        ),
         "uncertain": (
             "uncertain when no window has quality >= [audio] min_quality, when the mean is within margin of "
             "the threshold, or when fewer than min_agreement of the good windows are on the mean's side"
@@ -472,11 +556,14 @@ def train_and_export(data: PcgSet, out: Path, command: str, settings: PcgSetting
     }
     card["metrics"] = {
         "evaluation": (
-            "leave-one-database-out: each fold chooses its epochs, threshold and margin on its training "
-            "databases only (nested), trains a fresh model on them, and is scored on every window of every "
+            "leave-one-database-out: each fold chooses its epochs, threshold, margin and device rule on its "
+            "training databases only (nested), trains a fresh model on them, and is scored on every window of every "
             f"held-out recording with quality judged as the daemon does ([audio] min_quality {min_quality:g}); "
             "Se, Sp and MAcc are on the recordings given a verdict, coverage is their share, AUC is over every "
-            "recording's mean P(abnormal); the shipped model is trained on all of them and has no held-out figure"
+            "recording's mean P(abnormal). The held-out database is calibrated as a new device is: median and IQR "
+            "of its own recordings' scores, no label read, and judged by the device rule (z_threshold, z_margin); "
+            "'uncalibrated' in each fold's rule is the raw threshold's figures. The shipped model is trained on "
+            "all of them and has no held-out figure"
         ),
         "level": "recording",
         **summary,

@@ -18,7 +18,7 @@ import numpy as np
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import softmax_label
-from ecgmon.monitor.dsp.pcg_decision import Rule, decide
+from ecgmon.monitor.dsp.pcg_decision import Calibration, decide, device_rule
 from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
 from ecgmon.monitor.dsp.pcg_quality import QUALITY_WINDOW_S, quality_index
 from ecgmon.monitor.dsp.pcg_rate import RATE_SPAN_S, envelope_rate_bpm
@@ -64,8 +64,12 @@ class PcgPipeline:
         self.hop = int(inputs.get("hop") or self.window // 2) if model is not None else int(DEFAULT_HOP_S * self.fs)
         decision = model.card.get("decision", {}) if model is not None else {}
         # The card's threshold, margin and agreement (chosen on training databases) and the
-        # config's quality floor: when a verdict is 'uncertain'.
-        self.rule = Rule.from_card(decision, self.min_quality)
+        # config's quality floor: when a verdict is 'uncertain'. A card ruling on the calibrated
+        # score needs the device's calibration ([audio] calibration; refused if it was fitted
+        # for another model file), else every verdict is "uncertain: device not calibrated".
+        self.calibration = (Calibration.load(audio.calibration, model.card["sha256"])
+                            if model is not None and audio.calibration else None)
+        self.rule = device_rule(decision, self.calibration, self.min_quality)
         self.threshold = self.rule.threshold
         quality_n = int(QUALITY_WINDOW_S * self.fs)
         self._audio = RingBuffer(max(self.window, quality_n) + self.hop + int(self.fs), np.float32)
@@ -198,7 +202,8 @@ class PcgPipeline:
         return [PcgClassMessage(
             stream=self.stream, time_s=round(end_s, 3), label=v.label, reason=v.reason,  # type: ignore[arg-type]
             probability=probability,
-            p_abnormal=None if v.p_abnormal is None else round(v.p_abnormal, 4), threshold=self.rule.threshold,
+            p_abnormal=None if v.p_abnormal is None else round(v.p_abnormal, 4),
+            threshold=round(self.rule.threshold, 6), calibrated=self.calibration is not None,
             window_probability=round(p_abnormal, 4), windows=v.windows,
             window_quality=round(quality, 3), rejected=v.rejected,
         )]

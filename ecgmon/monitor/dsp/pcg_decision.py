@@ -14,12 +14,25 @@ a bare "abnormal" at 0.55 means little. The verdict is therefore *uncertain* whe
   their mean (the recording's windows disagree).
 
 Otherwise it is ``abnormal`` when the mean is at or above ``threshold``, else ``normal``.
+
+Device calibration. Left out, four databases recorded with four stethoscopes showed that a
+threshold on P(abnormal) does not carry over: each device shifts and stretches the scores. A
+card with ``z_threshold`` therefore states its rule on the *standardised* score
+``z = (mean P(abnormal) - median) / IQR``, where median and IQR are those of the recording
+scores of one device's own unlabelled recordings (``Calibration``, written by
+``ecgmon calibrate pcg``). With a calibration the rule becomes an ordinary ``Rule`` on that
+device's P(abnormal) scale (``DeviceRule.rule``); without one the verdict is uncertain,
+"device not calibrated": the raw threshold was measured to call nearly every recording of an
+unseen device one class.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +44,11 @@ LABELS = ("normal", "abnormal", "uncertain")
 # margin and no agreement requirement, so such a model keeps its old verdicts (bar quality).
 DEFAULT_MARGIN = 0.0
 DEFAULT_MIN_AGREEMENT = 0.0
+# A calibration needs at least this many recordings with a good window: a median and an IQR
+# from fewer swing with whoever happened to be recorded.
+MIN_CALIBRATION_RECORDINGS = 20
+CALIBRATION_FORMAT = "ecgmon-pcg-calibration-1"
+UNCALIBRATED = "device not calibrated"
 
 
 @dataclass(frozen=True)
@@ -42,6 +60,9 @@ class Rule:
     margin: float = DEFAULT_MARGIN
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     min_quality: float = 0.0
+    # True: the card's rule needs a device calibration and there is none (every verdict is
+    # uncertain, "device not calibrated"; the mean P(abnormal) is still reported).
+    uncalibrated: bool = False
 
     @classmethod
     def from_card(cls, decision: dict[str, Any], min_quality: float) -> Rule:
@@ -53,10 +74,125 @@ class Rule:
         )
 
 
+class CalibrationError(ValueError):
+    """A calibration file that cannot be used with this model (another model, too few recordings)."""
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Where one device puts the model's recording scores: their median and interquartile
+    range over ``recordings`` unlabelled recordings (no label is read), for the model file
+    whose SHA-256 is ``model_sha256`` (another model's scores lie elsewhere)."""
+
+    median: float
+    iqr: float
+    recordings: int
+    model_sha256: str
+    model_name: str = ""
+    device: str = ""
+    min_quality: float = 0.0  # the quality floor the recording scores were computed with
+
+    def z(self, score: float) -> float:
+        return (score - self.median) / self.iqr
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CALIBRATION_FORMAT, **self.__dict__}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path, model_sha256: str | None = None) -> Calibration:
+        """Read ``path``; refuse it if it was fitted for another model file than ``model_sha256``."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CalibrationError(f"{path}: cannot read the calibration ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise CalibrationError(f"{path}: not a heart-sound calibration (format {CALIBRATION_FORMAT!r})")
+        try:
+            cal = cls(**{k: v for k, v in data.items() if k != "format"})
+        except TypeError as err:
+            raise CalibrationError(f"{path}: {err}") from None
+        if model_sha256 is not None and cal.model_sha256.lower() != model_sha256.lower():
+            raise CalibrationError(
+                f"{path}: fitted for model {cal.model_name or '?'} sha256 {cal.model_sha256[:12]}, not this model "
+                f"(sha256 {model_sha256[:12]}): run ecgmon calibrate pcg again with this model")
+        if not (cal.iqr > 0 and np.isfinite(cal.median)) or cal.recordings < 2:
+            raise CalibrationError(f"{path}: unusable (iqr {cal.iqr}, {cal.recordings} recordings)")
+        return cal
+
+
+def fit_calibration(scores: np.ndarray, model_sha256: str, model_name: str = "", device: str = "",
+                    min_quality: float = 0.0, min_recordings: int = MIN_CALIBRATION_RECORDINGS) -> Calibration:
+    """The calibration of one device from its recordings' scores (``recording_score`` of each;
+    None/NaN for a recording with no good window is left out). ``min_recordings`` is lowered
+    only by training, whose held-out databases are whole databases (and tiny in tests)."""
+    s = np.asarray([np.nan if v is None else v for v in scores], dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size < max(2, min_recordings):
+        raise CalibrationError(f"{s.size} recordings with a window of acceptable quality; a calibration "
+                               f"needs at least {max(2, min_recordings)}")
+    q25, median, q75 = np.percentile(s, [25, 50, 75])
+    iqr = float(q75 - q25)
+    if not iqr > 1e-6:
+        raise CalibrationError("every recording got the same score: nothing to calibrate on")
+    return Calibration(round(float(median), 6), round(iqr, 6), int(s.size), model_sha256.lower(), model_name,
+                       device, float(min_quality))
+
+
+def recording_score(window_p: np.ndarray, window_q: np.ndarray | None, min_quality: float) -> float | None:
+    """The score a calibration is fitted on: the mean P(abnormal) of the windows of quality
+    >= ``min_quality`` (what ``decide`` compares with the threshold); None if there is none."""
+    p = np.asarray(window_p, dtype=np.float64)
+    if window_q is not None:
+        p = p[np.asarray(window_q) >= min_quality]
+    return float(p.mean()) if p.size else None
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """A card's rule on the standardised score: abnormal when z >= ``z_threshold``, uncertain
+    within ``z_margin`` of it (and when the windows disagree, as in ``Rule``)."""
+
+    z_threshold: float
+    z_margin: float
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+
+    @classmethod
+    def from_card(cls, decision: dict[str, Any]) -> DeviceRule | None:
+        """The card's device rule, or None for a card without one (it keeps its raw rule)."""
+        if decision.get("z_threshold") is None:
+            return None
+        return cls(float(decision["z_threshold"]), float(decision.get("z_margin", 0.0)),
+                   float(decision.get("min_agreement", DEFAULT_MIN_AGREEMENT)))
+
+    def rule(self, calibration: Calibration, min_quality: float) -> Rule:
+        """The same rule on this device's P(abnormal) scale."""
+        return Rule(calibration.median + self.z_threshold * calibration.iqr, self.z_margin * calibration.iqr,
+                    self.min_agreement, float(min_quality))
+
+
+def device_rule(decision: dict[str, Any], calibration: Calibration | None, min_quality: float) -> Rule:
+    """The rule the daemon and evaluate apply for one device: a card without a device rule keeps
+    its threshold and margin (a calibration is then refused); a card with one needs the
+    device's calibration, and without it every verdict is uncertain, "device not calibrated"."""
+    zrule = DeviceRule.from_card(decision)
+    if zrule is None:
+        if calibration is not None:
+            raise CalibrationError("this model's card has no rule on the calibrated score (z_threshold): "
+                                   "a calibration would not be used")
+        return Rule.from_card(decision, min_quality)
+    if calibration is None:
+        raw = Rule.from_card(decision, min_quality)
+        return Rule(raw.threshold, raw.margin, raw.min_agreement, raw.min_quality, uncalibrated=True)
+    return zrule.rule(calibration, min_quality)
+
+
 @dataclass(frozen=True)
 class Verdict:
     label: str  # one of LABELS
-    reason: str | None  # why uncertain: "quality", "near threshold", "windows disagree"; None otherwise
+    reason: str | None  # why uncertain: "quality", "device not calibrated", "near threshold", "windows disagree"
     p_abnormal: float | None  # mean P(abnormal) of the good windows; None when there is none
     agreement: float | None  # share of the good windows on the mean's side of the threshold
     windows: int  # good windows aggregated
@@ -73,6 +209,8 @@ def decide(window_p: np.ndarray, window_q: np.ndarray | None, rule: Rule) -> Ver
     if not used.size:
         return Verdict("uncertain", "quality", None, None, 0, rejected)
     mean = float(used.mean())
+    if rule.uncalibrated:
+        return Verdict("uncertain", UNCALIBRATED, mean, None, int(used.size), rejected)
     abnormal = mean >= rule.threshold
     agreement = float(np.mean((used >= rule.threshold) == abnormal))
     if abs(mean - rule.threshold) < rule.margin:

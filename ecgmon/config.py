@@ -233,6 +233,29 @@ class AlarmsConfig(_Section):
         return self
 
 
+class ArchiveConfig(_Section):
+    """Full disclosure: every stream's signal, beats, alarms and events on disk in WFDB
+    (ecgmon.archive), with an audit log; ``ecgmon run --archive DIR`` / ``--no-archive``."""
+
+    enabled: bool = True
+    # Empty: $ECGMON_ARCHIVE, else $XDG_DATA_HOME/ecgmon/archive (~/.local/share/ecgmon/archive).
+    folder: str = ""
+    segment_s: float = Field(60.0, ge=1, le=3600)
+    keep_days: float = Field(30.0, ge=0)  # 0: no age limit
+    max_gb: float = Field(20.0, ge=0)  # 0: no size limit
+    # Chunks and messages waiting for the writer thread; beyond, they are dropped and counted.
+    queue_items: int = Field(20000, ge=10, le=10_000_000)
+
+    def root(self) -> Path:
+        if self.folder:
+            return Path(self.folder).expanduser()
+        env = os.environ.get("ECGMON_ARCHIVE")
+        if env:
+            return Path(env).expanduser()
+        base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+        return Path(base) / "ecgmon" / "archive"
+
+
 class RunConfig(_Section):
     sources: list[str] = Field(default_factory=lambda: ["sim"])
 
@@ -252,6 +275,7 @@ class Config(_Section):
     audio: AudioConfig = Field(default_factory=AudioConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
+    archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
 
 
 def _describe(err: ValidationError) -> str:

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+from pathlib import Path
 import sys
 
 from ecgmon.commands.common import (
@@ -47,6 +48,10 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
                    help="ZeroMQ control endpoint for acknowledge/silence (default: [publisher] "
                         "control_endpoint; '' for none)")
     p.add_argument("--headless", action="store_true", help="no dashboard, even on a terminal")
+    p.add_argument("--archive", metavar="DIR",
+                   help="archive every stream (WFDB signal, beats, events) and the audit log into DIR "
+                        "(default: [archive] folder; README: Archive)")
+    p.add_argument("--no-archive", action="store_true", help="write no archive")
     p.add_argument("--server-key", metavar="FILE",
                    help="the daemon's CURVE secret key (`ecgmon keys server DIR`: DIR/server.key_secret); "
                         "with --allowed-keys only allowed clients can read or acknowledge")
@@ -86,7 +91,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
 
     models, model_errors = load_models(config.models)
     _check_calibration(config, models)
-    daemon = Daemon(config, sources, publisher, models, model_errors)
+    daemon = Daemon(config, sources, publisher, models, model_errors, _archive(args, config, sources))
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s%s",
              names, publisher.endpoint, connect_endpoint(publisher.endpoint),
@@ -130,6 +135,20 @@ def _check_calibration(config: Config, models) -> None:
         raise CommandError(f"[audio] calibration: {err}") from None
 
 
+def _archive(args: argparse.Namespace, config: Config, sources):
+    """The archive writer ([archive], --archive DIR, --no-archive), or None when off."""
+    ac = config.archive
+    if args.no_archive or (not ac.enabled and args.archive is None):
+        return None
+    from ecgmon.archive.writer import ArchiveWriter
+
+    root = Path(args.archive).expanduser() if args.archive is not None else ac.root()
+    log.info("archiving to %s (segments of %g s; keep %g days, at most %g GB)", root, ac.segment_s,
+             ac.keep_days, ac.max_gb)
+    return ArchiveWriter(root, ac.segment_s, ac.keep_days, ac.max_gb, ac.queue_items,
+                         sources=[s.spec for s in sources])
+
+
 def _open_control(endpoint: str, daemon, keys, insecure: bool):
     """The daemon's control socket, or None when not configured or its address is taken
     (monitoring goes on without acknowledge/silence; a warning says so)."""
@@ -138,7 +157,7 @@ def _open_control(endpoint: str, daemon, keys, insecure: bool):
     from ecgmon.monitor.control import ControlError, ControlServer
 
     try:
-        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publisher.publish, keys, insecure)
+        control = ControlServer(endpoint, daemon.alarm_engine, daemon.publish, keys, insecure)
     except ControlError as err:
         log.warning("%s; running without a control socket", err)
         return None

@@ -139,7 +139,8 @@ class PcgClassMessage(Message):
     )
     calibrated: bool = Field(
         False, description="the verdict is on the device's calibrated score ([audio] calibration); threshold "
-                           "is then the card's z_threshold carried to this device's P(abnormal) scale"
+                           "is then the card's z_threshold carried to this device's P(abnormal) scale, and "
+                           "probability is none (a raw P(abnormal) is no probability on that device)"
     )
     probability: float | None = Field(
         description="the model's probability of label (mean over the aggregated windows); none when uncertain"

@@ -197,7 +197,9 @@ class PcgPipeline:
         self._window_p.append((p_abnormal, quality))
         v = decide(np.array([pa for pa, _ in self._window_p]), np.array([q for _, q in self._window_p]), self.rule)
         probability = None
-        if v.label != "uncertain" and v.p_abnormal is not None:
+        # On a calibrated device the verdict rests on where the score lies among that device's
+        # recordings, not on P(abnormal) itself, which is no probability there: none is shown.
+        if v.label != "uncertain" and v.p_abnormal is not None and self.calibration is None:
             probability = round(v.p_abnormal if v.label == "abnormal" else 1.0 - v.p_abnormal, 4)
         return [PcgClassMessage(
             stream=self.stream, time_s=round(end_s, 3), label=v.label, reason=v.reason,  # type: ignore[arg-type]

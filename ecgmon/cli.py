@@ -9,6 +9,7 @@ import os
 import sys
 import traceback
 
+from ecgmon.commands.archive import add_archive
 from ecgmon.commands.calibrate import add_calibrate
 from ecgmon.commands.common import EXIT_INTERNAL, EXIT_SIGINT, EXIT_USAGE, CommandError, print_error, setup_logging
 from ecgmon.commands.devices import add_devices
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub, common)
     add_train(sub, common)
     add_calibrate(sub, common)
+    add_archive(sub, common)
     return parser
 
 

@@ -26,8 +26,21 @@ def source_adc(source: object) -> Adc | None:
         return None
     gains, baselines, units = (getattr(header, k, None) for k in ("adc_gain", "baseline", "units"))
     if not gains or not baselines:
-        return None
+        # A multi-segment record (an archive replayed): the gains its layout segment names.
+        seg = layout_adc(str(path))
+        return [seg[c] for c in columns] if seg is not None and max(columns) < len(seg) else None
     try:
         return [(float(gains[c]) or 200.0, int(baselines[c]), str((units or [])[c] or "mV")) for c in columns]
     except (IndexError, TypeError, ValueError):
         return None
+
+
+def layout_adc(base: str) -> Adc | None:
+    """The gains of an ecgmon archive replayed as a record: its layout segment's."""
+    try:
+        header = wfdb.rdheader(f"{base}_layout")
+    except Exception:
+        return None
+    if not header.adc_gain:
+        return None
+    return [(float(g), int(b), str(u or "mV")) for g, b, u in zip(header.adc_gain, header.baseline, header.units)]

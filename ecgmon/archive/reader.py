@@ -77,3 +77,162 @@ def annotations(layout: Layout, ext: str, stream_indices: bool = False, run: str
             symbols.append(sym)
             aux.append(a)
     return np.asarray(samples, dtype=np.int64), symbols, aux
+
+
+# -- listing ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    stream: str
+    record: str  # the layout record's name
+    header: Path
+    fs: float
+    channels: tuple[str, ...]
+    segments: int
+    gaps: int
+    signal_s: float  # recorded signal, gaps left out
+    span_s: float  # the record's length, gaps included
+    first_wall: float | None
+    last_wall: float | None  # wall time of the end of the last segment
+    size_bytes: int
+
+
+def summarise(layout: Layout) -> StreamSummary:
+    segs = segments(layout)
+    real = [s for s in segs if s.name != NULL]
+    fs = layout.spec.fs
+    size = sum(p.stat().st_size for p in layout.folder.glob(f"{layout.name}*") if p.is_file())
+    last = real[-1] if real else None
+    return StreamSummary(
+        stream=layout.folder.name, record=layout.name, header=layout.header_path, fs=fs,
+        channels=layout.spec.channels, segments=len(real), gaps=len(segs) - len(real),
+        signal_s=sum(s.length for s in real) / fs, span_s=layout.length / fs,
+        first_wall=real[0].start_wall if real else None,
+        last_wall=(last.start_wall + last.length / fs) if last and last.start_wall is not None else None,
+        size_bytes=size,
+    )
+
+
+# -- verifying ----------------------------------------------------------------------------
+
+
+def verify(layout: Layout) -> list[str]:
+    """The problems of one layout record: a listed segment missing, unreadable, of another
+    length, rate or signals than listed, a signal file whose checksum or size does not match
+    its header, an unreadable annotation file, and segments on disk the layout does not list.
+    [] when everything reads back."""
+    import wfdb
+
+    from ecgmon.archive.annotations import BEAT_EXT, EVENT_EXT
+
+    problems = []
+    listed = set()
+    for name, n in layout.entries:
+        if name == NULL:
+            continue
+        listed.add(name)
+        base = layout.folder / name
+        try:
+            rec = wfdb.rdrecord(str(base), physical=False)
+        except Exception as err:  # a missing or corrupt file: wfdb raises many types
+            problems.append(f"{name}: cannot be read ({type(err).__name__}: {err})")
+            continue
+        if rec.sig_len != n:
+            problems.append(f"{name}: {rec.sig_len} samples, the layout lists {n}")
+        if rec.fs != layout.spec.fs or tuple(rec.sig_name) != layout.spec.channels:
+            problems.append(f"{name}: rate or signals differ from the layout's")
+        expected = rec.sig_len * rec.n_sig * 2
+        size = (layout.folder / f"{name}.dat").stat().st_size
+        if size != expected:
+            problems.append(f"{name}.dat: {size} bytes, its header implies {expected}")
+        # WFDB's checksum: the 16-bit sum of each signal's samples, stored in the header.
+        got = [int(np.sum(rec.d_signal[:, c].astype(np.int64))) & 0xFFFF for c in range(rec.n_sig)]
+        want = [int(c) & 0xFFFF for c in rec.checksum]
+        if got != want:
+            problems.append(f"{name}: checksum mismatch (header {want}, samples {got})")
+        for ext in (BEAT_EXT, EVENT_EXT):
+            if (layout.folder / f"{name}.{ext}").exists():
+                try:
+                    ann = wfdb.rdann(str(base), ext)
+                    if len(ann.sample) and (ann.sample.min() < 0 or ann.sample.max() >= rec.sig_len + 1):
+                        problems.append(f"{name}.{ext}: annotations outside the segment")
+                except Exception as err:
+                    problems.append(f"{name}.{ext}: cannot be read ({type(err).__name__}: {err})")
+    for path in layout.folder.glob(f"{layout.name}_*.hea"):
+        if path.stem not in listed and path.stem != layout.layout_name:
+            problems.append(f"{path.stem}: on disk but not listed in {layout.header_path.name}")
+    try:
+        whole = wfdb.rdheader(str(layout.folder / layout.name))
+        if whole.sig_len != layout.length:
+            problems.append(f"{layout.name}.hea: length {whole.sig_len}, its segments add up to {layout.length}")
+    except Exception as err:
+        problems.append(f"{layout.name}.hea: not a valid WFDB header ({type(err).__name__}: {err})")
+    return problems
+
+
+# -- exporting ----------------------------------------------------------------------------
+
+
+def export(layout: Layout, sampfrom: int, sampto: int, out: Path) -> dict[str, int]:
+    """Samples ``[sampfrom, sampto)`` of the layout record (indices from its first listed
+    sample) as one plain WFDB record ``out`` (``out.hea``, ``out.dat``) with the beats and
+    events in ``out.ecgmon`` and ``out.event``; gaps are WFDB's invalid sample. The counts
+    of what was written."""
+    import wfdb
+
+    from ecgmon.archive.annotations import BEAT_EXT, EVENT_EXT
+    from ecgmon.archive.segment import to_digital
+
+    sampto = min(sampto, layout.length)
+    if not 0 <= sampfrom < sampto:
+        raise ValueError(f"nothing to export between samples {sampfrom} and {sampto} (the record has {layout.length})")
+    rec = wfdb.rdrecord(str(layout.folder / layout.name), sampfrom=sampfrom, sampto=sampto)
+    # Back to the archive's own digital values with the layout's gains (gaps stay invalid).
+    digital, _ = to_digital(rec.p_signal, layout.spec)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    spec = layout.spec
+    wfdb.wrsamp(out.name, fs=spec.fs, units=list(spec.units), sig_name=list(spec.channels), d_signal=digital,
+                fmt=["16"] * len(spec.channels), adc_gain=list(spec.gains), baseline=list(spec.baselines),
+                comments=[f"ecgmon export of {layout.folder.name}/{layout.name} samples {sampfrom}-{sampto}"],
+                write_dir=str(out.parent))
+    counts = {"samples": sampto - sampfrom}
+    for ext in (BEAT_EXT, EVENT_EXT):
+        samples, symbols, aux = annotations(layout, ext)
+        keep = (samples >= sampfrom) & (samples < sampto)
+        counts[ext] = int(keep.sum())
+        if keep.any():
+            idx = np.flatnonzero(keep)
+            notes = [aux[i] for i in idx]
+            wfdb.wrann(out.name, ext, samples[idx] - sampfrom, symbol=[symbols[i] for i in idx],
+                       aux_note=notes if any(notes) else None, fs=spec.fs, write_dir=str(out.parent))
+    return counts
+
+
+def time_index(layout: Layout, when: str) -> int:
+    """A ``--from``/``--to`` value as a sample index of the layout record: seconds from its
+    start (``90``, ``1.5``), or a UTC date and time (``2026-12-06T14:03:00``) found through
+    the segments' start times."""
+    from datetime import datetime, timezone
+
+    try:
+        return round(float(when) * layout.spec.fs)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"'{when}' is neither seconds from the start nor a date and time like "
+                         f"2026-12-06T14:03:00") from None
+    wall = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+    fs = layout.spec.fs
+    best = 0
+    for seg in segments(layout):
+        if seg.start_wall is None:
+            continue
+        at = seg.start - layout.first_sample + round((wall - seg.start_wall) * fs)
+        if wall < seg.start_wall:
+            return max(best, seg.start - layout.first_sample)
+        best = min(at, seg.start - layout.first_sample + seg.length)
+    return best

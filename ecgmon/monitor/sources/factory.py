@@ -3,6 +3,7 @@ turned into Sources, with their stream ids checked before anything is opened."""
 
 from __future__ import annotations
 
+from pathlib import Path
 import re
 
 from ecgmon.config import Config
@@ -15,6 +16,7 @@ from ecgmon.replay.records import record_stream_id
 SPEC_FORMS = (
     "sim, sim?hr=110&noise=0.05 (built-in simulator), DB:RECORD (mitdb:100), "
     "path/to/record.hea, serial:/dev/ttyUSB0?fs=250, mqtt://host:1883/ward1/+/ecg, "
+    "archive:DIR/STREAM (a stream of an ecgmon archive), "
     "or NAME=SPEC to name the stream (bed3=mitdb:100)"
 )
 # Stream ids become topic suffixes (beat.<stream>), so no dots or separators in them.
@@ -43,6 +45,8 @@ def _kind(spec: str) -> str:
         return "serial"
     if spec.startswith(("mqtt://", "mqtts://")):
         return "mqtt"
+    if spec.startswith("archive:"):
+        return "archive"
     if spec.endswith(".hea") or _DB_RECORD.match(spec):
         return "record"
     raise SourceError(f"unknown source '{spec}': use {SPEC_FORMS}")
@@ -62,6 +66,8 @@ def stream_id(spec: str) -> str:
         path = inner.split("?", 1)[0]
         path = path.removeprefix("serial:") if kind == "serial" else path.split("://", 1)[1].partition("/")[2]
         return "-".join(p for p in re.split(r"[^A-Za-z0-9_]+", path) if p and p != "dev") or kind
+    if kind == "archive":  # archive:DIR/bed3 replays as bed3
+        return record_stream_id(Path(inner.removeprefix("archive:")).expanduser().name)
     return record_stream_id(inner)
 
 
@@ -80,6 +86,17 @@ def open_source(spec: str, config: Config) -> Source:
         from ecgmon.monitor.sources.mqtt_source import MqttSource
 
         return MqttSource(inner, config, stream=name or stream_id(inner))
+    if kind == "archive":
+        # An archived stream is a WFDB multi-segment record: replayed like any record.
+        from ecgmon.archive.reader import open_layout
+
+        folder = Path(inner.removeprefix("archive:")).expanduser()
+        try:
+            header = open_layout(folder).header_path
+        except (OSError, ValueError, IndexError) as err:
+            raise SourceError(f"source '{inner}': no readable ecgmon archive in {folder} ({err}); "
+                              f"give archive:DIR/STREAM, the stream's folder in the archive") from None
+        return RecordSource(str(header), config, stream=name or stream_id(inner))
     return RecordSource(inner, config, stream=name)
 
 

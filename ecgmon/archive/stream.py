@@ -79,6 +79,7 @@ class StreamArchive:
         # and the annotations not yet in their files: (archive index, ext, symbol, aux).
         self._segments: dict[str, tuple[int, int, int]] = {}
         self._pending: list[tuple[int, str, str, str]] = []
+        self._late = False  # an annotation for a segment already closed is pending
         self._unwritten: list[str] = []  # closed segments whose annotation files are due
         self._rhythms: dict[str, str] = {}  # active rhythm alarms: alarm id → rhythm code
         self._verdict: str | None = None
@@ -193,16 +194,15 @@ class StreamArchive:
                 samples = samples[self.expected - start:]
                 start = self.expected
         self.expected = start + samples.shape[0]
-        digital, clipped = to_digital(samples, self.spec)
-        self.clipped += clipped
         failed: OSError | None = None
-        pos = 0
-        while pos < digital.shape[0]:
+        pos, total = 0, samples.shape[0]
+        while pos < total:
             if self._buf_n == 0:
-                self._open_wall = received - (digital.shape[0] - pos) / self.spec.fs
+                self._open_wall = received - (total - pos) / self.spec.fs
                 self._open_stream_start = start + pos
-            take = min(self.segment_samples - self._buf_n, digital.shape[0] - pos)
-            self._buf.append(digital[pos : pos + take])
+            take = min(self.segment_samples - self._buf_n, total - pos)
+            # Physical samples until the segment closes: converted once per segment, not per chunk.
+            self._buf.append(samples[pos : pos + take])
             self._buf_n += take
             pos += take
             if self._buf_n >= self.segment_samples:
@@ -210,7 +210,8 @@ class StreamArchive:
                     self.close_segment(received)
                 except OSError as err:  # the rest of the chunk still goes on, in step
                     failed = err
-        self._flush_due_annotations()
+        if self._late or (self._unwritten and self._due(self._unwritten[0])):
+            self._flush_due_annotations()
         if failed is not None:
             raise failed
 
@@ -219,7 +220,8 @@ class StreamArchive:
         is listed as a gap, so the indices after it stay right, and the error propagates."""
         if self._buf_n == 0:
             return
-        digital = np.concatenate(self._buf)
+        digital, clipped = to_digital(np.concatenate(self._buf), self.spec)
+        self.clipped += clipped
         n, start = self._buf_n, self._open_start
         self._buf, self._buf_n = [], 0
         self._open_start = start + n
@@ -257,11 +259,20 @@ class StreamArchive:
             return max(self.position - 1, self.run_base)
         return self.archive_index(round(seconds * self.spec.fs))
 
+    def _written_end(self) -> int:
+        """Archive index up to which the closed segments' annotation files are written."""
+        return self._segments[self._unwritten[0]][0] if self._unwritten else self._open_start
+
+    def _add(self, index: int, ext: str, symbol: str, aux: str) -> None:
+        self._pending.append((index, ext, symbol, aux))
+        if index < self._written_end():
+            self._late = True
+
     def _note(self, index: int, text: str) -> None:
-        self._pending.append((index, EVENT_EXT, '"', clip_aux(text)))
+        self._add(index, EVENT_EXT, '"', clip_aux(text))
 
     def add_beat(self, sample: int, label: str | None) -> None:
-        self._pending.append((self.archive_index(sample), BEAT_EXT, beat_symbol(label), ""))
+        self._add(self.archive_index(sample), BEAT_EXT, beat_symbol(label), "")
 
     def add_alarm(self, alarm: dict, action: str) -> None:
         """An alarm's change: a rhythm annotation where it names a rhythm (at its onset when
@@ -269,11 +280,11 @@ class StreamArchive:
         kind, aid = alarm["alarm"], alarm["id"]
         if action == "raised" and kind in RHYTHM_AUX and alarm["category"] == "physiological":
             self._rhythms[aid] = RHYTHM_AUX[kind]
-            self._pending.append((self._at(alarm["onset_s"]), EVENT_EXT, "+", RHYTHM_AUX[kind]))
+            self._add(self._at(alarm["onset_s"]), EVENT_EXT, "+", RHYTHM_AUX[kind])
         elif action == "cleared" and aid in self._rhythms:
             del self._rhythms[aid]
             rest = list(self._rhythms.values())
-            self._pending.append((self._at(alarm.get("cleared_s")), EVENT_EXT, "+", rest[-1] if rest else NORMAL_RHYTHM))
+            self._add(self._at(alarm.get("cleared_s")), EVENT_EXT, "+", rest[-1] if rest else NORMAL_RHYTHM)
         where = {"raised": alarm["raised_s"], "cleared": alarm.get("cleared_s")}.get(action)
         who = alarm.get("acknowledged_by") if action == "acknowledged" else alarm.get("silenced_by")
         text = f"alarm {kind} {action}" + (f" by {who}" if action in ("acknowledged", "silenced") else "")
@@ -294,36 +305,41 @@ class StreamArchive:
                 return name
         return None
 
+    def _due(self, segment: str) -> bool:
+        start, n, _ = self._segments[segment]
+        return start + n + self._lag <= self.position
+
     def _flush_due_annotations(self, everything: bool = False) -> None:
         """Write the annotation files of closed segments the stream is far enough past; merge
         annotations that come later still into their segment's files."""
-        due = [s for s in self._unwritten
-               if everything or self._segments[s][0] + self._segments[s][1] + self._lag <= self.position]
-        closed_end = self._open_start
-        late = {p for p in self._pending if p[0] < closed_end and self._segment_of(p[0]) not in due}
+        self._late = False
+        due = {s for s in self._unwritten if everything or self._due(s)}
+        written_end = self._written_end()
         targets: dict[str, list[tuple[int, str, str, str]]] = {s: [] for s in due}
         keep = []
         for p in self._pending:
-            seg = self._segment_of(p[0]) if p[0] < closed_end else None
-            if seg is not None and (seg in targets or p in late):
+            if p[0] >= self._open_start:
+                keep.append(p)  # the open segment's
+                continue
+            seg = self._segment_of(p[0])
+            if seg is None:
+                continue  # in a gap, a lost segment or one too old to be touched again
+            if seg in due or p[0] < written_end:
                 targets.setdefault(seg, []).append(p)
-            elif p[0] < closed_end and seg is None:
-                continue  # in a gap or a lost segment: nothing to annotate
             else:
-                keep.append(p)
+                keep.append(p)  # its segment's files are written once the stream is past it
         self._pending = keep
         for seg, items in targets.items():
             start = self._segments[seg][0]
-            merge = seg not in due  # its files were written already
+            merge = seg not in due  # its files were written already: add to them
             for ext in (BEAT_EXT, EVENT_EXT):
                 new: list[Entry] = [(p[0] - start, p[2], p[3]) for p in items if p[1] == ext]
-                if not new and not (seg in due):
-                    continue
-                old = read_annotations(self.folder, seg, ext) if merge else []
-                write_annotations(self.folder, seg, ext, self.spec.fs, old + new)
+                if new:
+                    old = read_annotations(self.folder, seg, ext) if merge else []
+                    write_annotations(self.folder, seg, ext, self.spec.fs, old + new)
         self._unwritten = [s for s in self._unwritten if s not in due]
         # Keep the map of closed segments short: annotations older than a few segments are
-        # not expected any more (one stays for rhythm onsets of long-held alarms).
+        # not expected any more (the rhythm onset of a long-held alarm reaches a few back).
         while len(self._segments) > 8 and next(iter(self._segments)) not in self._unwritten:
             self._segments.pop(next(iter(self._segments)))
 

@@ -210,3 +210,40 @@ async def test_an_archive_replays_verifies_and_exports_as_the_record(endpoint, d
     dat.write_bytes(bytes(raw))
     assert main(["archive", "--archive", root, "verify"]) == 1
     assert "bed1_000002: checksum mismatch" in capsys.readouterr().out
+
+
+async def test_who_acknowledged_and_silenced_an_alarm_is_in_the_audit_log(endpoint, tmp_path, models):
+    from ecgmon.monitor.control import ControlServer
+
+    config = Config()
+    config.replay.speed = 20  # slow enough to act on an alarm while the stream runs
+    record = _span("mitdb:119", SECONDS)
+    pub = Publisher(endpoint, 100000)
+    ctx, sub = await subscriber(endpoint, ("alarm.",))
+    source = RecordSource(record.name, config, stream="bed1", record=record)
+    daemon = Daemon(config, [source], pub, models, [], ArchiveWriter(tmp_path, segment_s=30))
+    control = ControlServer("tcp://127.0.0.1:0", daemon.alarm_engine, daemon.publish)
+    run = asyncio.ensure_future(daemon.run())
+    try:
+        alarm = None
+        while alarm is None:
+            assert await sub.poll(60_000), "no alarm raised"
+            msg = parse_message((await sub.recv_multipart())[1])
+            alarm = msg if msg.state == "raised" else None
+        # As the control socket hands them over: the authenticated key name, then a client's word.
+        ack = control.handle(json.dumps({"op": "ack", "stream": "bed1", "alarm_id": alarm.id, "by": "x"}).encode(),
+                             key="nurse1")
+        silence = control.handle(json.dumps({"op": "silence", "stream": "bed1", "alarm_id": alarm.id,
+                                             "by": "desk", "seconds": 60}).encode())
+        assert ack["ok"] and silence["ok"]
+        await asyncio.wait_for(run, 300)
+    finally:
+        run.cancel()
+        control.close()
+        sub.close()
+        ctx.term()
+    entries = [e for e in read_audit(tmp_path) if e["type"] == "alarm" and e["id"] == alarm.id]
+    assert [(e["action"], e["by"]) for e in entries][:3] == [
+        ("raised", None), ("acknowledged", "nurse1"), ("silenced", "desk (unauthenticated)")]
+    _, _, notes = reader.annotations(reader.open_layout(tmp_path / "bed1"), EVENT_EXT)
+    assert any(f"alarm {alarm.alarm} acknowledged by nurse1" in n for n in notes)

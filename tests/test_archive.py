@@ -247,3 +247,54 @@ async def test_who_acknowledged_and_silenced_an_alarm_is_in_the_audit_log(endpoi
         ("raised", None), ("acknowledged", "nurse1"), ("silenced", "desk (unauthenticated)")]
     _, _, notes = reader.annotations(reader.open_layout(tmp_path / "bed1"), EVENT_EXT)
     assert any(f"alarm {alarm.alarm} acknowledged by nurse1" in n for n in notes)
+
+
+async def test_heart_sounds_are_archived_as_flac_beside_their_envelope_and_verdicts(endpoint, data_dir, tmp_path,
+                                                                                     models):
+    import soundfile as sf
+
+    from ecgmon.archive.pcg import pcg_segments
+    from ecgmon.monitor.sources.factory import open_pcg_sources
+    from ecgmon.schema import PcgClassMessage, PcgMessage
+
+    config = Config()
+    config.replay.speed = 0
+    wav = data_dir / "pcg2016" / "training-a" / "a0001.flac"
+    sources = open_pcg_sources([f"bed1={wav}"], config)
+    pub = Publisher(endpoint, 100000)
+    ctx, sub = await subscriber(endpoint, ("pcg.", "pcg_class."))
+    try:
+        await asyncio.wait_for(Daemon(config, sources, pub, models, [], ArchiveWriter(tmp_path, segment_s=10)).run(),
+                               300)
+        msgs = []
+        while await sub.poll(300):
+            msgs.append(parse_message((await sub.recv_multipart())[1]))
+    finally:
+        sub.close()
+        ctx.term()
+    folder = tmp_path / "bed1" / "pcg"
+    segs = pcg_segments(folder)
+    assert [s["samples"] for s in segs[:-1]] == [20000] * (len(segs) - 1) and segs[0]["stream_start"] == 0
+    audio = np.concatenate([sf.read(folder / s["audio"], dtype="int16")[0] for s in segs])
+    original, fs = sf.read(wav, dtype="int16")
+    assert fs == 2000 and segs[0]["fs"] == 2000.0
+    np.testing.assert_array_equal(audio, original)  # the recording, sample for sample
+    archived_env = [m["time_s"] for s in segs for m in s["pcg"]]
+    assert archived_env == [m.time_s for m in msgs if isinstance(m, PcgMessage)] and archived_env
+    verdicts = [(m["time_s"], m["label"]) for s in segs for m in s["pcg_class"]]
+    assert verdicts == [(m.time_s, m.label) for m in msgs if isinstance(m, PcgClassMessage)] and verdicts
+
+
+def test_retention_deletes_old_heart_sound_segments_too(tmp_path, data_dir):
+    import soundfile as sf
+
+    x, fs = sf.read(data_dir / "pcg2016" / "training-a" / "a0001.flac", dtype="float32")
+    writer = ArchiveWriter(tmp_path, segment_s=5, max_gb=30e3 / 1e9)  # 5 s of FLAC is about 15 kB
+    writer.start()
+    for s in range(0, 40 * fs, 100):
+        writer.feed_pcg(Chunk("bed4", float(fs), ("pcg",), s, x[s : s + 100, None].copy()))
+    writer.close()
+    left = sorted(p.name for p in (tmp_path / "bed4" / "pcg").iterdir() if p.is_file())
+    assert left[-2:] == ["bed4_pcg_000008.flac", "bed4_pcg_000008.json"]  # the newest stays
+    assert "bed4_pcg_000001.flac" not in left and 2 <= len(left) < 16
+    assert all(p.with_suffix(".flac").name in left for p in (tmp_path / "bed4" / "pcg").glob("*.json"))

@@ -21,7 +21,7 @@ CHECK_EVERY_S = 60.0
 
 @dataclass
 class _Seg:
-    layout_key: Path
+    layout_key: Path | None  # None: a heart-sound segment (FLAC and JSON, no layout)
     name: str
     folder: Path
     mtime: float
@@ -67,10 +67,17 @@ class Retention:
                 if files:
                     segs.append(_Seg(key, name, layout.folder, max(f.stat().st_mtime for f in files),
                                      sum(f.stat().st_size for f in files)))
+        for pcg in self.root.glob("*/pcg"):
+            metas = sorted(pcg.glob("*_pcg_*.json"))
+            for meta in metas[:-1]:  # the newest stays
+                files = [meta, meta.with_suffix(".flac")]
+                files = [f for f in files if f.exists()]
+                segs.append(_Seg(None, meta.stem, pcg, max(f.stat().st_mtime for f in files),
+                                 sum(f.stat().st_size for f in files)))
         segs.sort(key=lambda s: s.mtime)
         cutoff = time.time() - self.keep_days * 86400 if self.keep_days > 0 else -1.0
         limit = self.max_gb * 1e9 if self.max_gb > 0 else float("inf")
-        doomed: dict[Path, set[str]] = {}
+        doomed: dict[Path | None, set[str]] = {}
         for seg in segs:
             if seg.mtime >= cutoff and total <= limit:
                 break
@@ -78,6 +85,13 @@ class Retention:
             doomed.setdefault(seg.layout_key, set()).add(seg.name)
             total -= seg.size
         deleted = 0
+        for name in doomed.pop(None, set()):
+            seg = next(s for s in segs if s.layout_key is None and s.name == name)
+            # The JSON first: it is what marks a heart-sound segment complete.
+            for f in (seg.folder / f"{name}.json", seg.folder / f"{name}.flac"):
+                if f.exists():
+                    os.unlink(f)
+            deleted += 1
         for key, names in doomed.items():
             layout = layouts[key]
             before = {n for n, _ in layout.entries}

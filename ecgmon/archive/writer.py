@@ -24,10 +24,13 @@ from typing import Any
 
 from ecgmon.archive.adc import Adc, source_adc
 from ecgmon.archive.audit import AuditLog
+from ecgmon.archive.pcg import PcgArchive
 from ecgmon.archive.retention import Retention
 from ecgmon.archive.stream import ArchiveBusy, StreamArchive
 from ecgmon.chunk import Chunk
-from ecgmon.schema import DAEMON_STREAM, AlarmMessage, BeatMessage, EventMessage, Message, SegmentMessage
+from ecgmon.schema import (
+    DAEMON_STREAM, AlarmMessage, BeatMessage, EventMessage, Message, PcgClassMessage, PcgMessage, SegmentMessage,
+)
 
 log = logging.getLogger("ecgmon.archive")
 
@@ -57,6 +60,7 @@ class ArchiveWriter:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_items)
         self._events: deque[ArchiveEvent] = deque(maxlen=1000)
         self._streams: dict[str, StreamArchive | None] = {}  # None: this stream cannot be archived
+        self._pcg: dict[str, PcgArchive] = {}  # heart-sound streams (an ECG may share the id)
         self._alarm_state: dict[str, tuple] = {}  # alarm id → (ack by, silenced until, suppressed)
         self._failing: set[str] = set()  # fault kinds reported and not yet recovered
         self._retention = Retention(self.root, keep_days, max_gb)
@@ -78,6 +82,10 @@ class ArchiveWriter:
         """A chunk of an ECG stream; its ``source``'s gains are looked up at the first chunk."""
         self._put(("chunk", chunk, source))
 
+    def feed_pcg(self, chunk: Chunk) -> None:
+        """A chunk of a heart-sound stream (audio)."""
+        self._put(("pcg_chunk", chunk))
+
     def message(self, msg: Message) -> None:
         """A published message; only what the archive keeps is queued (beats, alarms, events,
         rhythm verdicts), as plain values taken now (the alarm engine reuses its messages)."""
@@ -89,6 +97,8 @@ class ArchiveWriter:
             self._put(("event", msg.stream, msg.level, msg.code, msg.text, dict(msg.counts), msg.wall or time.time()))
         elif isinstance(msg, SegmentMessage):
             self._put(("verdict", msg.stream, msg.start, msg.label, msg.probability))
+        elif isinstance(msg, (PcgMessage, PcgClassMessage)):
+            self._put(("pcg", msg.stream, msg.model_dump(mode="json", exclude={"v", "pub", "seq"})))
 
     def take_events(self) -> list[ArchiveEvent]:
         out = []
@@ -159,7 +169,21 @@ class ArchiveWriter:
                 if st.layout.entries and self._retention.due():
                     self._retention.run(self._active_layouts())
             return
+        if kind == "pcg_chunk":
+            chunk = item[1]
+            pcg = self._pcg.get(chunk.stream)
+            if pcg is None or pcg.fs != chunk.fs:
+                if pcg is not None:
+                    pcg.close()
+                pcg = self._pcg[chunk.stream] = PcgArchive(self.root, chunk.stream, chunk.fs, self.segment_s, self.run)
+            pcg.add_samples(chunk.start, chunk.samples, chunk.received)
+            self._recovered("disk")
+            return
         self.counts["messages"] += 1
+        if kind == "pcg":
+            if item[1] in self._pcg:
+                self._pcg[item[1]].add_message(item[2])
+            return
         st = self._streams.get(item[1])
         if kind == "beat":
             if st is not None:
@@ -274,6 +298,11 @@ class ArchiveWriter:
 
     def _stop(self) -> None:
         now = time.time()
+        for pcg in self._pcg.values():
+            try:
+                pcg.close()
+            except OSError as err:
+                self._fault("disk", pcg.stream, f"cannot write the last heart-sound segment of {pcg.stream}: {_why(err)}")
         for st in self._streams.values():
             if st is None:
                 continue

@@ -197,8 +197,12 @@ class Daemon:
         st = self._stream_of(chunk, source)
         if st is None:
             return
-        if self.archive is not None and _modality(source) == "ecg":
-            self.archive.feed(chunk, source)  # before the pipeline: its faults lose no signal
+        if self.archive is not None:
+            # Before the pipeline: its faults lose no signal.
+            if _modality(source) == "ecg":
+                self.archive.feed(chunk, source)
+            else:
+                self.archive.feed_pcg(chunk)
             self._archive_events()
         st.last_chunk = time.monotonic()
         if st.pipeline is None:

@@ -113,3 +113,26 @@ def test_a_calibrated_verdict_does_not_move_with_the_device(tiny_pcg_model: Path
     raw = dict(decision, z_threshold=None)
     ra, rb = verdicts(a, device_rule(raw, None, mq)), verdicts(b, device_rule(raw, None, mq))
     assert [v.verdict for v in ra] != [v.verdict for v in rb]
+
+
+def test_the_shipped_model_rules_on_the_calibrated_score(tiny_calibration: Path, data_dir: Path,
+                                                         tmp_path: Path) -> None:
+    """The shipped card states a device rule and figures that meet its own floor on every
+    held-out database; calibrated on a device's recordings, the daemon gives verdicts with it,
+    and it refuses the tiny model's calibration."""
+    from test_pcg_model_evaluate import SHIPPED
+
+    model = load_model(SHIPPED, device="cpu")
+    decision = model.card["decision"]
+    assert decision["z_threshold"] is not None and "z_margin" in decision
+    for db, fold in model.card["metrics"]["folds"].items():
+        assert fold["sp"] >= 0.5 and fold["coverage"] >= 0.7, db
+        assert fold["rule"]["calibration"]["recordings"] >= 50  # fitted on the held-out database itself
+    with pytest.raises(CalibrationError, match="not this model"):
+        PcgPipeline("bed1", FS, calibrated(tiny_calibration), model)
+    cal = tmp_path / "shipped.json"
+    assert main(["calibrate", "pcg", str(_device(tmp_path, data_dir)), "--out", str(cal), "--device", "cpu"]) == 0
+    x, _ = sf.read(data_dir / "pcg2016" / "training-d" / "d0001.flac", dtype="float32")
+    msgs = _verdicts(model, x, calibrated(cal))
+    assert msgs and all(m.calibrated for m in msgs) and msgs[-1].reason != "device not calibrated"
+    assert all(m.reason == "device not calibrated" for m in _verdicts(model, x, Config()) if m.windows)

@@ -171,8 +171,11 @@ def test_one_tiny_training_run_exports_a_model_with_fold_figures(tiny_pcg_model:
     assert set(card["metrics"]["folds"]) == {"db-a", "db-b"}
     for held, fold in card["metrics"]["folds"].items():
         assert fold["train_databases"] == [d for d in ("db-a", "db-b") if d != held]
-        assert fold["n"] == 4 and fold["macc"] is not None
-        assert sum(map(sum, fold["confusion"]["rows_reference_columns_predicted"])) == 4
+        # Every held-out recording is given a verdict or counted uncertain (by reason).
+        assert fold["recordings"] == 4 == fold["n"] + sum(fold["uncertain"].values())
+        assert sum(map(sum, fold["confusion"]["rows_reference_columns_predicted"])) == fold["n"]
+        # Calibrated on the held-out database's own recordings, the raw rule's figures beside.
+        assert fold["rule"]["calibration"]["recordings"] == 4 and "macc" in fold["rule"]["uncalibrated"]
     assert card["training"]["epochs"] == 1
     assert load_model(tiny_pcg_model, device="cpu").classes == ("normal", "abnormal")
 

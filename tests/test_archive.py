@@ -298,3 +298,37 @@ def test_retention_deletes_old_heart_sound_segments_too(tmp_path, data_dir):
     assert left[-2:] == ["bed4_pcg_000008.flac", "bed4_pcg_000008.json"]  # the newest stays
     assert "bed4_pcg_000001.flac" not in left and 2 <= len(left) < 16
     assert all(p.with_suffix(".flac").name in left for p in (tmp_path / "bed4" / "pcg").glob("*.json"))
+
+
+def test_a_disk_that_fails_and_comes_back_is_a_gap_between_two_events(tmp_path, data_dir):
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 30)
+    x = rec.p_signal.astype(np.float32)
+    adc = [(g, b, u) for g, b, u in zip(rec.adc_gain, rec.baseline, rec.units)]
+    root, away = tmp_path / "archive", tmp_path / "away"
+    writer = ArchiveWriter(root, segment_s=2)
+    writer.start()
+
+    def feed(seconds: range) -> None:
+        for s in range(seconds.start * 360, seconds.stop * 360, 36):
+            writer.feed(Chunk("bed5", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy()), adc)
+        assert writer.wait_idle(60)
+
+    feed(range(0, 10))
+    root.rename(away)  # the disk goes: where the archive was, a file
+    root.write_text("not a folder")
+    feed(range(10, 20))
+    root.unlink()  # and comes back
+    away.rename(root)
+    feed(range(20, 30))
+    writer.close()
+    events = [(e.code, e.stream) for e in writer.take_events()]
+    assert events == [("archive_failed", "bed5"), ("archive_recovered", "ecgmon")]
+    layout = reader.open_layout(root / "bed5")
+    names = [n for n, _ in layout.entries]
+    assert NULL in names and layout.length == 360 * 30  # the lost stretch is a gap, in step
+    got = wfdb.rdrecord(str(root / "bed5" / layout.name), physical=False).d_signal
+    want = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 30, physical=False).d_signal
+    lost = got[:, 0] == -32768
+    assert 0 < lost.sum() <= 12 * 360 and not lost[: 10 * 360].any() and not lost[22 * 360 :].any()
+    np.testing.assert_array_equal(got[~lost], want[~lost])
+    assert reader.verify(layout) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgmon.archive.annotations import read_annotations
-from ecgmon.archive.layout import NULL, Layout
+from ecgmon.archive.layout import NULL, SEGMENT_NAME, Layout
 from ecgmon.archive.segment import segment_comments
 
 
@@ -160,7 +160,8 @@ def verify(layout: Layout) -> list[str]:
                 except Exception as err:
                     problems.append(f"{name}.{ext}: cannot be read ({type(err).__name__}: {err})")
     for path in layout.folder.glob(f"{layout.name}_*.hea"):
-        if path.stem not in listed and path.stem != layout.layout_name:
+        m = SEGMENT_NAME.match(path.stem)  # (not another record's: bed3_p2_000001 is bed3_p2's)
+        if m and m["base"] == layout.name and path.stem not in listed:
             problems.append(f"{path.stem}: on disk but not listed in {layout.header_path.name}")
     try:
         whole = wfdb.rdheader(str(layout.folder / layout.name))

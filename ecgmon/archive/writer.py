@@ -122,6 +122,16 @@ class ArchiveWriter:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         self._thread = None
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until everything queued so far is written (for tests and benchmarks; the
+        daemon never waits); False if that took longer than ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
     def _put(self, item: Any) -> None:
         try:
             self._queue.put_nowait(item)
@@ -146,6 +156,7 @@ class ArchiveWriter:
             item = self._queue.get()
             if item is _STOP:
                 self._stop()
+                self._queue.task_done()
                 return
             try:
                 self._handle(item)
@@ -155,6 +166,8 @@ class ArchiveWriter:
                 log.debug("archive item failed", exc_info=True)
                 self._report(DAEMON_STREAM, "error", "archive_error",
                              f"internal error in the archive writer: {type(err).__name__}: {err}")
+            finally:
+                self._queue.task_done()
 
     def _handle(self, item: tuple) -> None:
         kind = item[0]
@@ -163,9 +176,11 @@ class ArchiveWriter:
             chunk: Chunk = item[1]
             st = self._stream(chunk, item[2])
             if st is not None:
+                written = st.bytes_written
                 st.add_samples(chunk.start, chunk.samples, chunk.received,
                                lambda gap: self._gap(chunk.stream, gap))
-                self._recovered("disk")
+                if st.bytes_written > written:  # only a write that worked says the disk is back
+                    self._recovered("disk")
                 if st.layout.entries and self._retention.due():
                     self._retention.run(self._active_layouts())
             return
@@ -176,8 +191,10 @@ class ArchiveWriter:
                 if pcg is not None:
                     pcg.close()
                 pcg = self._pcg[chunk.stream] = PcgArchive(self.root, chunk.stream, chunk.fs, self.segment_s, self.run)
+            written = pcg.bytes_written
             pcg.add_samples(chunk.start, chunk.samples, chunk.received)
-            self._recovered("disk")
+            if pcg.bytes_written > written:
+                self._recovered("disk")
             return
         self.counts["messages"] += 1
         if kind == "pcg":

@@ -332,3 +332,33 @@ def test_a_disk_that_fails_and_comes_back_is_a_gap_between_two_events(tmp_path, 
     assert 0 < lost.sum() <= 12 * 360 and not lost[: 10 * 360].any() and not lost[22 * 360 :].any()
     np.testing.assert_array_equal(got[~lost], want[~lost])
     assert reader.verify(layout) == []
+
+
+def test_a_full_queue_drops_counts_and_says_so_and_the_archive_shows_the_gap(tmp_path, data_dir):
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 20)
+    x = rec.p_signal.astype(np.float32)
+    adc = [(g, b, u) for g, b, u in zip(rec.adc_gain, rec.baseline, rec.units)]
+    writer = ArchiveWriter(tmp_path, segment_s=2, queue_items=50)
+
+    def chunk(s: int) -> Chunk:
+        return Chunk("bed6", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy())
+
+    # The writer's thread not yet running is a writer that fell behind: feeding never waits.
+    for s in range(0, 360 * 10, 36):  # 100 chunks into room for 50
+        writer.feed(chunk(s), adc)
+    assert writer.dropped == 50
+    events = writer.take_events()
+    assert [(e.code, e.counts) for e in events] == [("archive_queue_full", {"archive_dropped": 1})]  # once
+    writer.start()
+    assert writer.wait_idle(60)
+    for s in range(360 * 10, 360 * 20, 36):
+        writer.feed(chunk(s), adc)
+        if s % 1440 == 0:
+            assert writer.wait_idle(60)  # a writer that keeps up: nothing more is dropped
+    writer.close()
+    assert writer.dropped == 50
+    layout = reader.open_layout(tmp_path / "bed6")
+    assert layout.length == 360 * 20
+    assert [(n == NULL, length) for n, length in layout.entries] == [
+        (False, 720), (False, 720), (False, 360), (True, 1800), (False, 720), (False, 720), (False, 720),
+        (False, 720), (False, 720)]  # 5 s kept, 5 s dropped: a gap in step, then the rest

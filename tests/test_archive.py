@@ -362,3 +362,20 @@ def test_a_full_queue_drops_counts_and_says_so_and_the_archive_shows_the_gap(tmp
     assert [(n == NULL, length) for n, length in layout.entries] == [
         (False, 720), (False, 720), (False, 360), (True, 1800), (False, 720), (False, 720), (False, 720),
         (False, 720), (False, 720)]  # 5 s kept, 5 s dropped: a gap in step, then the rest
+
+
+def test_resent_samples_are_dropped_and_a_jump_is_a_gap(tmp_path, data_dir):
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 10)
+    x = rec.p_signal.astype(np.float32)
+    adc = [(g, b, u) for g, b, u in zip(rec.adc_gain, rec.baseline, rec.units)]
+    writer = ArchiveWriter(tmp_path, segment_s=60)
+    writer.start()
+    for start, stop in [(0, 360), (0, 360), (180, 720), (720, 1080), (1800, 3600)]:  # resend, overlap, jump
+        writer.feed(Chunk("bed7", 360.0, tuple(rec.sig_name), start, x[start:stop].copy()), adc)
+    writer.close()
+    layout = reader.open_layout(tmp_path / "bed7")
+    assert [(n == NULL, length) for n, length in layout.entries] == [(False, 1080), (True, 720), (False, 1800)]
+    got = wfdb.rdrecord(str(tmp_path / "bed7" / layout.name), physical=False).d_signal
+    want = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=3600, physical=False).d_signal
+    np.testing.assert_array_equal(got[:1080], want[:1080])
+    np.testing.assert_array_equal(got[1800:], want[1800:])

@@ -169,7 +169,7 @@ class StreamArchive:
 
     def add_samples(self, start: int, samples: np.ndarray, received: float, on_gap) -> None:
         """Append a chunk's samples (stream indices ``start`` …); a jump forward becomes a gap,
-        a jump back (the source restarted its clock) a new mapping, overlap is dropped."""
+        samples already archived are dropped."""
         n = samples.shape[0]
         if self.run_first is None:
             self.run_first, self.expected = start, start
@@ -184,15 +184,12 @@ class StreamArchive:
             self._open_stream_start = start
             on_gap(gap)
         elif start < self.expected:
-            if start + n <= self.expected and start + n > self.expected - n * 4:
-                return  # a resend of what is already archived
-            if start + n <= self.expected:  # the source's clock went back: map afresh
-                self.close_segment(received)
-                self.run_base, self.run_first = self.position, start
-                self._open_stream_start = start
-            else:
-                samples = samples[self.expected - start:]
-                start = self.expected
+            # Samples already archived (a resend): dropped, as the pipeline drops them, so
+            # that the stream's indices and the archive's stay in step.
+            if start + n <= self.expected:
+                return
+            samples = samples[self.expected - start:]
+            start = self.expected
         self.expected = start + samples.shape[0]
         failed: OSError | None = None
         pos, total = 0, samples.shape[0]

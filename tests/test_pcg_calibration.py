@@ -49,6 +49,15 @@ def test_calibrate_reads_no_label_and_fits_the_recording_scores(
     # Without a calibration every recording is uncertain, "device not calibrated" (or quality).
     assert result["overall"]["coverage"] == 0
     assert {r["reason"] for r in result["recordings"]} <= {"device not calibrated", "quality"}
+    # evaluate pcg's default calibrates the folder on its own recordings: the same calibration
+    # as the file, so the same verdicts as with --calibration FILE.
+    own = evaluate_pcg(folder, tiny_pcg_model, tmp_path / "own", print, device="cpu", progress=False)
+    assert own["calibrations"]["device"] == {k: cal[k] for k in ("median", "iqr", "recordings")}
+    filed = evaluate_pcg(folder, tiny_pcg_model, tmp_path / "filed", print, device="cpu", progress=False,
+                         calibration=tiny_calibration)
+    assert [(r["verdict"], r["reason"]) for r in own["recordings"]] == \
+        [(r["verdict"], r["reason"]) for r in filed["recordings"]]
+    assert own["overall"]["coverage"] > 0
     # Labels flipped, then none at all: the same calibration.
     ref = folder / "REFERENCE.csv"
     ref.write_text("".join(f"{n},{'-1' if l == '1' else '1'}\n" for n, l in

@@ -176,9 +176,12 @@ async def test_an_archive_replays_verifies_and_exports_as_the_record(endpoint, d
     source = open_source(f"archive:{tmp_path / 'a' / 'bed1'}", config)
     assert source.stream == "bed1" and source.channels == ("MLII", "V1")
     pub = Publisher(endpoint, 100000)
-    ctx, sub = await subscriber(endpoint, ("beat.",))
+    ctx, sub = await subscriber(endpoint, ("beat.", "event."))
+    listed = reader.open_layout(tmp_path / "a" / "bed1").entries
     try:
-        await asyncio.wait_for(Daemon(config, [source], pub, models, []).run(), 300)
+        # With the archive on into the same folder: the stream is not appended to itself.
+        archive = ArchiveWriter(tmp_path / "a", segment_s=15)
+        await asyncio.wait_for(Daemon(config, [source], pub, models, [], archive).run(), 300)
         again = []
         while await sub.poll(300):
             again.append(parse_message((await sub.recv_multipart())[1]))
@@ -186,7 +189,9 @@ async def test_an_archive_replays_verifies_and_exports_as_the_record(endpoint, d
         sub.close()
         ctx.term()
     beats = [(m.sample, m.label) for m in first if isinstance(m, BeatMessage)]
-    assert [(m.sample, m.label) for m in again] == beats and len(beats) > 40
+    assert [(m.sample, m.label) for m in again if isinstance(m, BeatMessage)] == beats and len(beats) > 40
+    assert reader.open_layout(tmp_path / "a" / "bed1").entries == listed
+    assert [m.code for m in again if isinstance(m, EventMessage) and m.code.startswith("archive")] == ["archive_skipped"]
 
     # verify: all well; list names the stream; export: one plain record with its beats.
     root = str(tmp_path / "a")

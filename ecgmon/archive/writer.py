@@ -257,6 +257,14 @@ class ArchiveWriter:
             if st is None or (st.spec.fs == chunk.fs and st.spec.channels == chunk.channels):
                 return st
             st.close(time.time())  # another rate or other channels: a new layout record
+        if _replays_folder(source, self.root / chunk.stream):
+            # An archived stream replayed under its own name: archiving it would append the
+            # stream to itself.
+            self._streams[chunk.stream] = None
+            self._report(chunk.stream, "warning", "archive_skipped",
+                         f"{chunk.stream} replays {self.root / chunk.stream}, its own archive: not archived again "
+                         f"(name the replay apart, e.g. --source copy=archive:..., or use --no-archive)")
+            return None
         try:
             adc: Adc | None = source if isinstance(source, list) else source_adc(source)
             st = StreamArchive(self.root, chunk.stream, chunk.fs, chunk.channels, adc, self.segment_s,
@@ -337,6 +345,16 @@ class ArchiveWriter:
                           write_errors=self.counts["write_errors"])
         if self._audit is not None:
             self._audit.close()
+
+
+def _replays_folder(source: object, folder: Path) -> bool:
+    path = getattr(getattr(source, "record", None), "path", None)
+    if path is None:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
 
 
 def _why(err: OSError) -> str:

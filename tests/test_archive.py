@@ -384,3 +384,22 @@ def test_resent_samples_are_dropped_and_a_jump_is_a_gap(tmp_path, data_dir):
     want = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=3600, physical=False).d_signal
     np.testing.assert_array_equal(got[:1080], want[:1080])
     np.testing.assert_array_equal(got[1800:], want[1800:])
+
+
+def test_a_full_disk_under_the_audit_log_is_an_event_and_the_signal_goes_on(tmp_path, data_dir):
+    import os
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here to fill")
+    (tmp_path / "audit.jsonl").symlink_to("/dev/full")  # every write: ENOSPC, as on a full disk
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 5)
+    x = rec.p_signal.astype(np.float32)
+    writer = ArchiveWriter(tmp_path, segment_s=2)
+    writer.start()
+    for s in range(0, len(x), 36):
+        writer.feed(Chunk("bed8", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy()))
+    writer.close()
+    events = [(e.stream, e.code, e.text.split(": ", 1)[1]) for e in writer.take_events()]
+    assert events == [("ecgmon", "archive_failed", "the disk is full")]
+    assert reader.verify(reader.open_layout(tmp_path / "bed8")) == []
+    assert reader.open_layout(tmp_path / "bed8").length == 360 * 5

@@ -58,9 +58,12 @@ class AuditLog:
                 self._fh.write("\n")
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        fh, self._fh = self._fh, None
+        if fh is not None:
+            try:
+                fh.close()
+            except OSError:  # the write that failed is still buffered: closing retries it
+                pass
 
 
 def read_audit(root: Path) -> list[dict]:

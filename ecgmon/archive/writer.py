@@ -155,7 +155,11 @@ class ArchiveWriter:
         while True:
             item = self._queue.get()
             if item is _STOP:
-                self._stop()
+                try:
+                    self._stop()
+                except Exception as err:  # never leave close() waiting on a dead thread
+                    self._report(DAEMON_STREAM, "error", "archive_error",
+                                 f"internal error closing the archive: {type(err).__name__}: {err}")
                 self._queue.task_done()
                 return
             try:
@@ -291,11 +295,12 @@ class ArchiveWriter:
                 self._audit = AuditLog(self.root)
             self._audit.append(entry_type, wall, **fields)
             self._recovered("audit")
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: a file object left unusable by a failed write
             if self._audit is not None:
                 self._audit.close()
                 self._audit = None
-            self._fault("audit", DAEMON_STREAM, f"cannot append to the audit log in {self.root}: {_why(err)}")
+            why = _why(err) if isinstance(err, OSError) else str(err)
+            self._fault("audit", DAEMON_STREAM, f"cannot append to the audit log in {self.root}: {why}")
 
     def _disk_fault(self, item: tuple, err: OSError) -> None:
         self.counts["write_errors"] += 1

@@ -234,6 +234,11 @@ class StreamArchive:
             )
         except BaseException:
             self.segments_lost += 1
+            for part in (self.folder / TMP_DIR).glob(f"{name}.*"):  # on a full disk, free what it took
+                try:
+                    part.unlink()
+                except OSError:
+                    pass
             self.layout.append(NULL, n)
             self._pending = [p for p in self._pending if not start <= p[0] < start + n]
             self._save_layout_quietly()

@@ -403,3 +403,25 @@ def test_a_full_disk_under_the_audit_log_is_an_event_and_the_signal_goes_on(tmp_
     assert events == [("ecgmon", "archive_failed", "the disk is full")]
     assert reader.verify(reader.open_layout(tmp_path / "bed8")) == []
     assert reader.open_layout(tmp_path / "bed8").length == 360 * 5
+
+
+def test_run_archives_by_default_and_the_flags_choose_where_or_not(tmp_path, monkeypatch):
+    from ecgmon.cli import build_parser
+    from ecgmon.commands.run import _archive
+    from ecgmon.config import parse_config
+
+    def writer(argv: list[str], config: Config = Config()):
+        return _archive(build_parser().parse_args(["run", *argv]), config, [])
+
+    monkeypatch.setenv("ECGMON_ARCHIVE", str(tmp_path / "env"))
+    assert writer([]).root == tmp_path / "env"  # on by default
+    assert writer(["--archive", str(tmp_path / "x")]).root == tmp_path / "x"
+    assert writer(["--no-archive"]) is None
+    off = parse_config({"archive": {"enabled": False}})
+    assert writer([], off) is None and writer(["--archive", str(tmp_path / "y")], off).root == tmp_path / "y"
+    monkeypatch.delenv("ECGMON_ARCHIVE")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert writer([]).root == tmp_path / "xdg" / "ecgmon" / "archive"
+    chosen = parse_config({"archive": {"folder": str(tmp_path / "cfg"), "segment_s": 30}})
+    w = writer([], chosen)
+    assert w.root == tmp_path / "cfg" and w.segment_s == 30

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -425,3 +426,34 @@ def test_run_archives_by_default_and_the_flags_choose_where_or_not(tmp_path, mon
     chosen = parse_config({"archive": {"folder": str(tmp_path / "cfg"), "segment_s": 30}})
     w = writer([], chosen)
     assert w.root == tmp_path / "cfg" and w.segment_s == 30
+
+
+def test_a_restart_lists_a_segment_renamed_just_before_a_crash_and_mends_a_torn_audit_line(tmp_path, data_dir):
+    from ecgmon.archive.segment import to_digital, write_segment
+
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 6)
+    x = rec.p_signal.astype(np.float32)
+    adc = [(g, b, u) for g, b, u in zip(rec.adc_gain, rec.baseline, rec.units)]
+
+    def run(seconds: int) -> None:
+        writer = ArchiveWriter(tmp_path, segment_s=2)
+        writer.start()
+        for s in range(0, 360 * seconds, 36):
+            writer.feed(Chunk("bed9", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy()), adc)
+        writer.close()
+
+    run(4)
+    layout = reader.open_layout(tmp_path / "bed9")
+    # A crash after segment 3 was renamed into place and before the layout header was replaced,
+    # and in the middle of an audit entry.
+    write_segment(tmp_path / "bed9", "bed9_000003", layout.spec, to_digital(x[1440:2160], layout.spec)[0],
+                  time.time(), {"stream_start": 1440, "closed_wall": f"{time.time():.3f}"})
+    with open(tmp_path / "audit.jsonl", "a") as fh:
+        fh.write('{"wall": 1, "type": "ala')
+    run(2)
+    names = [n for n, _ in reader.open_layout(tmp_path / "bed9").entries]
+    assert names == ["bed9_000001", "bed9_000002", "bed9_000003", NULL, "bed9_000004"]
+    assert reader.verify(reader.open_layout(tmp_path / "bed9")) == []
+    lines = (tmp_path / "audit.jsonl").read_text().splitlines()
+    assert lines[2] == '{"wall": 1, "type": "ala'  # the torn entry stays as it was, alone on its line
+    assert [e["type"] for e in read_audit(tmp_path)] == ["daemon_start", "daemon_stop"] * 2

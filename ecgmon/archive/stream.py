@@ -29,8 +29,9 @@ from ecgmon.archive.layout import NULL, SEGMENT_NAME, Layout, SignalSpec
 from ecgmon.archive.segment import segment_comments, to_digital, write_segment
 
 # Beats are published up to a few seconds after their R peak (detection, then the beat
-# model waits for the next beat): a closed segment's annotation files are written once the
-# stream is this far past its end. Anything later still is merged into the files.
+# model waits for the next beat): a segment's annotation files are written when it closes,
+# and what comes for it afterwards is merged into them once the stream is this far past its
+# end (one rewrite, not one per late beat). Later still is merged when it comes.
 ANNOTATION_LAG_S = 10.0
 LOCK_FILE = ".lock"
 
@@ -79,8 +80,8 @@ class StreamArchive:
         # and the annotations not yet in their files: (archive index, ext, symbol, aux).
         self._segments: dict[str, tuple[int, int, int]] = {}
         self._pending: list[tuple[int, str, str, str]] = []
-        self._late = False  # an annotation for a segment already closed is pending
-        self._unwritten: list[str] = []  # closed segments whose annotation files are due
+        self._late = False  # an annotation for a segment past its settling time is pending
+        self._settling: list[str] = []  # closed segments still within ANNOTATION_LAG_S
         self._rhythms: dict[str, str] = {}  # active rhythm alarms: alarm id → rhythm code
         self._verdict: str | None = None
         self.bytes_written = 0
@@ -207,7 +208,7 @@ class StreamArchive:
                     self.close_segment(received)
                 except OSError as err:  # the rest of the chunk still goes on, in step
                     failed = err
-        if self._late or (self._unwritten and self._due(self._unwritten[0])):
+        if self._late or (self._settling and self._due(self._settling[0])):
             self._flush_due_annotations()
         if failed is not None:
             raise failed
@@ -243,10 +244,20 @@ class StreamArchive:
             self._pending = [p for p in self._pending if not start <= p[0] < start + n]
             self._save_layout_quietly()
             raise
-        self.layout.append(name, n)
         self._segments[name] = (start, n, stream_start)
-        self._unwritten.append(name)
+        # Its annotation files now, so that a crash loses only what comes for it later, and
+        # before the layout lists it: a listed segment has its files (a crash in between
+        # leaves a complete segment that the next start lists).
+        failed: OSError | None = None
+        try:
+            self._write_pending({name}, merge=False)
+        except OSError as err:  # the signal is safe; listed all the same, so indices stay right
+            failed = err
+        self._settling.append(name)
+        self.layout.append(name, n)
         self.layout.save()
+        if failed is not None:
+            raise failed
 
     def _save_layout_quietly(self) -> None:
         try:
@@ -262,8 +273,8 @@ class StreamArchive:
         return self.archive_index(round(seconds * self.spec.fs))
 
     def _written_end(self) -> int:
-        """Archive index up to which the closed segments' annotation files are written."""
-        return self._segments[self._unwritten[0]][0] if self._unwritten else self._open_start
+        """Archive index before which closed segments are past their settling time."""
+        return self._segments[self._settling[0]][0] if self._settling else self._open_start
 
     def _add(self, index: int, ext: str, symbol: str, aux: str) -> None:
         self._pending.append((index, ext, symbol, aux))
@@ -312,12 +323,32 @@ class StreamArchive:
         return start + n + self._lag <= self.position
 
     def _flush_due_annotations(self, everything: bool = False) -> None:
-        """Write the annotation files of closed segments the stream is far enough past; merge
-        annotations that come later still into their segment's files."""
+        """Merge what came for closed segments after they closed into their files: for those
+        the stream is far enough past (all with ``everything``), and at once for those past
+        their settling time already."""
         self._late = False
-        due = {s for s in self._unwritten if everything or self._due(s)}
+        due = {s for s in self._settling if everything or self._due(s)}
         written_end = self._written_end()
-        targets: dict[str, list[tuple[int, str, str, str]]] = {s: [] for s in due}
+        targets = set(due)
+        for p in self._pending:
+            if p[0] < written_end:
+                seg = self._segment_of(p[0])
+                if seg is not None:
+                    targets.add(seg)
+        self._write_pending(targets, merge=True)
+        self._settling = [s for s in self._settling if s not in due]
+        # Keep the map of closed segments short: annotations older than a few segments are
+        # not expected any more (the rhythm onset of a long-held alarm reaches a few back).
+        while len(self._segments) > 8 and next(iter(self._segments)) not in self._settling:
+            self._segments.pop(next(iter(self._segments)))
+
+    def _write_pending(self, segments: set[str], merge: bool) -> None:
+        """Write the pending annotations of closed ``segments`` into their files (added to what
+        the files hold with ``merge``); drop those that fall in no segment kept (a gap, a lost
+        segment, one too old to be touched again)."""
+        if not segments and not self._late:
+            return
+        items: dict[str, list[tuple[int, str, str, str]]] = {}
         keep = []
         for p in self._pending:
             if p[0] >= self._open_start:
@@ -325,25 +356,19 @@ class StreamArchive:
                 continue
             seg = self._segment_of(p[0])
             if seg is None:
-                continue  # in a gap, a lost segment or one too old to be touched again
-            if seg in due or p[0] < written_end:
-                targets.setdefault(seg, []).append(p)
+                continue
+            if seg in segments:
+                items.setdefault(seg, []).append(p)
             else:
-                keep.append(p)  # its segment's files are written once the stream is past it
+                keep.append(p)
         self._pending = keep
-        for seg, items in targets.items():
+        for seg, mine in items.items():
             start = self._segments[seg][0]
-            merge = seg not in due  # its files were written already: add to them
             for ext in (BEAT_EXT, EVENT_EXT):
-                new: list[Entry] = [(p[0] - start, p[2], p[3]) for p in items if p[1] == ext]
+                new: list[Entry] = [(p[0] - start, p[2], p[3]) for p in mine if p[1] == ext]
                 if new:
                     old = read_annotations(self.folder, seg, ext) if merge else []
                     write_annotations(self.folder, seg, ext, self.spec.fs, old + new)
-        self._unwritten = [s for s in self._unwritten if s not in due]
-        # Keep the map of closed segments short: annotations older than a few segments are
-        # not expected any more (the rhythm onset of a long-held alarm reaches a few back).
-        while len(self._segments) > 8 and next(iter(self._segments)) not in self._unwritten:
-            self._segments.pop(next(iter(self._segments)))
 
     def close(self, now: float) -> None:
         """Write what is open (a short last segment) and every annotation; release the folder."""

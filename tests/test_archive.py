@@ -176,6 +176,10 @@ async def test_an_archive_replays_verifies_and_exports_as_the_record(endpoint, d
     # Replayed from the archive (archive:DIR/STREAM), the daemon finds the same beats and classes.
     source = open_source(f"archive:{tmp_path / 'a' / 'bed1'}", config)
     assert source.stream == "bed1" and source.channels == ("MLII", "V1")
+    by_header = open_source(str(tmp_path / "a" / "bed1" / "bed1.hea"), config)  # its layout header: the same
+    assert by_header.stream == "bed1"
+    np.testing.assert_array_equal(by_header.record.signal, source.record.signal)
+    np.testing.assert_array_equal(source.record.signal, record.signal)
     pub = Publisher(endpoint, 100000)
     ctx, sub = await subscriber(endpoint, ("beat.", "event."))
     listed = reader.open_layout(tmp_path / "a" / "bed1").entries

@@ -13,7 +13,7 @@ from ecgmon.cli import main
 from ecgmon.config import AlarmsConfig, Config, DataConfig
 from ecgmon.evaluate.alarms import (
     AlarmSpan, Episode, acceptance, beat_episodes, evaluate_record, reference_episodes, rhythm_episodes, score,
-    summary,
+    summary, ventricular_runs,
 )
 from ecgmon.evaluate.alarm_report import plot, render
 from ecgmon.monitor.model_set import load_models
@@ -44,6 +44,30 @@ def test_rhythm_episodes_keep_vt_of_five_beats_and_flutter() -> None:
     assert ("vtach", 15.0, 6) in kinds and ("vtach_any", 9.0, 4) in kinds
     assert not [k for k in kinds if k[0] == "vtach" and k[1] == 9.0]  # 4 beats: not an episode
     assert ("vfib", 17.6, 0) in kinds
+
+
+def test_runs_of_annotated_v_beats_are_vtach_where_no_rhythm_label_covers_them() -> None:
+    cfg = AlarmsConfig()
+    rr = [0.8] * 5 + [0.4] * 5 + [0.8] * 5 + [0.4] * 3 + [0.8] * 5 + [0.7] * 6 + [0.8] * 5
+    t = np.cumsum(rr)
+    v = np.array([False] * 5 + [True] * 5 + [False] * 5 + [True] * 3 + [False] * 5 + [True] * 6 + [False] * 5)
+    eps = [(e.kind, round(e.onset_s, 1), e.beats) for e in ventricular_runs(t, v, cfg)]
+    # 5 V at 150 bpm: V-tach; 3 V: a short run only; 6 V at 86 bpm: slower than vtach_bpm.
+    assert eps == [("vtach_any", round(t[5], 1), 5), ("vtach", round(t[5], 1), 5),
+                   ("vtach_any", round(t[15], 1), 3), ("vtach_any", round(t[23], 1), 6)]
+    # A run the annotators labelled (VT is that episode already.
+    labelled = [Episode("vtach_any", t[5] - 0.1, t[9] + 0.1, 5), Episode("vtach", t[5] - 0.1, t[9] + 0.1, 5)]
+    assert [e.onset_s for e in ventricular_runs(t, v, cfg, labelled)] == [t[15], t[23]]
+
+
+def test_svdb_runs_of_v_are_vtach_episodes_and_mitdb_keeps_its_labelled_ones(data_dir) -> None:
+    data = DataConfig(folder=str(data_dir), cache="/nonexistent")
+    # SVDB marks no rhythms: svdb 855's run of 8 V beats at 130 bpm is a V-tach episode.
+    found = [(e.kind, round(e.onset_s), e.beats) for e in reference_episodes(load_record("svdb:855", data), AlarmsConfig())
+             if e.kind == "vtach"]
+    assert found == [("vtach", 105, 8)]
+    # MIT-BIH's (VT labels already cover its runs: 205 keeps its four episodes.
+    assert len([e for e in reference_episodes(load_record("mitdb:205", data), AlarmsConfig()) if e.kind == "vtach"]) == 4
 
 
 def test_beat_episodes_asystole_brady_tachy_but_not_inside_flutter() -> None:

@@ -89,12 +89,12 @@ def test_agreement_is_high_on_clean_signal_and_falls_under_electrode_motion(rec1
     assert np.mean(noisy_q[in_noise] < NOISE_AGREEMENT) > 0.5
 
 
-def _run(quality: float, labels: str, strong: bool = True) -> bool:
+def _run(quality: float, labels: str, strong: bool = True, probability: float | None = None) -> bool:
     rhythm = BeatRhythm(AlarmsConfig())
     times = np.arange(len(labels)) * 0.4  # 150 bpm
     raised = False
     for t, lab in zip(times, labels):
-        obs = rhythm.add(BeatInfo(float(t), lab, True, strong or lab == "V", quality), float(t))
+        obs = rhythm.add(BeatInfo(float(t), lab, True, strong or lab == "V", quality, probability), float(t))
         raised |= any(o.kind == "vtach" and o.present for o in obs)
     return raised
 
@@ -105,6 +105,16 @@ def test_doubtful_signal_needs_the_model_to_call_the_run_ventricular() -> None:
     # The model calling the run V (or F) keeps V-tach however doubtful the signal.
     assert _run(0.5, "VVFVV") and _run(0.3, "VVVVVS")
     assert not _run(0.5, "VVNVS")
+    # V as the likeliest of five classes, yet less likely than all the others together, is
+    # not the model's word for V-tach.
+    assert _run(0.5, "VVVVV", probability=0.9) and not _run(0.5, "VVVVV", probability=0.45)
+
+
+def test_an_unsure_v_call_is_ventricular_but_not_clearly_so() -> None:
+    assert beat_alarms.is_ventricular("V", None, 0.45) == (True, False)
+    assert beat_alarms.is_ventricular("V", None, 0.9) == (True, True)
+    assert beat_alarms.is_ventricular("V", None) == (True, True)  # no probability given: the label alone
+    assert beat_alarms.is_ventricular("N", None, 0.9) == (False, False)
 
 
 def test_electrode_motion_is_called_noise_and_makes_fewer_vtach_on_records_not_tuned_on(

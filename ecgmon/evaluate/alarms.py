@@ -6,7 +6,10 @@ alarm stays until someone acknowledges it, so one alarm would cover the rest of 
 
 Reference episodes per alarm kind:
 
-- ``vtach``: MIT-BIH ``(VT`` rhythm episodes of at least 5 reference beats;
+- ``vtach``: MIT-BIH ``(VT`` rhythm episodes of at least 5 reference beats, and runs of
+  reference ventricular beats (V, E) with the alarm's own definition (``vtach_beats`` in a row
+  faster than ``vtach_bpm``) that no ``(VT`` label covers: databases such as SVDB mark no
+  rhythms, and an alarm on eleven annotated V beats in a row is not false there;
 - ``vfib``: ``(VFL`` and ``(VF`` rhythm episodes and the spans WFDB brackets with ``[``
   (start of ventricular flutter/fibrillation) and ``]`` (its end), the two merged where they
   overlap (MIT-BIH 207 has both, CUDB only the brackets; an unclosed ``[`` runs to the end);
@@ -56,6 +59,10 @@ ANSWERS = {
 }
 # AAMI beat symbols of MIT-BIH (everything else in an atr file is not a beat).
 BEAT_SYMBOLS = set("NLRBAaJSVrFejnE/fQ?")
+VENTRICULAR_SYMBOLS = ("V", "E")  # AAMI class V
+# A run this long is "V-tach" to the annotators of MIT-BIH (who mark runs of 3 as (VT): not
+# an episode the alarm must find, but not the cause of a false alarm either.
+SHORT_VT_BEATS = 3
 
 
 @dataclass
@@ -145,6 +152,25 @@ def _median_rate_runs(beat_t: np.ndarray, beats: int, test, kind: str) -> list[E
             out[-1].end_s = max(out[-1].end_s, b)
         else:
             out.append(Episode(kind, a, b, beats))
+    return out
+
+
+def ventricular_runs(beat_t: np.ndarray, ventricular: np.ndarray, cfg: AlarmsConfig,
+                     rhythms: list[Episode] = ()) -> list[Episode]:
+    """V-tach episodes from runs of reference ventricular beats that no ``(VT`` episode in
+    ``rhythms`` overlaps: ``vtach`` for ``vtach_beats`` or more faster than ``vtach_bpm``,
+    and every run of ``SHORT_VT_BEATS`` or more as ``vtach_any``."""
+    labelled = [e for e in rhythms if e.kind == "vtach_any"]
+    v = np.concatenate([[False], np.asarray(ventricular, dtype=bool), [False]])
+    starts, ends = np.flatnonzero(~v[:-1] & v[1:]), np.flatnonzero(v[:-1] & ~v[1:])
+    out: list[Episode] = []
+    for a, b in zip(starts, ends):  # beats a .. b-1
+        n, t0, t1 = int(b - a), float(beat_t[a]), float(beat_t[b - 1])
+        if n < SHORT_VT_BEATS or any(e.onset_s <= t1 and e.end_s >= t0 for e in labelled):
+            continue
+        out.append(Episode("vtach_any", t0, t1, n))
+        if n >= cfg.vtach_beats and 60.0 * (n - 1) / (t1 - t0) > cfg.vtach_bpm:
+            out.append(Episode("vtach", t0, t1, n))
     return out
 
 
@@ -264,8 +290,10 @@ def reference_episodes(record: Record, cfg: AlarmsConfig, span: tuple[int, int] 
     at, syms, notes = (list(c) for c in zip(*marks)) if marks else ([], [], [])
     fs = record.fs
     episodes = rhythm_episodes(np.array(at, dtype=np.int64), syms, notes, fs, (hi - lo) / fs)
-    beat_t = np.array([a / fs for a, sym in zip(at, syms) if sym in BEAT_SYMBOLS], dtype=float)
-    return episodes + beat_episodes(beat_t, cfg, episodes)
+    beats = [(a / fs, sym in VENTRICULAR_SYMBOLS) for a, sym in zip(at, syms) if sym in BEAT_SYMBOLS]
+    beat_t = np.array([t for t, _ in beats], dtype=float)
+    ventricular = np.array([v for _, v in beats], dtype=bool)
+    return episodes + ventricular_runs(beat_t, ventricular, cfg, episodes) + beat_episodes(beat_t, cfg, episodes)
 
 
 def evaluate_record(

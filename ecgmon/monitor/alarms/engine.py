@@ -243,7 +243,7 @@ class AlarmEngine:
         nxt = self._detected.pop(msg.sample, None)
         # When the live pipeline knows the class: at the next beat's detection, or after the wait.
         t_known = min(nxt / self.fs, t + MAX_WAIT_S) if nxt is not None else t + MAX_WAIT_S
-        ventricular, strong = is_ventricular(msg.label, morph)
+        ventricular, strong = is_ventricular(msg.label, morph, msg.probability)
         quality = self._agreement.at(msg.sample) if current else None
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
@@ -252,7 +252,7 @@ class AlarmEngine:
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
         self._unclassified.pop(msg.sample, None)
-        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong, quality), t_known)
+        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong, quality, msg.probability), t_known)
         # Beat conditions end on the beats' own clock, however late the classes came.
         return self._apply(obs) + self.book.tick(t_known - MAX_WAIT_S, BEAT_KINDS)
 

@@ -29,7 +29,7 @@ from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import load_record
 from ecgmon.replay.reference import reference_beats
-from ecgmon.schema import AlarmMessage, BeatMessage, EventMessage, parse_message
+from ecgmon.schema import AlarmMessage, BeatMessage, EventMessage, SegmentMessage, parse_message
 from zmq_helpers import PREFIXES, subscriber
 
 SECONDS = 75  # two closed segments of 30 s and a short last one
@@ -42,7 +42,7 @@ def _span(name: str, seconds: float):
 
 async def _run(endpoint: str, config: Config, record, archive, models=None) -> list:
     pub = Publisher(endpoint, 100000)
-    ctx, sub = await subscriber(endpoint, PREFIXES + ("alarm.",))
+    ctx, sub = await subscriber(endpoint, PREFIXES + ("alarm.", "segment."))
     source = RecordSource(record.name, config, stream="bed1", record=record)
     try:
         await asyncio.wait_for(Daemon(config, [source], pub, models or {}, [], archive).run(), 300)
@@ -100,6 +100,9 @@ async def test_a_replayed_record_comes_back_from_the_archive(endpoint, data_dir,
     # Events as notes, and the audit log: the start and stop, every event in order.
     _, ev_symbols, ev_aux = reader.annotations(layout, EVENT_EXT)
     assert '"' in ev_symbols and any("source_ended" in a for a in ev_aux)
+    verdicts = [m.label for m in msgs if isinstance(m, SegmentMessage)]
+    changes = [v for i, v in enumerate(verdicts) if i == 0 or v != verdicts[i - 1]]
+    assert [a.split()[2] for a in ev_aux if a.startswith("rhythm model")] == changes and changes
     audit = read_audit(tmp_path)
     assert audit[0]["type"] == "daemon_start" and audit[-1]["type"] == "daemon_stop"
     published_events = [m.code for m in msgs if isinstance(m, EventMessage)]

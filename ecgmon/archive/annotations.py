@@ -50,7 +50,9 @@ def write_annotations(folder: Path, record: str, ext: str, fs: float, entries: l
     """Replace ``folder/record.ext`` by ``entries`` (sorted by sample), durably."""
     if not entries:
         return
-    entries = sorted(entries, key=lambda e: e[0])
+    # A note at sample 0 is where WFDB keeps an annotation file's definitions (time
+    # resolution, custom labels): readers drop it. One sample later it stays a note.
+    entries = sorted(((1 if s == 0 and sym == '"' else s, sym, aux) for s, sym, aux in entries), key=lambda e: e[0])
     scratch = scratch_dir(folder)
     aux = [e[2] for e in entries]
     wfdb.wrann(

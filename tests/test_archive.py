@@ -464,3 +464,28 @@ def test_a_restart_lists_a_segment_renamed_just_before_a_crash_and_mends_a_torn_
     lines = (tmp_path / "audit.jsonl").read_text().splitlines()
     assert lines[2] == '{"wall": 1, "type": "ala'  # the torn entry stays as it was, alone on its line
     assert [e["type"] for e in read_audit(tmp_path)] == ["daemon_start", "daemon_stop"] * 2
+
+
+def test_retention_by_age_deletes_segments_older_than_keep_days(tmp_path, data_dir):
+    import os
+
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 10)
+    x = rec.p_signal.astype(np.float32)
+
+    def run(keep_days: float) -> None:
+        writer = ArchiveWriter(tmp_path, segment_s=2, keep_days=keep_days)
+        writer.start()
+        for s in range(0, len(x), 36):
+            writer.feed(Chunk("bed10", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy()))
+        writer.close()
+
+    run(0)
+    old = time.time() - 40 * 86400
+    for path in (tmp_path / "bed10").glob("bed10_00000[1-3].*"):  # three segments of 40 days ago
+        os.utime(path, (old, old))
+    run(30)
+    names = [n for n, _ in reader.open_layout(tmp_path / "bed10").entries]
+    assert names[:2] == ["bed10_000004", "bed10_000005"] and names[2] == NULL  # the rest, then the restart
+    assert not list((tmp_path / "bed10").glob("bed10_000001.*"))
+    assert reader.open_layout(tmp_path / "bed10").first_sample == 3 * 720
+    assert reader.verify(reader.open_layout(tmp_path / "bed10")) == []

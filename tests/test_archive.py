@@ -489,3 +489,26 @@ def test_retention_by_age_deletes_segments_older_than_keep_days(tmp_path, data_d
     assert not list((tmp_path / "bed10").glob("bed10_000001.*"))
     assert reader.open_layout(tmp_path / "bed10").first_sample == 3 * 720
     assert reader.verify(reader.open_layout(tmp_path / "bed10")) == []
+
+
+def test_export_times_may_be_utc_dates(tmp_path, data_dir):
+    from datetime import datetime, timezone
+
+    rec = wfdb.rdrecord(str(data_dir / "mitdb" / "100"), sampto=360 * 6)
+    x = rec.p_signal.astype(np.float32)
+    writer = ArchiveWriter(tmp_path, segment_s=2)
+    writer.start()
+    for s in range(0, len(x), 36):
+        writer.feed(Chunk("bed11", 360.0, tuple(rec.sig_name), s, x[s : s + 36].copy(), received=1.8e9 + (s + 36) / 360))
+    writer.close()
+    layout = reader.open_layout(tmp_path / "bed11")
+
+    def utc(t: float) -> str:
+        return datetime.fromtimestamp(t, tz=timezone.utc).isoformat().replace("+00:00", "Z")
+
+    # The chunks arrived as if live from 1.8e9 (Unix seconds): the segments' times say where.
+    assert reader.time_index(layout, utc(1.8e9 + 3.0)) == 3 * 360
+    assert reader.time_index(layout, "2.5") == 900
+    assert reader.time_index(layout, utc(1.8e9 - 60)) == 0
+    with pytest.raises(ValueError, match="neither seconds"):
+        reader.time_index(layout, "yesterday")

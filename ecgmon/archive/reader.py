@@ -228,12 +228,14 @@ def time_index(layout: Layout, when: str) -> int:
                          f"2026-12-06T14:03:00") from None
     wall = (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
     fs = layout.spec.fs
-    best = 0
+    best, prev_end = 0, None
     for seg in segments(layout):
         if seg.start_wall is None:
             continue
-        at = seg.start - layout.first_sample + round((wall - seg.start_wall) * fs)
+        rel = seg.start - layout.first_sample
         if wall < seg.start_wall:
-            return max(best, seg.start - layout.first_sample)
-        best = min(at, seg.start - layout.first_sample + seg.length)
+            # Inside the previous segment, or in the gap before this one: then its start.
+            return best if prev_end is not None and wall < prev_end else rel
+        best = rel + min(round((wall - seg.start_wall) * fs), seg.length)
+        prev_end = seg.start_wall + seg.length / fs
     return best

@@ -263,7 +263,7 @@ async def test_who_acknowledged_and_silenced_an_alarm_is_in_the_audit_log(endpoi
 
 
 async def test_heart_sounds_are_archived_as_flac_beside_their_envelope_and_verdicts(endpoint, data_dir, tmp_path,
-                                                                                     models):
+                                                                                     models, capsys):
     import soundfile as sf
 
     from ecgmon.archive.pcg import pcg_segments
@@ -296,6 +296,15 @@ async def test_heart_sounds_are_archived_as_flac_beside_their_envelope_and_verdi
     assert archived_env == [m.time_s for m in msgs if isinstance(m, PcgMessage)] and archived_env
     verdicts = [(m["time_s"], m["label"]) for s in segs for m in s["pcg_class"]]
     assert verdicts == [(m.time_s, m.label) for m in msgs if isinstance(m, PcgClassMessage)] and verdicts
+    assert reader.verify_pcg(folder) == (len(segs), [])
+    flac = folder / segs[1]["audio"]
+    flac.write_bytes(flac.read_bytes()[:2000])  # cut short
+    count, problems = reader.verify_pcg(folder)
+    assert count == len(segs) and len(problems) == 1 and problems[0].startswith("bed1_pcg_000002")
+    from ecgmon.cli import main
+
+    assert main(["archive", "--archive", str(tmp_path), "verify"]) == 1
+    assert f"bed1/pcg: {len(segs)} heart-sound segments: 1 problems" in capsys.readouterr().out
 
 
 def test_retention_deletes_old_heart_sound_segments_too(tmp_path, data_dir):

@@ -239,3 +239,28 @@ def time_index(layout: Layout, when: str) -> int:
         best = rel + min(round((wall - seg.start_wall) * fs), seg.length)
         prev_end = seg.start_wall + seg.length / fs
     return best
+
+
+# -- heart sounds -------------------------------------------------------------------------
+
+
+def verify_pcg(folder: Path) -> tuple[int, list[str]]:
+    """The heart-sound segments of ``<stream>/pcg`` and their problems: a JSON file that does
+    not read, its FLAC missing, unreadable or of another length than the JSON says."""
+    import json
+
+    import soundfile as sf
+
+    problems = []
+    metas = sorted(Path(folder).glob("*_pcg_*.json"))
+    for meta in metas:
+        try:
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            # Decoded, not the header's count: a cut file still claims its full length.
+            frames = sf.read(str(meta.parent / info["audio"]), dtype="int16")[0].shape[0]
+        except (OSError, ValueError, KeyError, RuntimeError) as err:  # soundfile raises RuntimeError
+            problems.append(f"{meta.stem}: cannot be read ({type(err).__name__}: {err})")
+            continue
+        if frames != info.get("samples"):
+            problems.append(f"{meta.stem}.flac: {frames} samples, its JSON says {info.get('samples')}")
+    return len(metas), problems

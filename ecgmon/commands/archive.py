@@ -110,6 +110,15 @@ def cmd_verify(args: argparse.Namespace, config: Config) -> int:
         console.print(f"{head}: {'ok' if not problems else f'{len(problems)} problems'}", highlight=False)
         for p in problems:
             console.print(f"  {p}", highlight=False, soft_wrap=True)
+    for pcg in sorted(root.glob("*/pcg")):
+        if args.stream and pcg.parent.name not in args.stream:
+            continue
+        count, problems = reader.verify_pcg(pcg)
+        bad += len(problems)
+        console.print(f"{pcg.parent.name}/pcg: {count} heart-sound segments: "
+                      f"{'ok' if not problems else f'{len(problems)} problems'}", highlight=False)
+        for p in problems:
+            console.print(f"  {p}", highlight=False, soft_wrap=True)
     audit = root / AUDIT_FILE
     if audit.exists():
         lines = audit.read_bytes().split(b"\n")

@@ -297,12 +297,15 @@ async def test_heart_sounds_are_archived_as_flac_beside_their_envelope_and_verdi
     verdicts = [(m["time_s"], m["label"]) for s in segs for m in s["pcg_class"]]
     assert verdicts == [(m.time_s, m.label) for m in msgs if isinstance(m, PcgClassMessage)] and verdicts
     assert reader.verify_pcg(folder) == (len(segs), [])
+    from ecgmon.cli import main
+
+    assert main(["archive", "--archive", str(tmp_path), "list"]) == 0
+    row = next(ln for ln in capsys.readouterr().out.splitlines() if "pcg (FLAC)" in ln)
+    assert "bed1" in row and "2000" in row and f" {len(segs)} " in row
     flac = folder / segs[1]["audio"]
     flac.write_bytes(flac.read_bytes()[:2000])  # cut short
     count, problems = reader.verify_pcg(folder)
     assert count == len(segs) and len(problems) == 1 and problems[0].startswith("bed1_pcg_000002")
-    from ecgmon.cli import main
-
     assert main(["archive", "--archive", str(tmp_path), "verify"]) == 1
     assert f"bed1/pcg: {len(segs)} heart-sound segments: 1 problems" in capsys.readouterr().out
 

@@ -87,6 +87,24 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
         table.add_row(stream, name, f"{s.fs:g}", ",".join(s.channels), str(s.segments), str(s.gaps),
                       f"{s.signal_s / 3600:.2f} h" if s.signal_s >= 3600 else f"{s.signal_s:.0f} s",
                       _when(s.first_wall), _when(s.last_wall), _size(s.size_bytes))
+    for pcg in sorted(root.glob("*/pcg")):
+        from ecgmon.archive.pcg import pcg_segments
+
+        try:
+            segs = pcg_segments(pcg)
+        except (OSError, ValueError) as err:
+            table.add_row(pcg.parent.name, "pcg", "", f"unreadable: {err}", "", "", "", "", "", "")
+            continue
+        if not segs:
+            continue
+        fs = segs[-1]["fs"]
+        seconds = sum(s["samples"] for s in segs) / fs
+        size = sum(p.stat().st_size for p in pcg.iterdir() if p.is_file())
+        table.add_row(pcg.parent.name, "pcg (FLAC)", f"{fs:g}", "heart sounds", str(len(segs)), "",
+                      f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds:.0f} s",
+                      _when(segs[0].get("start_wall")),
+                      _when(segs[-1]["start_wall"] + segs[-1]["samples"] / fs if segs[-1].get("start_wall") else None),
+                      _size(size))
     stdout_console().print(table)
     return 0
 

@@ -92,6 +92,9 @@ def test_a_calibration_for_another_model_is_refused(tiny_pcg_model: Path, tiny_c
     with pytest.raises(PcgDataError, match="not this model"):
         evaluate_pcg(_device(tmp_path, data_dir), tiny_pcg_model, tmp_path / "out", print, device="cpu",
                      progress=False, calibration=other)
+    other.write_text(json.dumps({**data, "min_quality": 0.3}))  # scores averaged over other windows
+    with pytest.raises(CalibrationError, match="min_quality 0.3"):
+        PcgPipeline("bed1", FS, calibrated(other), model)
     other.write_text(json.dumps({**data, "format": "something else"}))
     with pytest.raises(CalibrationError, match="not a heart-sound calibration"):
         Calibration.load(other, model.card["sha256"])

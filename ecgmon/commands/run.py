@@ -130,7 +130,8 @@ def _check_calibration(config: Config, models) -> None:
     model = models.get("pcg")
     try:
         device_rule(model.card.get("decision", {}),
-                    Calibration.load(config.audio.calibration, model.card["sha256"]), config.audio.min_quality)
+                    Calibration.load(config.audio.calibration, model.card["sha256"]).check_quality(
+                        config.audio.min_quality), config.audio.min_quality)
     except CalibrationError as err:
         raise CommandError(f"[audio] calibration: {err}") from None
 

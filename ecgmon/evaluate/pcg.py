@@ -195,7 +195,7 @@ def evaluate_pcg(root: str | Path, model_path: str | Path, out: str | Path | Non
     fixed_cal = None
     if calibrated and calibration is not None and str(calibration) != "none":
         try:
-            fixed_cal = Calibration.load(calibration, model.card["sha256"])
+            fixed_cal = Calibration.load(calibration, model.card["sha256"]).check_quality(min_quality)
         except CalibrationError as err:
             raise PcgDataError(str(err)) from None
     threshold = float(decision.get("threshold", 0.5))

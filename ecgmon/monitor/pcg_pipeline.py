@@ -67,7 +67,7 @@ class PcgPipeline:
         # config's quality floor: when a verdict is 'uncertain'. A card ruling on the calibrated
         # score needs the device's calibration ([audio] calibration; refused if it was fitted
         # for another model file), else every verdict is "uncertain: device not calibrated".
-        self.calibration = (Calibration.load(audio.calibration, model.card["sha256"])
+        self.calibration = (Calibration.load(audio.calibration, model.card["sha256"]).check_quality(self.min_quality)
                             if model is not None and audio.calibration else None)
         self.rule = device_rule(decision, self.calibration, self.min_quality)
         self.threshold = self.rule.threshold

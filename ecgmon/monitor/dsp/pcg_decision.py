@@ -95,6 +95,14 @@ class Calibration:
     def z(self, score: float) -> float:
         return (score - self.median) / self.iqr
 
+    def check_quality(self, min_quality: float) -> Calibration:
+        """Refuse to serve a quality floor other than the one the scores were computed with
+        (another floor averages other windows: another scale)."""
+        if abs(self.min_quality - float(min_quality)) > 1e-9:
+            raise CalibrationError(f"fitted with [audio] min_quality {self.min_quality:g}, the daemon uses "
+                                   f"{float(min_quality):g}: calibrate again with this setting")
+        return self
+
     def to_json(self) -> dict[str, Any]:
         return {"format": CALIBRATION_FORMAT, **self.__dict__}
 

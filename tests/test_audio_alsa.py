@@ -21,7 +21,7 @@ import soundfile as sf
 import soxr
 
 from ecgmon.schema import EventMessage, PcgClassMessage, PcgMessage
-from pcg_model_helpers import tiny_pcg_model  # noqa: F401 (a fixture)
+from pcg_model_helpers import tiny_calibration, tiny_pcg_model  # noqa: F401 (fixtures)
 from zmq_helpers import collect_into, subscriber
 
 # pcg2016 a0001: a clean normal recording of 35 s.
@@ -130,7 +130,7 @@ def test_devices_lists_the_alsa_device(tmp_path: Path, data_dir: Path) -> None:
 
 
 async def test_heart_sounds_from_the_alsa_device_beside_ecg(
-    tmp_path: Path, data_dir: Path, endpoint: str, tiny_pcg_model: Path
+    tmp_path: Path, data_dir: Path, endpoint: str, tiny_pcg_model: Path, tiny_calibration: Path
 ) -> None:
     """ECG and heart sounds on one stream id; S1/S2, a rate and the heart-sound model's verdict
     come out; a device gone silent (exact zeros: unplugged or muted) is reported as a lost signal.
@@ -142,7 +142,7 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(
     raw.write_bytes(_raw_pcm(data_dir, silence_s=3.0))
     (tmp_path / ".asoundrc").write_text(_asoundrc(raw))
     config = tmp_path / "config.toml"
-    config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\n')
+    config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\n[audio]\ncalibration = "{tiny_calibration}"\n')
     duration = len(_raw_pcm(data_dir)) / 2 / DEVICE_RATE
     # One verdict per 5 s window with 2.5 s hop over the recording. The device has no clock:
     # the zeros after the recording (and the signal_lost event) can come before the batcher
@@ -174,7 +174,11 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(
     assert lost[0].stream == "bed1" and "exact zeros" in lost[0].text
     verdicts = [m for m in msgs if isinstance(m, PcgClassMessage)]
     assert len(verdicts) >= windows and all(v.stream == "bed1" for v in verdicts)
-    assert verdicts[-1].label in ("normal", "abnormal") and 0.5 <= verdicts[-1].probability <= 1
+    # The verdict on the device's calibration ([audio] calibration): on the calibrated scale, no probability.
+    last = verdicts[-1]
+    assert last.calibrated and last.reason != "device not calibrated" and last.p_abnormal is not None
+    if last.label != "uncertain":
+        assert last.probability is None and (last.label == "abnormal") == (last.p_abnormal >= last.threshold)
     assert "Traceback" not in err
 
 

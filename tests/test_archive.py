@@ -30,7 +30,7 @@ from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import load_record
 from ecgmon.replay.reference import reference_beats
 from ecgmon.schema import AlarmMessage, BeatMessage, EventMessage, SegmentMessage, parse_message
-from zmq_helpers import PREFIXES, subscriber
+from zmq_helpers import PREFIXES, daemon_messages, subscriber
 
 SECONDS = 75  # two closed segments of 30 s and a short last one
 
@@ -41,18 +41,9 @@ def _span(name: str, seconds: float):
 
 
 async def _run(endpoint: str, config: Config, record, archive, models=None) -> list:
-    pub = Publisher(endpoint, 100000)
-    ctx, sub = await subscriber(endpoint, PREFIXES + ("alarm.", "segment."))
     source = RecordSource(record.name, config, stream="bed1", record=record)
-    try:
-        await asyncio.wait_for(Daemon(config, [source], pub, models or {}, [], archive).run(), 300)
-        msgs = []
-        while await sub.poll(300):
-            msgs.append(parse_message((await sub.recv_multipart())[1]))
-        return msgs
-    finally:
-        sub.close()
-        ctx.term()
+    return await daemon_messages(endpoint, lambda pub: Daemon(config, [source], pub, models or {}, [], archive),
+                                 PREFIXES + ("alarm.", "segment."))
 
 
 @pytest.fixture(scope="module")
@@ -183,19 +174,11 @@ async def test_an_archive_replays_verifies_and_exports_as_the_record(endpoint, d
     assert by_header.stream == "bed1"
     np.testing.assert_array_equal(by_header.record.signal, source.record.signal)
     np.testing.assert_array_equal(source.record.signal, record.signal)
-    pub = Publisher(endpoint, 100000)
-    ctx, sub = await subscriber(endpoint, ("beat.", "event."))
     listed = reader.open_layout(tmp_path / "a" / "bed1").entries
-    try:
-        # With the archive on into the same folder: the stream is not appended to itself.
-        archive = ArchiveWriter(tmp_path / "a", segment_s=15)
-        await asyncio.wait_for(Daemon(config, [source], pub, models, [], archive).run(), 300)
-        again = []
-        while await sub.poll(300):
-            again.append(parse_message((await sub.recv_multipart())[1]))
-    finally:
-        sub.close()
-        ctx.term()
+    # With the archive on into the same folder: the stream is not appended to itself.
+    archive = ArchiveWriter(tmp_path / "a", segment_s=15)
+    again = await daemon_messages(endpoint, lambda pub: Daemon(config, [source], pub, models, [], archive),
+                                  ("beat.", "event."))
     beats = [(m.sample, m.label) for m in first if isinstance(m, BeatMessage)]
     assert [(m.sample, m.label) for m in again if isinstance(m, BeatMessage)] == beats and len(beats) > 40
     assert reader.open_layout(tmp_path / "a" / "bed1").entries == listed

@@ -4,7 +4,6 @@ and beats go on unclassified."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
@@ -12,12 +11,11 @@ import pytest
 from ecgmon.config import Config
 from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.model_set import load_models
-from ecgmon.monitor.publisher import Publisher
 from ecgmon.evaluate.record_run import run_record
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import load_record
-from ecgmon.schema import BeatMessage, EventMessage, SegmentMessage, StatusMessage, parse_message
-from zmq_helpers import PREFIXES, subscriber
+from ecgmon.schema import BeatMessage, EventMessage, SegmentMessage, StatusMessage
+from zmq_helpers import PREFIXES, daemon_messages
 
 SECONDS = 120
 
@@ -29,18 +27,9 @@ def record119(data_dir):
 
 
 async def _run(endpoint: str, config: Config, record, models, errors) -> list:
-    pub = Publisher(endpoint, 100000)
-    ctx, sub = await subscriber(endpoint, PREFIXES + ("segment.",))
     source = RecordSource("mitdb:119", config, stream="bed1", record=record)
-    try:
-        await asyncio.wait_for(Daemon(config, [source], pub, models, errors).run(), 120)
-        msgs = []
-        while await sub.poll(300):
-            msgs.append(parse_message((await sub.recv_multipart())[1]))
-        return msgs
-    finally:
-        sub.close()
-        ctx.term()
+    return await daemon_messages(endpoint, lambda pub: Daemon(config, [source], pub, models, errors),
+                                 PREFIXES + ("segment.",), 120)
 
 
 async def test_beats_on_the_stream_carry_the_offline_classes(endpoint: str, record119) -> None:

@@ -2,6 +2,14 @@
 
 Filtering a signal in pieces gives the same output, to float tolerance, as filtering it
 whole: the state after one chunk is the initial state of the next.
+
+At live chunk sizes (36 samples a chunk at 360 Hz) ``signal.sosfilt``'s Python wrapper costs
+far more than the filtering: it validates the sections, moves axes and copies the state on
+every call (bench/ward.py's profile: ``sosfilt`` was 18 % of the daemon at 100 streams). So
+``StatefulSOS`` keeps its state in the layout of scipy's compiled kernel and calls the kernel
+itself, the very computation ``sosfilt`` ends in, so the output is bit for bit the same
+(tests/test_filters.py checks it against ``sosfilt``); where that private kernel is missing
+it falls back to ``sosfilt``.
 """
 
 from __future__ import annotations
@@ -10,6 +18,11 @@ import numpy as np
 from scipy import signal
 
 from ecgmon.config import DspConfig
+
+try:  # scipy's compiled kernel behind sosfilt: in place on (rows, n) and (rows, sections, 2)
+    from scipy.signal._sosfilt import _sosfilt as _sosfilt_kernel
+except ImportError:  # pragma: no cover - another scipy layout: the public wrapper does it all
+    _sosfilt_kernel = None
 
 
 def bandpass_sos(fs: float, low_hz: float, high_hz: float, order: int = 2) -> np.ndarray:
@@ -27,8 +40,12 @@ class StatefulSOS:
     """An SOS filter applied chunk by chunk along axis 0 of ``(n, channels)`` arrays."""
 
     def __init__(self, sos: np.ndarray, channels: int = 1) -> None:
-        self.sos = np.asarray(sos, dtype=np.float64)
-        self._zi = np.zeros((self.sos.shape[0], 2, channels))
+        # Validated once here (sosfilt checks the shape: (sections, 6), a0 = 1), not per chunk.
+        signal.sosfilt(sos, np.zeros(1))
+        self.sos = np.ascontiguousarray(sos, dtype=np.float64)
+        # The state in the kernel's layout, (channels, sections, 2) C-contiguous: sosfilt's
+        # (sections, 2, channels) moved, so no per-chunk reshaping or copying.
+        self._zi = np.zeros((channels, self.sos.shape[0], 2))
         self._primed = False
         self._last = np.zeros(channels)
 
@@ -43,10 +60,18 @@ class StatefulSOS:
         if not self._primed:
             # Start from the steady state for the first sample's level so that a DC
             # offset does not ring through the first seconds.
-            self._zi = signal.sosfilt_zi(self.sos)[:, :, None] * x[0][None, None, :]
+            zi = signal.sosfilt_zi(self.sos)[:, :, None] * x[0][None, None, :]
+            self._zi = np.ascontiguousarray(np.moveaxis(zi, 2, 0))
             self._primed = True
-        y, self._zi = signal.sosfilt(self.sos, x, axis=0, zi=self._zi)
-        return y[:, 0] if squeeze else y
+        if _sosfilt_kernel is None:
+            y, zi = signal.sosfilt(self.sos, x, axis=0, zi=np.moveaxis(self._zi, 0, 2))
+            self._zi = np.ascontiguousarray(np.moveaxis(zi, 2, 0))
+            return y[:, 0] if squeeze else y
+        # What sosfilt does after its checks: filter a C-contiguous (channels, n) copy and
+        # the state in place.
+        rows = np.array(x.T, dtype=np.float64, order="C")
+        _sosfilt_kernel(self.sos, rows, self._zi)
+        return rows[0] if squeeze else rows.T
 
     def _hold_finite(self, x: np.ndarray) -> np.ndarray:
         """Replace NaN/inf by the last finite input: one NaN would poison the state for good."""

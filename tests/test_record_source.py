@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -188,3 +189,32 @@ def test_a_corrupt_reference_does_not_stop_a_live_replay(tmp_path, data_dir, atr
     assert sum(c.n for c in chunks) == 650000
     with pytest.raises(SourceError, match="100.atr"):
         evaluate_record(spec, config)
+
+
+async def test_sources_of_one_record_share_its_samples(tmp_path, rec100, data_dir):
+    """Issue 16: a ward replaying one record to many beds holds it once, not once a bed. Two
+    sources of mitdb:100 replay one read-only array; their chunks are still each bed's own;
+    another record has its own array; a record whose files changed on disk is read again."""
+    config = make_config(tmp_path, speed=0, chunk_s=1.0)
+    a = RecordSource("mitdb:100", config, stream="bed1")
+    b = RecordSource("mitdb:100", config, stream="bed2")
+    assert a.record is b.record and np.shares_memory(a._samples, b._samples)
+    with pytest.raises(ValueError):
+        a.record.signal[0, 0] = 1.0  # shared: no source may change another bed's samples
+    first = await collect(a, 2)
+    first[0].samples[:] = 99.0
+    np.testing.assert_array_equal((await collect(b, 1))[0].samples, rec100.signal[:360])
+    assert not np.shares_memory(RecordSource("mitdb:101", config)._samples, a._samples)
+
+    folder = tmp_path / "rec"
+    folder.mkdir()
+    for ext in ("hea", "dat"):
+        (folder / f"100.{ext}").write_bytes((data_dir / "mitdb" / f"100.{ext}").read_bytes())
+    spec = str(folder / "100.hea")
+    c, d = RecordSource(spec, config), RecordSource(spec, config)
+    assert c.record is d.record
+    stat = (folder / "100.dat").stat()
+    os.utime(folder / "100.dat", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    e = RecordSource(spec, config)
+    assert e.record is not c.record
+    np.testing.assert_array_equal(e._samples, c._samples)

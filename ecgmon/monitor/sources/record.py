@@ -4,16 +4,39 @@ monotonic clock."""
 from __future__ import annotations
 
 import re
+import weakref
 from typing import AsyncIterator
 
 from ecgmon.chunk import Chunk
-from ecgmon.config import Config
+from ecgmon.config import Config, DataConfig
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.rates import ecg_rate_problem
 from ecgmon.replay.pacing import Pacer
-from ecgmon.replay.records import Record, RecordError, load_record, record_stream_id
+from ecgmon.replay.records import Record, RecordError, load_record, record_stream_id, resolve_record
 
 _STREAM_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Records replayed by several sources of one process are read once and shared (200 beds
+# replaying 27 MIT-BIH records held 200 records and 200 copies of their leads, 10 MB a bed):
+# the samples are made read-only, and the record lives as long as a source replays it.
+_SHARED: weakref.WeakValueDictionary[tuple, Record] = weakref.WeakValueDictionary()
+
+
+def shared_record(spec: str, data: DataConfig) -> Record:
+    """``load_record(spec, data, annotations=False)``, the same object for the same spec and
+    files while any source holds it; read again when the header or signal file changed."""
+    base = resolve_record(spec, data)
+    try:
+        stats = [(f.name, f.stat()) for f in sorted(base.parent.glob(base.name + ".*"))]
+    except OSError:  # a file went away meanwhile: read it unshared, load_record says what is wrong
+        return load_record(spec, data, annotations=False)
+    key = (spec.strip(), str(base), tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats))
+    record = _SHARED.get(key)
+    if record is None:
+        record = load_record(spec, data, annotations=False)
+        record.signal.flags.writeable = False  # shared: no source may alter another's samples
+        _SHARED[key] = record
+    return record
 
 
 class RecordSource:
@@ -38,7 +61,7 @@ class RecordSource:
         self.spec = spec
         self.config = config
         try:
-            self.record = record if record is not None else load_record(spec, config.data, annotations=False)
+            self.record = record if record is not None else shared_record(spec, config.data)
             self.channel = self.record.channel_index(config.replay.channel)
         except RecordError as err:
             raise SourceError(str(err)) from None
@@ -57,8 +80,14 @@ class RecordSource:
         second = self.record.second_channel(self.channel) if config.replay.second_lead else None
         self.columns = [self.channel] + ([] if second is None else [second])
         self.channels = tuple(self.record.channels[c] for c in self.columns)  # the chunks' channel names
-        # A contiguous copy of the replayed columns, so each chunk is a cheap slice of it.
-        self._samples = self.record.signal[:, self.columns].copy()
+        # The replayed columns, contiguous so that each chunk is a cheap slice: the record's own
+        # array when it is a shared read-only one and they are all its columns in order
+        # (MIT-BIH's two leads), else a copy (a record passed in stays the caller's to change).
+        signal = self.record.signal
+        if not signal.flags.writeable and self.columns == list(range(signal.shape[1])) and signal.flags.c_contiguous:
+            self._samples = signal
+        else:
+            self._samples = signal[:, self.columns].copy()
 
     @property
     def chunk_samples(self) -> int:

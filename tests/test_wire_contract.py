@@ -202,7 +202,8 @@ def _assigned_codes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[tuple[
 
 def _count_keys_in(tree: ast.AST) -> set[str]:
     """Fault-counter keys: the dicts ``counts()`` returns, ``counts[...]``/``faults[...]``,
-    ``counts.get(...)``/``faults.get(...)`` and ``count(...)``/``_count(...)`` with a string."""
+    ``counts.get(...)``/``faults.get(...)``, ``count(...)``/``_count(...)`` with a string and
+    the dicts given to ``_report(...)``."""
     keys: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef) and node.name == "counts":
@@ -216,6 +217,9 @@ def _count_keys_in(tree: ast.AST) -> set[str]:
         ):
             # count("late" if late else "duplicates") counts either.
             keys |= {k for c in ast.walk(node.args[0]) for k in [_str(c)] if k}  # type: ignore[arg-type]
+        elif isinstance(node, ast.Call) and _name(node.func) == "_report":
+            # The archive writer's events: _report(stream, level, code, text, {"key": n}).
+            keys |= {k for a in node.args if isinstance(a, ast.Dict) for k in map(_str, a.keys) if k}
     return keys
 
 

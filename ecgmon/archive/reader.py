@@ -198,17 +198,17 @@ def export(layout: Layout, sampfrom: int, sampto: int, out: Path) -> dict[str, i
                 fmt=["16"] * len(spec.channels), adc_gain=list(spec.gains), baseline=list(spec.baselines),
                 comments=[f"ecgmon export of {layout.folder.name}/{layout.name} samples {sampfrom}-{sampto}"],
                 write_dir=str(out.parent))
-    counts = {"samples": sampto - sampfrom}
+    written = {"samples": sampto - sampfrom}
     for ext in (BEAT_EXT, EVENT_EXT):
         samples, symbols, aux = annotations(layout, ext)
         keep = (samples >= sampfrom) & (samples < sampto)
-        counts[ext] = int(keep.sum())
+        written[ext] = int(keep.sum())
         if keep.any():
             idx = np.flatnonzero(keep)
             notes = [aux[i] for i in idx]
             wfdb.wrann(out.name, ext, samples[idx] - sampfrom, symbol=[symbols[i] for i in idx],
                        aux_note=notes if any(notes) else None, fs=spec.fs, write_dir=str(out.parent))
-    return counts
+    return written
 
 
 def time_index(layout: Layout, when: str) -> int:

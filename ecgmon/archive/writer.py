@@ -69,7 +69,7 @@ class ArchiveWriter:
         self._thread: threading.Thread | None = None
         self._last_drop_event = -1e9
         self.dropped = 0
-        self.counts: dict[str, int] = {"chunks": 0, "messages": 0, "write_errors": 0}
+        self.totals: dict[str, int] = {"chunks": 0, "messages": 0, "write_errors": 0}
 
     # -- the daemon's side: never blocks ------------------------------------------------
 
@@ -176,7 +176,7 @@ class ArchiveWriter:
     def _handle(self, item: tuple) -> None:
         kind = item[0]
         if kind == "chunk":
-            self.counts["chunks"] += 1
+            self.totals["chunks"] += 1
             chunk: Chunk = item[1]
             st = self._stream(chunk, item[2])
             if st is not None:
@@ -200,7 +200,7 @@ class ArchiveWriter:
             if pcg.bytes_written > written:
                 self._recovered("disk")
             return
-        self.counts["messages"] += 1
+        self.totals["messages"] += 1
         if kind == "pcg":
             if item[1] in self._pcg:
                 self._pcg[item[1]].add_message(item[2])
@@ -303,7 +303,7 @@ class ArchiveWriter:
             self._fault("audit", DAEMON_STREAM, f"cannot append to the audit log in {self.root}: {why}")
 
     def _disk_fault(self, item: tuple, err: OSError) -> None:
-        self.counts["write_errors"] += 1
+        self.totals["write_errors"] += 1
         stream = item[1].stream if item[0] == "chunk" else (item[1] if isinstance(item[1], str) else DAEMON_STREAM)
         if item[0] == "chunk" and stream not in self._streams:
             # The stream's folder cannot even be made: try again at its next chunk.
@@ -319,7 +319,7 @@ class ArchiveWriter:
     def _fault(self, kind: str, stream: str, text: str) -> None:
         if kind not in self._failing:
             self._failing.add(kind)
-            self._report(stream, "error", "archive_failed", text, {"archive_write_errors": self.counts["write_errors"]})
+            self._report(stream, "error", "archive_failed", text, {"archive_write_errors": self.totals["write_errors"]})
 
     def _recovered(self, kind: str) -> None:
         if kind in self._failing:
@@ -347,7 +347,7 @@ class ArchiveWriter:
         except OSError as err:
             self._fault("disk", DAEMON_STREAM, f"retention: {_why(err)}")
         self._write_audit("daemon_stop", now, run=self.run, dropped=self.dropped,
-                          write_errors=self.counts["write_errors"])
+                          write_errors=self.totals["write_errors"])
         if self._audit is not None:
             self._audit.close()
 

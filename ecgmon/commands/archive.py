@@ -167,10 +167,10 @@ def cmd_export(args: argparse.Namespace, config: Config) -> int:
     try:
         start = reader.time_index(layout, args.start)
         end = layout.length if args.end is None else reader.time_index(layout, args.end)
-        counts = reader.export(layout, start, end, Path(args.out))
+        written = reader.export(layout, start, end, Path(args.out))
     except ValueError as err:
         raise CommandError(str(err)) from None
     stdout_console().print(
-        f"wrote {args.out}.hea/.dat: {counts['samples'] / layout.spec.fs:.1f} s of {args.stream}, "
-        f"{counts['ecgmon']} beats (.ecgmon), {counts['event']} events (.event)", highlight=False)
+        f"wrote {args.out}.hea/.dat: {written['samples'] / layout.spec.fs:.1f} s of {args.stream}, "
+        f"{written['ecgmon']} beats (.ecgmon), {written['event']} events (.event)", highlight=False)
     return 0

@@ -140,3 +140,16 @@ def test_electrode_motion_is_called_noise_and_makes_fewer_vtach_on_records_not_t
     false_before, covered_before = run()
     assert covered_before == [0.0, 0.0, 0.0] and min(covered) > 0.4
     assert false_before >= 10 and false_now <= 0.6 * false_before
+
+
+def test_vtach_whose_beats_both_detectors_find_is_not_called_noise() -> None:
+    # SVDB 869 (never seen by its fold model, nor used to set any constant): 17 V beats at
+    # 190 bpm whose fast wide complexes make the baseline look busy. Both QRS detectors find
+    # every beat, so the signal is analysable: V-tach is raised, not suppressed as noise.
+    config = load_config(None)
+    config = config.model_copy(update={"replay": config.replay.model_copy(update={"channel": 0})})
+    models, _ = load_models(config.models)
+    folds = load_fold_models(models["beat"], "cpu")
+    result = evaluate_record("svdb:869", config, {**models, "beat": folds.for_record("svdb:869")}, span_s=(1100, 1190))
+    vtach = result.scores["vtach"]
+    assert (vtach.episodes, vtach.detected, vtach.suppressed) == (1, 1, 0)

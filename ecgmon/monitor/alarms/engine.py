@@ -16,7 +16,7 @@ import numpy as np
 
 from ecgmon.config import AlarmsConfig
 from ecgmon.monitor.alarms import fibrillation
-from ecgmon.monitor.alarms.beats import BeatInfo, BeatRhythm, is_ventricular
+from ecgmon.monitor.alarms.beats import CLEAN_AGREEMENT, BeatInfo, BeatRhythm, is_ventricular
 from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
 from ecgmon.monitor.alarms.observation import Observation
@@ -146,7 +146,14 @@ class AlarmEngine:
         # A VF-like window is fast and busy, as noise is: VF is not "noise: cannot analyse".
         busy = state.noise_ratio is not None and state.noise_ratio >= self.cfg.noise_ratio
         disagree = agreement is not None and agreement < NOISE_AGREEMENT
-        noisy = (busy or disagree) and not vf_like
+        # Where both detectors found the same beats, and beats go on, the signal is analysable
+        # however busy or clipped: the fast wide complexes of V-tach raise the slope and may
+        # touch the rails (SVDB 861, 869), and calling them noise would suppress the V-tach
+        # alarm. The agreement looks back 10 s; beats that stop (a pause, or an artefact that
+        # hides them) end the exemption.
+        beating = self._last_beat_s is not None and t - self._last_beat_s < self.cfg.asystole_s / 2
+        agreed = agreement is not None and agreement >= CLEAN_AGREEMENT and beating
+        noisy = ((busy and not agreed) or disagree) and not vf_like
         why = f"{state.noise_ratio or 0:.1f}x" if busy or not disagree else f"QRS detectors agree on {agreement:.0%}"
         start = t - raw.size / self.fs
         obs = [
@@ -158,7 +165,7 @@ class AlarmEngine:
                 round(state.noise_ratio, 2) if state.noise_ratio else None,
             ),
         ]
-        if any(o.present for o in obs):
+        if state.leads_off or state.signal_loss or noisy or (state.clipping and not agreed):
             self._mark_technical(start, t)
         # VF holds over the detector's run of windows, which began at the first one's start;
         # the alarm waits until that run spans vfib_s (the run itself already spans at least

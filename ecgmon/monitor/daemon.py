@@ -130,8 +130,6 @@ class Daemon:
         if self.archive is not None:
             self.archive.message(msg)
 
-    _publish = publish
-
     def _archive_events(self) -> None:
         """Publish what the archive writer reported (disk faults, a full queue)."""
         if self.archive is not None:
@@ -139,7 +137,7 @@ class Daemon:
                 self._event(ev.stream, ev.level, ev.code, ev.text, ev.counts)
 
     def _event(self, stream: str, level: str, code: str, text: str, counts: dict | None = None) -> None:
-        self._publish(EventMessage(stream=stream, level=level, code=code, text=text, counts=counts or {}))
+        self.publish(EventMessage(stream=stream, level=level, code=code, text=text, counts=counts or {}))
 
     def status_message(self) -> StatusMessage:
         pub = self.publisher
@@ -215,7 +213,7 @@ class Daemon:
             self._pipeline_failed(st, err, "processing a chunk")
             return
         for msg in msgs:
-            self._publish(msg)
+            self.publish(msg)
         self._submit(st, jobs)
 
     def _flush(self, st: _Stream) -> None:
@@ -284,7 +282,7 @@ class Daemon:
                 self._pipeline_failed(st, err, "finishing a model job")
                 return
             for msg in msgs:
-                self._publish(msg)
+                self.publish(msg)
 
     def _model_failed(self, key: str, err: BaseException) -> None:
         # One event per model and failure kind: a broken model fails every batch, and a
@@ -358,7 +356,7 @@ class Daemon:
             await asyncio.sleep(period)
             self._drop_idle()
             self._archive_events()
-            self._publish(self.status_message())
+            self.publish(self.status_message())
 
     def _drop_idle(self) -> None:
         """Streams that a many-stream source (MQTT topics) opened and that sent nothing for
@@ -394,7 +392,7 @@ class Daemon:
                     self._pipeline_failed(st, err, "checking signal loss")
                     continue
                 for msg in msgs:
-                    self._publish(msg)
+                    self.publish(msg)
                 if time.monotonic() - st.last_chunk >= MAX_WAIT_S:
                     self._flush(st)
 
@@ -406,7 +404,7 @@ class Daemon:
         if self.archive is not None:
             self.archive.start()
         self._start_batchers()
-        self._publish(self.status_message())
+        self.publish(self.status_message())
         status = asyncio.create_task(self._status_loop(), name="status")
         loss = asyncio.create_task(self._signal_loss_loop(), name="signal loss")
         tasks = [
@@ -432,7 +430,7 @@ class Daemon:
                     # Its open segments are written now; the wait is bounded (its queue is).
                     await asyncio.to_thread(self.archive.close)
                     self._archive_events()
-                self._publish(self.status_message())
+                self.publish(self.status_message())
             finally:
                 # A short linger lets the last status and events reach subscribers.
                 self.publisher.close(linger_ms=CLOSE_LINGER_MS)

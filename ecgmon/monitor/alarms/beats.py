@@ -71,7 +71,7 @@ class BeatInfo:
     t: float  # signal time of the R peak
     label: str | None
     ventricular: bool
-    strong: bool = False  # V to the model, or wide and unlike the template (not merely a different shape)
+    strong: bool = False  # confidently V to the model, or wide and unlike the template (not merely a different shape)
     quality: float | None = None  # bSQI of the signal up to the beat (None: not known yet)
     probability: float | None = None  # the model's probability of ``label`` (None: not given)
 

@@ -71,7 +71,7 @@ class Subscriber:
         self.gaps = 0
         self.beats: list[tuple[str, float, float, float]] = []  # stream, time_s, pub wall, latency_ms
         self.last_status: dict | None = None
-        self._seq: dict[str, int] = {}
+        self._seq: dict[tuple[str, str | None], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -96,9 +96,10 @@ class Subscriber:
             except zmq.Again:
                 continue
             msg = json.loads(body)
-            key = topic.decode()
+            # seq is gapless per topic and publisher run (a ward's stream moving to another
+            # daemon starts a new run): a jump is a message lost on the way.
+            key = (topic.decode(), msg.get("pub"))
             self.counts[msg["kind"]] += 1
-            # seq is gapless per topic and publisher run: a jump is a message lost on the way.
             last = self._seq.get(key)
             if last is not None and msg["seq"] > last + 1:
                 self.gaps += msg["seq"] - last - 1

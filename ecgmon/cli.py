@@ -18,6 +18,7 @@ from ecgmon.commands.keys import add_keys
 from ecgmon.commands.replay import add_replay
 from ecgmon.commands.run import add_run
 from ecgmon.commands.train import add_train
+from ecgmon.commands.ward import add_ward
 from ecgmon.commands.watch import add_dashboard, add_subscribe
 from ecgmon.config import ConfigError, load_config
 from ecgmon.curve import CurveError
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub, common)
     add_calibrate(sub, common)
     add_archive(sub, common)
+    add_ward(sub, common)
     return parser
 
 

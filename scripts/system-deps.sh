@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages ecgmon's tests need (Debian/Ubuntu: apt-get), only those
-# missing: mosquitto (the MQTT broker the tests start on loopback), PortAudio (sounddevice's
-# library; the tests read a WAV through ALSA's file plugin) and tmux (the dashboard's
-# end-to-end test runs it in a real terminal).
+# missing: mosquitto (the MQTT broker the tests start on loopback), nats-server (the NATS
+# broker with JetStream that a ward of several daemons runs on; the failover test starts one),
+# PortAudio (sounddevice's library; the tests read a WAV through ALSA's file plugin) and tmux
+# (the dashboard's end-to-end test runs it in a real terminal).
 set -euo pipefail
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || missing+=(nats-server)
 # grep without -q: with pipefail, -q stopping early can kill ldconfig with SIGPIPE, and the
 # package was reinstalled on every run.
 ldconfig -p 2>/dev/null | grep "libportaudio\.so\.2" >/dev/null || missing+=(libportaudio2)

@@ -301,10 +301,23 @@ class Daemon:
             await asyncio.wait(pending)
 
     def _source_event(self, ev: SourceEvent, source: Source) -> None:
+        if ev.code == "stream_moved":
+            self._stream_moved(ev, source)
+            return
         st = self._streams.setdefault(_key(ev.stream, source), _Stream(ev.stream, source))
         st.faults.update(ev.counts)
         log_level = {"info": logging.INFO, "warning": logging.WARNING}.get(ev.level, logging.ERROR)
         log.log(log_level, "%s: %s", ev.stream, ev.text)
+        self._event(ev.stream, ev.level, ev.code, ev.text, ev.counts)
+
+    def _stream_moved(self, ev: SourceEvent, source: Source) -> None:
+        """A ward worker's stream went to another daemon (its partition changed hands): its beats
+        still waiting are classified, then it leaves at once, so that its silence here raises no
+        signal-loss alarm for a patient monitored elsewhere."""
+        st = self._streams.pop(_key(ev.stream, source), None)
+        if st is not None:
+            self._flush(st)
+        log.info("%s: %s", ev.stream, ev.text)
         self._event(ev.stream, ev.level, ev.code, ev.text, ev.counts)
 
     def _finish(self, source: Source, state: str) -> None:

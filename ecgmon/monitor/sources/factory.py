@@ -16,6 +16,7 @@ from ecgmon.replay.records import record_stream_id
 SPEC_FORMS = (
     "sim, sim?hr=110&noise=0.05 (built-in simulator), DB:RECORD (mitdb:100), "
     "path/to/record.hea, serial:/dev/ttyUSB0?fs=250, mqtt://host:1883/ward1/+/ecg, "
+    "nats://host:4222/ward (a worker of a ward served by several daemons), "
     "archive:DIR/STREAM (a stream of an ecgmon archive), "
     "or NAME=SPEC to name the stream (bed3=mitdb:100)"
 )
@@ -45,6 +46,8 @@ def _kind(spec: str) -> str:
         return "serial"
     if spec.startswith(("mqtt://", "mqtts://")):
         return "mqtt"
+    if spec.startswith(("nats://", "tls://")):
+        return "nats"
     if spec.startswith("archive:"):
         return "archive"
     if spec.endswith(".hea") or _DB_RECORD.match(spec):
@@ -60,12 +63,13 @@ def stream_id(spec: str) -> str:
     kind = _kind(inner)
     if kind == "sim":
         return "sim"
-    if kind in ("serial", "mqtt"):
-        # The port or the topic, made topic-safe: serial:/dev/ttyUSB0 → ttyUSB0,
-        # mqtt://host:1883/ward1/+/ecg → ward1-ecg.
+    if kind in ("serial", "mqtt", "nats"):
+        # The port, the topic or the ward, made topic-safe: serial:/dev/ttyUSB0 → ttyUSB0,
+        # mqtt://host:1883/ward1/+/ecg → ward1-ecg, nats://host:4222/ward → ward.
         path = inner.split("?", 1)[0]
         path = path.removeprefix("serial:") if kind == "serial" else path.split("://", 1)[1].partition("/")[2]
-        return "-".join(p for p in re.split(r"[^A-Za-z0-9_]+", path) if p and p != "dev") or kind
+        return ("-".join(p for p in re.split(r"[^A-Za-z0-9_]+", path) if p and p != "dev")
+                or ("ward" if kind == "nats" else kind))
     if kind == "archive":  # archive:DIR/bed3 replays as bed3
         return record_stream_id(Path(inner.removeprefix("archive:")).expanduser().name)
     return record_stream_id(inner)
@@ -86,6 +90,10 @@ def open_source(spec: str, config: Config) -> Source:
         from ecgmon.monitor.sources.mqtt_source import MqttSource
 
         return MqttSource(inner, config, stream=name or stream_id(inner))
+    if kind == "nats":
+        from ecgmon.monitor.sources.nats_source import NatsWardSource
+
+        return NatsWardSource(inner, config, stream=name or stream_id(inner))
     if kind == "archive":
         # An archived stream is a WFDB multi-segment record: replayed like any record.
         from ecgmon.archive.reader import open_layout

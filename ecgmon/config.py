@@ -122,8 +122,17 @@ class SerialConfig(_Section):
     offset: float = 0.0
     # Which number of an ASCII line (or channel of a binary frame) is the ECG.
     channel: int = Field(0, ge=0, le=15)
+    # Which one is a second ECG lead (None: none): the chunks' second column, which beat models
+    # may use; a line or frame without it gives NaN there, never a lost first lead.
+    lead2: int | None = Field(None, ge=0, le=15)
     reconnect_min_s: PositiveFloat = 0.5
     reconnect_max_s: PositiveFloat = 10.0
+
+    @model_validator(mode="after")
+    def _lead2_is_another_channel(self) -> SerialConfig:
+        if self.lead2 is not None and self.lead2 == self.channel:
+            raise ValueError(f"lead2 must be another channel than channel ({self.channel})")
+        return self
 
 
 class MqttConfig(_Section):
@@ -144,6 +153,9 @@ class MqttConfig(_Section):
     # Streams one source may carry; messages on further topics are counted and ignored, so
     # that a flood of topics cannot grow the daemon's state (and its status message) unbounded.
     max_streams: int = Field(64, ge=1, le=10_000)
+    # The payloads' second lead (samples2) as the chunks' second column, which beat models may
+    # use; a payload without it gives NaN there (an event once per stream), never a lost first lead.
+    second_lead: bool = False
 
 
 class AudioConfig(_Section):

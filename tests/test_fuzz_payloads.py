@@ -5,7 +5,8 @@ For arbitrary bytes and for valid payloads with fields mutated (ragged or nested
 types, huge, negative and non-finite numbers, truncation), an MQTT decode yields a valid,
 bounded EcgPayload or raises PayloadError, nothing else; the serial decoders never raise and
 yield only finite values in range (or NaN standing for a bad line). Encode then decode gives
-the samples back. The budget is ``fuzz_settings`` (ECGMON_FUZZ_EXAMPLES for a long run:
+the samples back. A second lead (MQTT ``samples2`` and binary version 2, serial ``lead2``),
+whatever it holds, never changes whether or what the first lead decodes to. The budget is ``fuzz_settings`` (ECGMON_FUZZ_EXAMPLES for a long run:
 scripts/fuzz.sh).
 """
 
@@ -55,6 +56,10 @@ def assert_valid(p: EcgPayload) -> None:
     assert isinstance(p.seq, int) and isinstance(p.start, int)
     assert 0 <= p.seq and 0 <= p.start <= 2**63 - 1
     assert isinstance(p.lead, str) and 1 <= len(p.lead) <= MAX_LEAD_CHARS and p.lead.isprintable()
+    if p.samples2 is not None:  # NaN stands for a value the device does not have; never inf
+        assert p.samples2.dtype == np.float32 and p.samples2.shape == p.samples.shape
+        assert not np.isinf(p.samples2).any()
+        assert isinstance(p.lead2, str) and 1 <= len(p.lead2) <= MAX_LEAD_CHARS and p.lead2.isprintable()
 
 
 def decodes_or_refuses(payload: bytes) -> EcgPayload | None:
@@ -159,6 +164,50 @@ def test_fuzz_mqtt_binary_bytes_flipped_or_truncated(data: st.DataObject) -> Non
     decodes_or_refuses(bytes(payload[:cut]) + (b"\x00" * (cut - len(payload)) if cut > len(payload) else b""))
 
 
+def float32_finite(v: float) -> bool:
+    """Whether a JSON number is a finite float32 millivolt value."""
+    try:
+        with np.errstate(over="ignore"):
+            return bool(np.isfinite(np.float32(float(v))))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+@fuzz_settings(500)
+@given(samples2=json_values | numbers | sample_lists, lead2=json_values, with_lead2=st.booleans())
+def test_fuzz_mqtt_json_second_lead_never_costs_the_first(samples2: object, lead2: object, with_lead2: bool) -> None:
+    body = {**valid_body(), "samples2": samples2}
+    if with_lead2:
+        body["lead2"] = lead2
+    p = decodes_or_refuses(json.dumps(body, allow_nan=True).encode())
+    one = decode(json.dumps(valid_body()).encode())
+    assert p is not None and np.array_equal(p.samples, one.samples) and p.lead == one.lead
+    assert p.samples2 is not None
+    if isinstance(samples2, list) and any(isinstance(v, bool) for v in samples2):
+        pass  # numpy reads [0.5, true] as numbers, as it does in samples (noted, not changed here)
+    elif isinstance(samples2, list) and len(samples2) == one.n:
+        numbers_at = [isinstance(v, (int, float)) and float32_finite(v) for v in samples2]
+        assert np.isfinite(p.samples2).tolist() == numbers_at
+    else:
+        assert np.isnan(p.samples2).all()
+
+
+@fuzz_settings(300)
+@given(data=st.data())
+def test_fuzz_mqtt_binary_second_lead_part_mutated(data: st.DataObject) -> None:
+    x = np.linspace(-2, 2, 40)
+    payload = bytearray(encode_binary(3, 1000, 360.0, "MLII", x, np.cos(x), "V1"))
+    first_end = HEADER.size + 4 + 2 * x.size  # the header, "MLII" and the first lead
+    for _ in range(data.draw(st.integers(0, 6))):
+        payload[data.draw(st.integers(first_end, len(payload) - 1))] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(first_end, len(payload) + 4))
+    tail = b"\x00" * (cut - len(payload)) if cut > len(payload) else b""
+    p = decodes_or_refuses(bytes(payload[:cut]) + tail)
+    # Whatever happened after the first lead, it decodes as it was sent.
+    assert p is not None and p.lead == "MLII"
+    assert np.array_equal(p.samples, decode(encode_binary(3, 1000, 360.0, "MLII", x)).samples)
+
+
 finite_mv = st.floats(min_value=-1e4, max_value=1e4, width=32, allow_nan=False)
 good_fs = st.floats(min_value=MIN_ECG_FS, max_value=MAX_ECG_FS, allow_nan=False)
 good_lead = st.text(st.characters(codec="ascii", categories=["L", "N", "P"]), min_size=1, max_size=MAX_LEAD_CHARS)
@@ -190,6 +239,24 @@ def test_fuzz_mqtt_binary_round_trip_within_half_a_step(seq: int, start: int, fs
     assert np.max(np.abs(p.samples - x)) <= scale * 0.5 + 1e-6 * (1 + np.max(np.abs(x)))
 
 
+@fuzz_settings(300)
+@given(fs=good_fs, lead2=good_lead, rows=st.lists(st.tuples(finite_mv, finite_mv | st.just(math.nan)),
+                                                   min_size=1, max_size=300))
+def test_fuzz_mqtt_two_lead_round_trips(fs: float, lead2: str, rows: list) -> None:
+    x, y = (np.array(c, dtype=np.float32) for c in zip(*rows))
+    p = decode(encode_json(1, 2, fs, "MLII", x, y, lead2))
+    assert_valid(p)
+    assert np.array_equal(p.samples, x) and np.array_equal(p.samples2, y, equal_nan=True) and p.lead2 == lead2
+    payload = encode_binary(1, 2, fs, "MLII", x, y, lead2)
+    p = decode(payload)
+    assert_valid(p)
+    scale = struct.unpack_from("<f", payload, 24)[0]
+    assert np.array_equal(np.isnan(p.samples2), np.isnan(y)) and p.lead2 == lead2
+    both = np.abs(np.concatenate([x, y[np.isfinite(y)]])).max()
+    for got, sent in ((p.samples, x), (p.samples2[np.isfinite(y)], y[np.isfinite(y)])):
+        assert np.all(np.abs(got - sent) <= scale * 0.5 + 1e-6 * (1 + both))
+
+
 # --------------------------------------------------------------------------- serial
 
 
@@ -219,6 +286,27 @@ def test_fuzz_serial_ascii_any_bytes(chunks: list[bytes], channel: int) -> None:
     assert all(v >= 0 for v in dec.counts().values())
 
 
+@fuzz_settings(500)
+@given(chunks=st.lists(st.binary(max_size=300) | st.sampled_from([b"\n", b"1,2\n", b"1,nan\n", b"1\n", b"x,2\n",
+                                                                  b"1,2,3\n", b"1e999\n", b"\r\n"]), max_size=20),
+       channel=st.integers(0, 3), lead2=st.integers(0, 4))
+def test_fuzz_serial_ascii_second_lead_any_bytes(chunks: list[bytes], channel: int, lead2: int) -> None:
+    if lead2 == channel:
+        return
+    two, one = AsciiDecoder(channel, lead2), AsciiDecoder(channel)
+    rows = []
+    for chunk in chunks:
+        values = two.feed_leads(chunk)
+        assert values.dtype == np.float64 and values.shape == (one.feed(chunk).size, 2)  # one row a line, alike
+        rows.append(values)
+    got = np.concatenate(rows or [np.zeros((0, 2))])
+    assert np.all(np.isfinite(got) | np.isnan(got))
+    # A bad line is bad in both leads; a good first value without a second is lead2_missing.
+    assert np.isnan(got[np.isnan(got[:, 0]), 1]).all()
+    assert np.isnan(got[:, 0]).sum() == two.bad_lines
+    assert (np.isfinite(got[:, 0]) & np.isnan(got[:, 1])).sum() == two.counts()["lead2_missing"]
+
+
 @fuzz_settings(300)
 @given(rows=st.lists(st.lists(st.integers(-(2**40), 2**40), min_size=2, max_size=2), min_size=1, max_size=60),
        cuts=st.lists(st.integers(0, 10_000), max_size=10), crlf=st.booleans())
@@ -241,6 +329,26 @@ def test_fuzz_serial_frames_any_bytes(chunks: list[bytes], channel: int) -> None
             assert 0 <= frame.seq <= 0xFFFF and frame.lost >= 0
         assert len(dec._buf) < frame_size(255, MAX_CHANNELS)  # never more than one frame buffered
     assert all(v >= 0 for v in dec.counts().values())
+
+
+@fuzz_settings(500)
+@given(chunks=st.lists(st.binary(max_size=600), max_size=12), channel=st.integers(0, 3), lead2=st.integers(0, 5),
+       blocks=st.lists(st.integers(1, 4), max_size=4))
+def test_fuzz_serial_frames_second_lead(chunks: list[bytes], channel: int, lead2: int, blocks: list[int]) -> None:
+    if lead2 == channel:
+        return
+    # Random bytes between real frames of 1 to 4 channels: every frame that decodes has both.
+    rng = np.random.default_rng(len(chunks))
+    wire = b"".join(c + encode_frame(i, rng.integers(-99, 99, (3, k)).astype(np.int16))
+                    for i, (c, k) in enumerate(zip(chunks, blocks)))
+    dec, missing = FrameDecoder(channel, lead2), 0
+    for frame in dec.feed(wire):
+        assert frame.samples2 is not None and frame.samples2.shape == frame.samples.shape
+        assert np.isfinite(frame.samples).all()
+        if np.isnan(frame.samples2).any():
+            assert np.isnan(frame.samples2).all()
+            missing += frame.samples2.size
+    assert dec.counts()["lead2_missing"] == missing
 
 
 @fuzz_settings(300)

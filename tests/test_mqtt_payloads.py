@@ -72,6 +72,50 @@ def test_binary_layout_is_as_documented() -> None:
     np.testing.assert_allclose(p.samples, [1.0, -0.5, 0.0], rtol=1e-6)
 
 
+def test_second_lead_json_and_binary_layout_as_documented() -> None:
+    # JSON: samples2 beside samples, null for a value the device does not have.
+    p = decode(good(samples2=[0.5, None, -1.0], lead2="V1"))
+    np.testing.assert_allclose(p.samples, [0.1, -0.2, 1.5], rtol=1e-6)
+    np.testing.assert_array_equal(p.samples2, np.array([0.5, np.nan, -1.0], np.float32))
+    assert p.lead2 == "V1"
+    assert decode(good(samples2=[1000, 2000, None], units="uV")).samples2[1] == np.float32(2.0)  # same units
+    assert decode(good()).samples2 is None and decode(BINARY).samples2 is None
+    # Binary version 2, as the README's table says: version 1, then L2, the name, the samples;
+    # -32768 is a missing value.
+    raw = (struct.pack("<4sBBHIQff", b"ECG1", 2, 4, 3, 9, 720, 360.0, 0.005) + b"MLII"
+           + struct.pack("<3h", 200, -100, 0) + bytes([2]) + b"V1" + struct.pack("<3h", -32768, 50, -200))
+    p = decode(raw)
+    np.testing.assert_allclose(p.samples, [1.0, -0.5, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(p.samples2, [np.nan, 0.25, -1.0], rtol=1e-6)
+    assert p.lead2 == "V1"
+    back = decode(encode_binary(9, 720, 360.0, "MLII", p.samples, p.samples2, "V1"))
+    np.testing.assert_allclose(back.samples2, p.samples2, atol=0.0005)
+    with pytest.raises(ValueError, match="second lead has 2 samples"):
+        encode_json(0, 0, 360.0, "II", np.zeros(3), np.zeros(2))
+
+
+@pytest.mark.parametrize("second, lead2", [
+    ("x", "V1"), ({"a": 1}, "V1"), ([1, 2], "V1"), ([1, 2, 3, 4], "V1"), ([[1], [2], [3]], "V1"),
+    ([1, 2, 3], "x" * 40), ([1, 2, 3], 7), ([1, 2, 3], ""),
+])
+def test_bad_second_lead_keeps_the_first(second: object, lead2: object) -> None:
+    p = decode(good(samples2=second, lead2=lead2))
+    np.testing.assert_allclose(p.samples, [0.1, -0.2, 1.5], rtol=1e-6)
+    if isinstance(lead2, str) and 0 < len(lead2) <= 32:
+        assert np.isnan(p.samples2).all() and p.lead2 == "V1"
+    else:  # a bad name only: the default name, the values kept
+        assert p.lead2 == "ECG2" and p.samples2.tolist() == [1, 2, 3]
+
+
+def test_binary_second_lead_part_cut_or_padded_keeps_the_first() -> None:
+    raw = encode_binary(1, 0, 360.0, "MLII", SAMPLES, SAMPLES[::-1], "V1")
+    first = HEADER.size + 4 + 2 * SAMPLES.size
+    for bad in (raw[:first], raw[: first + 1], raw[:-1], raw + b"\x00", raw[:first] + bytes([40]) + raw[first + 1:]):
+        p = decode(bad)
+        np.testing.assert_allclose(p.samples, decode(BINARY).samples)
+        assert np.isnan(p.samples2).all()
+
+
 BINARY = encode_binary(1, 0, 360.0, "MLII", SAMPLES)
 
 
@@ -124,7 +168,7 @@ BINARY = encode_binary(1, 0, 360.0, "MLII", SAMPLES)
     (BINARY[:10], "header truncated"),
     (BINARY[:-1], "truncated"),
     (BINARY + b"\x00\x00", "trailing bytes"),
-    (BINARY[:4] + b"\x02" + BINARY[5:], "unsupported binary version"),
+    (BINARY[:4] + b"\x03" + BINARY[5:], "unsupported binary version"),
     (HEADER.pack(b"ECG1", 1, 0, 0, 0, 0, 360.0, 0.001), "no samples"),
     (HEADER.pack(b"ECG1", 1, 0, 1, 0, 0, float("nan"), 0.001) + b"\x00\x00", "bad 'fs'"),
     (HEADER.pack(b"ECG1", 1, 0, 1, 0, 0, 360.0, 0.0) + b"\x00\x00", "scale must be"),

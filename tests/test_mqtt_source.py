@@ -237,6 +237,7 @@ def test_specs_and_client_ids(tmp_path: Path) -> None:
     assert (b.stream, b.client_id, b.options.qos, b.options.keepalive_s) == ("icu", "ecgmon-icu", 0, 10)
     assert (b.url.port, b.link.username, b.link._password) == (1883, "nurse", "secret")
     assert stream_id("mqtt://h/ward1/+/ecg?qos=1") == "ward1-ecg"
+    assert not a.options.second_lead and MqttSource("mqtt://h/a?second_lead=true", cfg, stream="a").options.second_lead
     c = MqttSource("mqtt://h/a/b?client_id=gateway7", cfg, stream="a-b")
     assert c.client_id == "gateway7"
     assert MqttSource("mqtts://h/a", cfg, stream="a").link.tls is not None  # the system's trust store
@@ -244,6 +245,7 @@ def test_specs_and_client_ids(tmp_path: Path) -> None:
         ("mqtt://h/a?color=red", "unknown MQTT parameter 'color'"),
         ("mqtt://h/a?qos=3", "bad value for 'qos'"),
         ("mqtt://h/a?keepalive_s=soon", "bad value for 'keepalive_s'"),
+        ("mqtt://h/a?second_lead=maybe", "bad value for 'second_lead'"),
         ("mqtt://h/a?client_id=", "non-empty client_id"),
         ("mqtt://h/a/b+/c", "'+' must fill a whole level"),
         ("mqtt://h:70000/a", "bad broker address"),

@@ -270,6 +270,76 @@ def test_missing_channel_is_a_bad_frame() -> None:
     assert (dec.frames, dec.bad_frames, dec.channels) == (1, 1, 2)
 
 
+# --------------------------------------------------------------------------- a second lead
+
+
+def test_ascii_second_lead_beside_the_first() -> None:
+    dec = AsciiDecoder(channel=0, lead2=2)
+    out = dec.feed_leads(b"1,9,2\n3;9;4\n5 9 6\n")
+    assert out.tolist() == [[1, 2], [3, 4], [5, 6]]
+    assert dec.counts()["lead2_missing"] == 0
+    # feed keeps giving the first lead alone, as for a one-lead source.
+    assert AsciiDecoder(channel=0, lead2=2).feed(b"1,9,2\n").tolist() == [1.0]
+    # Without lead2: one column, and no lead2_missing counter (nothing was asked for).
+    one = AsciiDecoder()
+    assert one.feed_leads(b"1,2\n").shape == (1, 1) and "lead2_missing" not in one.counts()
+
+
+@pytest.mark.parametrize("token", [b"nan", b"NaN", b"inf", b"1e999", b"x", b"--3", b"lead-off", b"0x1F"])
+def test_ascii_bad_second_lead_value_costs_the_second_lead_only(token: bytes) -> None:
+    dec = AsciiDecoder(channel=0, lead2=1)
+    out = dec.feed_leads(b"1,2\n3," + token + b"\n5,6\n")
+    assert out[:, 0].tolist() == [1.0, 3.0, 5.0]  # the first lead, every line
+    assert out[0, 1] == 2.0 and np.isnan(out[1, 1]) and out[2, 1] == 6.0
+    assert (dec.bad_lines, dec.lead2_missing) == (0, 1)
+
+
+def test_ascii_damage_elsewhere_still_costs_both_leads() -> None:
+    # A bad first value or a bad other column, a changed column count: the line cannot be trusted.
+    dec = AsciiDecoder(channel=0, lead2=1)
+    out = dec.feed_leads(b"1,2,3\nx,2,3\n1,2,x\n1,2\n4,5,6\n")
+    assert out[0].tolist() == [1, 2] and out[4].tolist() == [4, 5]
+    assert np.isnan(out[1:4]).all()
+    assert (dec.bad_lines, dec.lead2_missing) == (3, 0)
+
+
+def test_ascii_device_without_the_second_column() -> None:
+    dec = AsciiDecoder(channel=0, lead2=1)
+    out = dec.feed_leads(b"1\n2\n3\n")
+    assert out[:, 0].tolist() == [1.0, 2.0, 3.0] and np.isnan(out[:, 1]).all()
+    assert (dec.bad_lines, dec.lead2_missing, dec.columns) == (0, 3, 1)
+
+
+def test_ascii_two_leads_at_every_boundary() -> None:
+    data = encode_ascii(np.array([[-145, 3], [0, 7], [12345, -1]])) + b"-2.5e1,nan\n"
+    whole = AsciiDecoder(lead2=1).feed_leads(data)
+    np.testing.assert_array_equal(whole, [[-145, 3], [0, 7], [12345, -1], [-25, np.nan]])
+    for cut in range(len(data) + 1):
+        dec = AsciiDecoder(lead2=1)
+        got = np.concatenate([dec.feed_leads(data[:cut]), dec.feed_leads(data[cut:])])
+        np.testing.assert_array_equal(got, whole)
+        assert dec.lead2_missing == 1
+
+
+def test_frames_second_lead_and_frames_without_it() -> None:
+    dec = FrameDecoder(channel=1, lead2=0)
+    two = np.array([[10, 20], [11, 21]], dtype=np.int16)
+    one = np.array([[30], [31]], dtype=np.int16)
+    frames = dec.feed(encode_frame(0, two) + encode_frame(1, np.array([[40, 50, 60]], dtype=np.int16)))
+    assert [f.samples.tolist() for f in frames] == [[20, 21], [50]]
+    assert [f.samples2.tolist() for f in frames] == [[10, 11], [40]]
+    # lead2=2 of two-channel frames: the first lead whole, the second NaN, counted per sample.
+    dec = FrameDecoder(channel=0, lead2=2)
+    frames = dec.feed(encode_frame(0, two) + encode_frame(1, one))
+    assert [f.samples.tolist() for f in frames] == [[10, 11], [30, 31]]
+    assert all(np.isnan(f.samples2).all() for f in frames)
+    assert (dec.bad_frames, dec.lead2_missing) == (0, 4)
+    # The first lead's channel missing is still a bad frame, whatever the second.
+    dec = FrameDecoder(channel=1, lead2=0)
+    assert dec.feed(encode_frame(0, one)) == [] and (dec.bad_frames, dec.lead2_missing) == (1, 0)
+    assert FrameDecoder().feed(encode_frame(0, two))[0].samples2 is None
+
+
 def test_encode_frame_rejects_what_does_not_fit() -> None:
     for bad in (np.zeros(0, np.int16), np.zeros(256, np.int16), np.zeros((3, 17), np.int16),
                 np.array([40000]), np.array([0.5])):

@@ -127,6 +127,7 @@ def test_spec_parameters() -> None:
     assert port == "/dev/ttyUSB0"
     assert (s.fs, s.baud, s.format, s.channel, s.scale_mv, s.offset) == (250, 9600, "binary", 2, 0.005, 512)
     assert parse_serial_spec("serial:/dev/ttyACM0", base) == ("/dev/ttyACM0", base)
+    assert s.lead2 is None and parse_serial_spec("serial:/dev/x?lead2=1", base)[1].lead2 == 1
     source = open_source("serial:/dev/nonexistent_ttyX?fs=500", Config())
     assert isinstance(source, SerialSource)
     assert (source.stream, source.fs, source.lead, source.port) == ("nonexistent_ttyX", 500.0, "serial", "/dev/nonexistent_ttyX")
@@ -143,6 +144,9 @@ def test_spec_parameters() -> None:
         ("serial:/dev/x?baud=12", "parameter 'baud'"),
         ("serial:/dev/x?format=hex", "parameter 'format'"),
         ("serial:/dev/x?channel=-1", "parameter 'channel'"),
+        ("serial:/dev/x?lead2=16", "parameter 'lead2'"),
+        ("serial:/dev/x?lead2=two", "parameter 'lead2'"),
+        ("serial:/dev/x?channel=1&lead2=1", "lead2 must be another channel"),
         ("serial:/dev/x?scale=0", "parameter 'scale'"),
         ("serial:/dev/x?offset=x", "parameter 'offset'"),
         ("serial:/dev/x?fs=250&fs=300", "given twice"),

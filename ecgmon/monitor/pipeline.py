@@ -164,6 +164,11 @@ class StreamPipeline:
             self._ring2.reserve(self._ring_span + x.size)
             # A chunk without a second lead leaves a gap (NaN) there: its beats get no lead-2 inputs.
             lead2 = self._filter2(block[:, 1]) if block.shape[1] > 1 else np.full(x.size, np.nan, np.float32)
+            if block.shape[1] > 1:
+                # The filter holds a missing sample at the last value (one NaN would poison its
+                # state); the ring must still say unknown there, or a device's missing second
+                # lead would reach the model as a flat line instead of as no second lead.
+                lead2[~np.isfinite(block[:, 1])] = np.nan
             self._ring2.extend(lead2)
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end

@@ -10,6 +10,11 @@ JSON payload (UTF-8 object)::
 consecutive messages have ``start == previous start + previous len(samples)``); ``lead`` and
 ``units`` (``mV``, ``uV`` or ``V``) are optional (``ECG``, ``mV``).
 
+A second lead is optional: ``"samples2"``, a list as long as ``samples`` (``null`` for a value
+the device does not have), and ``"lead2"``, its name (``ECG2``). It never costs the first lead:
+a value of it that is no number is NaN, a ``samples2`` that is no list or of another length is
+NaN throughout, a bad ``lead2`` name is ``ECG2``.
+
 Binary payload, little-endian, 28-byte header then the lead name then the samples::
 
     offset  size  type     field
@@ -23,6 +28,16 @@ Binary payload, little-endian, 28-byte header then the lead name then the sample
     24      4     f32      scale, mV per LSB (1 µV = 0.001 by default)
     28      L     ASCII    lead name
     28+L    2n    i16      samples: mV = value * scale
+
+Version 2 is version 1 followed by a second lead, at the same scale::
+
+    28+L+2n      1     u8     L2, length of its name (0..32)
+    29+L+2n      L2    ASCII  its name
+    29+L+L2+2n   2n    i16    its samples; -32768 (which the encoder never writes for a
+                              value, it clips at +-32767) marks a value the device does not have
+
+A version 2 payload whose second-lead part is cut short, too long or not ASCII keeps its first
+lead; the second is NaN.
 """
 
 from __future__ import annotations
@@ -40,6 +55,9 @@ from ecgmon.rates import ecg_rate_problem
 
 MAGIC = b"ECG1"
 VERSION = 1
+VERSION_TWO_LEADS = 2  # binary only: JSON carries the second lead in optional fields
+LEAD2_DEFAULT = "ECG2"
+_MISSING = -32768  # binary second lead: no value
 HEADER = struct.Struct("<4sBBHIQff")
 MAX_PAYLOAD_BYTES = 1 << 20
 MAX_SAMPLES = 100_000
@@ -60,6 +78,8 @@ class EcgPayload:
 
     A decoded payload is always valid: 1 to MAX_SAMPLES finite samples, ``fs`` in the detector's
     range, ``seq`` and ``start`` from 0 to 2**63-1, a printable ``lead`` of 1 to 32 characters.
+    ``samples2``, the second lead, is None (the payload has none) or float32 of the same length,
+    NaN where the device gave no usable value; ``lead2`` then names it.
     """
 
     seq: int
@@ -67,6 +87,8 @@ class EcgPayload:
     fs: float
     lead: str
     samples: np.ndarray
+    samples2: np.ndarray | None = None
+    lead2: str = LEAD2_DEFAULT
 
     @property
     def n(self) -> int:
@@ -76,29 +98,55 @@ class EcgPayload:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_json(seq: int, start: int, fs: float, lead: str, samples: np.ndarray) -> bytes:
-    """The JSON form; float32 samples survive the round trip exactly."""
+def encode_json(seq: int, start: int, fs: float, lead: str, samples: np.ndarray,
+                samples2: np.ndarray | None = None, lead2: str = LEAD2_DEFAULT) -> bytes:
+    """The JSON form; float32 samples survive the round trip exactly. ``samples2`` (same
+    length) adds a second lead, its NaN as ``null``."""
     values = np.asarray(samples, dtype=np.float32).ravel()
     body = {"v": VERSION, "seq": int(seq), "start": int(start), "fs": float(fs), "lead": lead,
             "units": "mV", "samples": values.tolist()}
+    if samples2 is not None:
+        second = _second_values(samples2, values.size).tolist()
+        body["lead2"] = lead2
+        body["samples2"] = [v if math.isfinite(v) else None for v in second]
     return json.dumps(body, separators=(",", ":")).encode()
 
 
 def encode_binary(
-    seq: int, start: int, fs: float, lead: str, samples: np.ndarray, scale_mv: float = DEFAULT_SCALE_MV
+    seq: int, start: int, fs: float, lead: str, samples: np.ndarray,
+    samples2: np.ndarray | None = None, lead2: str = LEAD2_DEFAULT, scale_mv: float = DEFAULT_SCALE_MV,
 ) -> bytes:
-    """The binary form; ``scale_mv`` is widened for this message if the samples would clip."""
+    """The binary form (version 2 with ``samples2``, a second lead of the same length);
+    ``scale_mv`` is widened for this message if the samples would clip."""
     values = np.asarray(samples, dtype=np.float64).ravel()
     if not 0 < values.size <= 0xFFFF:
         raise ValueError(f"a binary payload holds 1..65535 samples, not {values.size}")
+    second = None if samples2 is None else _second_values(samples2, values.size).astype(np.float64)
     peak = float(np.max(np.abs(values)))
+    if second is not None and np.isfinite(second).any():
+        peak = max(peak, float(np.nanmax(np.abs(second))))
     if peak > _INT16_MAX * scale_mv:
         scale_mv = peak / _INT16_MAX
     lead_bytes = lead.encode("ascii", "replace")[:MAX_LEAD_CHARS]
     ints = np.round(values / scale_mv).clip(-_INT16_MAX, _INT16_MAX).astype("<i2")
+    version = VERSION if second is None else VERSION_TWO_LEADS
     # seq wraps at 2**32 (13 years of 10 messages a second); start never needs to.
-    header = HEADER.pack(MAGIC, VERSION, len(lead_bytes), values.size, seq & 0xFFFFFFFF, start, fs, scale_mv)
-    return header + lead_bytes + ints.tobytes()
+    header = HEADER.pack(MAGIC, version, len(lead_bytes), values.size, seq & 0xFFFFFFFF, start, fs, scale_mv)
+    out = header + lead_bytes + ints.tobytes()
+    if second is not None:
+        name = lead2.encode("ascii", "replace")[:MAX_LEAD_CHARS]
+        with np.errstate(invalid="ignore"):
+            ints2 = np.round(second / scale_mv).clip(-_INT16_MAX, _INT16_MAX)
+        ints2 = np.where(np.isfinite(second), ints2, _MISSING).astype("<i2")
+        out += bytes([len(name)]) + name + ints2.tobytes()
+    return out
+
+
+def _second_values(samples2: np.ndarray, n: int) -> np.ndarray:
+    values = np.asarray(samples2, dtype=np.float32).ravel()
+    if values.size != n:
+        raise ValueError(f"the second lead has {values.size} samples, the first {n}")
+    return values
 
 
 # --------------------------------------------------------------------------- decoding
@@ -121,13 +169,16 @@ def _decode_binary(payload: bytes) -> EcgPayload:
     if len(payload) < HEADER.size:
         raise PayloadError(f"binary header truncated: {len(payload)} of {HEADER.size} bytes")
     _, version, lead_len, n, seq, start, fs, scale = HEADER.unpack_from(payload)
-    if version != VERSION:
+    if version not in (VERSION, VERSION_TWO_LEADS):
         raise PayloadError(f"unsupported binary version {version}")
     if lead_len > MAX_LEAD_CHARS:
         raise PayloadError(f"lead name of {lead_len} bytes exceeds {MAX_LEAD_CHARS}")
     if n == 0:
         raise PayloadError("no samples")
     expected = HEADER.size + lead_len + 2 * n
+    tail = b""
+    if version == VERSION_TWO_LEADS:
+        tail, payload = payload[expected:], payload[:expected]  # the second lead's part
     if len(payload) != expected:
         what = "truncated" if len(payload) < expected else "has trailing bytes"
         raise PayloadError(f"binary payload {what}: {len(payload)} bytes, header says {expected}")
@@ -143,7 +194,28 @@ def _decode_binary(payload: bytes) -> EcgPayload:
     ints = np.frombuffer(payload, dtype="<i2", count=n, offset=HEADER.size + lead_len)
     with np.errstate(over="ignore"):  # a huge scale overflows float32: rejected by _finite
         samples = (ints * np.float64(scale)).astype(np.float32)
-    return EcgPayload(seq, start, float(fs), _lead(lead), _finite(samples))
+    samples = _finite(samples)
+    if version == VERSION:
+        return EcgPayload(seq, start, float(fs), _lead(lead), samples)
+    samples2, lead2 = _binary_second_lead(tail, n, scale)
+    return EcgPayload(seq, start, float(fs), _lead(lead), samples, samples2, lead2)
+
+
+def _binary_second_lead(tail: bytes, n: int, scale: float) -> tuple[np.ndarray, str]:
+    """The second lead of a version 2 payload; NaN throughout if its part is malformed, since
+    the first lead, already checked, stands on its own."""
+    unknown = np.full(n, np.nan, np.float32)
+    if not tail or tail[0] > MAX_LEAD_CHARS or len(tail) != 1 + tail[0] + 2 * n:
+        return unknown, LEAD2_DEFAULT
+    try:
+        name = _lead2_name(tail[1 : 1 + tail[0]].decode("ascii"))
+    except UnicodeDecodeError:
+        return unknown, LEAD2_DEFAULT
+    ints = np.frombuffer(tail, dtype="<i2", count=n, offset=1 + tail[0])
+    with np.errstate(over="ignore"):
+        values = (ints * np.float64(scale)).astype(np.float32)
+    values[(ints == _MISSING) | ~np.isfinite(values)] = np.nan
+    return values, name
 
 
 def _decode_json(payload: bytes) -> EcgPayload:
@@ -192,7 +264,31 @@ def _decode_json(payload: bytes) -> EcgPayload:
         raise PayloadError("'samples' must be a flat list of numbers")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf, rejected next
         samples = (arr.astype(np.float64) * _UNITS_TO_MV[units]).astype(np.float32)
-    return EcgPayload(seq, start, float(fs), _lead(lead), _finite(samples))
+    samples = _finite(samples)
+    if "samples2" not in obj:
+        return EcgPayload(seq, start, float(fs), _lead(lead), samples)
+    samples2 = _json_second_lead(obj["samples2"], samples.size, _UNITS_TO_MV[units])
+    name = obj.get("lead2", LEAD2_DEFAULT)
+    return EcgPayload(seq, start, float(fs), _lead(lead), samples, samples2,
+                      _lead2_name(name) if isinstance(name, str) else LEAD2_DEFAULT)
+
+
+def _json_second_lead(raw: object, n: int, to_mv: float) -> np.ndarray:
+    """``samples2`` as float32 mV: NaN for each value that is not a number (``null`` above
+    all), and throughout when it is no list of ``n`` values; never an error."""
+    if not isinstance(raw, list) or len(raw) != n:
+        return np.full(n, np.nan, np.float32)
+    try:
+        arr = np.asarray(raw)  # the common case in one step: a flat list of numbers
+    except (ValueError, TypeError, OverflowError):
+        arr = None
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf":
+        # Mixed: numbers stay, anything else (null, strings, bools, lists, huge ints) is NaN.
+        arr = np.array([float(v) if _is_number(v) and abs(v) < 1e300 else np.nan for v in raw])
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = (arr.astype(np.float64) * to_mv).astype(np.float32)
+    values[~np.isfinite(values)] = np.nan
+    return values
 
 
 def _is_number(x: object) -> bool:
@@ -219,6 +315,11 @@ def _lead(lead: str) -> str:
     if len(lead) > MAX_LEAD_CHARS or not lead.isprintable():
         raise PayloadError(f"'lead' must be at most {MAX_LEAD_CHARS} printable characters")
     return lead or "ECG"
+
+
+def _lead2_name(name: str) -> str:
+    """The second lead's name, the default where it is unusable: it must not cost the first lead."""
+    return name if 0 < len(name) <= MAX_LEAD_CHARS and name.isprintable() else LEAD2_DEFAULT
 
 
 def _finite(samples: np.ndarray) -> np.ndarray:

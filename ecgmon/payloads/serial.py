@@ -13,6 +13,10 @@ Binary frame (all multi-byte fields little-endian)::
     7+2nc   2         CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) of bytes 2 .. 7+2nc-1
 
 Values on the wire are device units; millivolts = (value - offset) * scale_mv.
+
+Both decoders select one channel (``channel``) and optionally a second (``lead2``, a second ECG
+lead). The second lead never costs the first: a line or frame without it, or a value of it that
+is no number, gives NaN there (counted in ``lead2_missing``) and the first lead as usual.
 """
 
 from __future__ import annotations
@@ -51,16 +55,21 @@ def encode_ascii(values: np.ndarray, newline: bytes = b"\r\n") -> bytes:
 
 class AsciiDecoder:
     """Incremental decoder of ASCII lines: ``feed`` returns column ``channel`` of every complete
-    line, as float64 device units.
+    line, as float64 device units; ``feed_leads`` returns ``(n, 2)``, column ``lead2`` beside it,
+    when a second lead is asked for.
 
     A complete line that holds no usable value (letters, NaN, inf, too few or a changed number
     of columns, control bytes) still stands for one sample time: it comes out as NaN so that
     the stream's clock stays true, and is counted in ``bad_lines``. Blank lines are ignored.
     A run of more than ``MAX_LINE`` bytes without a newline is dropped (``overlong_lines``).
+    A usable line whose ``lead2`` column is missing or no number keeps its first value; the
+    second is NaN and counted in ``lead2_missing``.
     """
 
-    def __init__(self, channel: int = 0) -> None:
+    def __init__(self, channel: int = 0, lead2: int | None = None) -> None:
         self.channel = channel
+        self.lead2 = lead2
+        self.lead2_missing = 0  # usable lines without a usable second-lead value
         self.lines = 0  # complete non-blank lines, usable or not
         self.bad_lines = 0
         self.overlong_lines = 0
@@ -78,18 +87,26 @@ class AsciiDecoder:
         self._skipping = resync
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "lines": self.lines,
             "bad_lines": self.bad_lines,
             "overlong_lines": self.overlong_lines,
             "garbage_bytes": self.garbage_bytes,
         }
+        if self.lead2 is not None:  # only a source that asked for a second lead can miss it
+            counts["lead2_missing"] = self.lead2_missing
+        return counts
 
     def feed(self, data: bytes) -> np.ndarray:
+        """The first lead of every complete line in ``data``, shape ``(n,)``."""
+        return self.feed_leads(data)[:, 0]
+
+    def feed_leads(self, data: bytes) -> np.ndarray:
+        """Every complete line in ``data``: shape ``(n, 2)`` with ``lead2`` set, else ``(n, 1)``."""
         self.garbage_bytes += len(data.translate(None, _PRINTABLE))
         parts = (self._partial + data).split(b"\n")
         partial = parts.pop()
-        out: list[float] = []
+        out: list[tuple[float, float]] = []
         for line in parts:
             if self._skipping:
                 self._skipping = False
@@ -101,29 +118,42 @@ class AsciiDecoder:
             if not line:
                 continue
             self.lines += 1
-            value = self._parse(line)
+            value, second = self._parse(line)
             if value is None:
                 self.bad_lines += 1
-                out.append(np.nan)
+                out.append((np.nan, np.nan))
             else:
-                out.append(value)
+                if second is None and self.lead2 is not None:
+                    self.lead2_missing += 1
+                out.append((value, np.nan if second is None else second))
         if len(partial) > MAX_LINE:
             self.overlong_lines += not self._skipping
             partial = b""
             self._skipping = True  # the rest of this line, up to its newline, goes too
         self._partial = partial
-        return np.array(out, dtype=np.float64)
+        leads = 1 if self.lead2 is None else 2
+        return np.array(out, dtype=np.float64).reshape(-1, 2)[:, :leads]
 
-    def _parse(self, line: bytes) -> float | None:
+    def _parse(self, line: bytes) -> tuple[float | None, float | None]:
+        """``(first lead, second lead)`` of a line; None where there is no usable value."""
         if line.translate(None, _PRINTABLE):
-            return None
+            return None, None
         tokens = _SEPARATORS.split(line.strip(b",; \t"))
-        if not all(_NUMBER.fullmatch(t) for t in tokens):
-            return None
+        # Every column but the second lead's must be a number: a token that is not is a sign of
+        # a damaged line, whose first value cannot be trusted either. A bad second-lead value
+        # (a device printing "nan" for a lead that is off) costs only the second lead.
+        lead2 = self.lead2 if self.lead2 is not None and self.lead2 < len(tokens) else None
+        if not all(_NUMBER.fullmatch(t) for i, t in enumerate(tokens) if i != lead2):
+            return None, None
         if not self._columns_ok(len(tokens)) or len(tokens) <= self.channel:
-            return None
+            return None, None
         value = float(tokens[self.channel])
-        return value if np.isfinite(value) else None  # 1e999 parses as inf
+        if not np.isfinite(value):  # 1e999 parses as inf
+            return None, None
+        if lead2 is None or not _NUMBER.fullmatch(tokens[lead2]):
+            return value, None
+        second = float(tokens[lead2])
+        return value, second if np.isfinite(second) else None
 
     def _columns_ok(self, n: int) -> bool:
         """Lines merged or cut by lost bytes change the column count: reject them, but adopt a
@@ -176,6 +206,9 @@ class Frame(NamedTuple):
     seq: int
     samples: np.ndarray  # float64 device units of the selected channel
     lost: int  # samples missing before this frame (sequence gap x samples per frame)
+    # float64 device units of channel ``lead2`` (NaN if the frame has no such channel), or
+    # None when no second lead was asked for.
+    samples2: np.ndarray | None = None
 
 
 class FrameDecoder:
@@ -187,8 +220,10 @@ class FrameDecoder:
     counter) counts ``seq_restarts``. The buffer never holds more than one maximal frame.
     """
 
-    def __init__(self, channel: int = 0) -> None:
+    def __init__(self, channel: int = 0, lead2: int | None = None) -> None:
         self.channel = channel
+        self.lead2 = lead2
+        self.lead2_missing = 0  # samples of frames that have no channel ``lead2``
         self.frames = 0
         self.crc_errors = 0
         self.bad_frames = 0  # impossible version, n or channel count; or no channel `channel`
@@ -207,7 +242,7 @@ class FrameDecoder:
         self._expect = None
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "frames": self.frames,
             "crc_errors": self.crc_errors,
             "bad_frames": self.bad_frames,
@@ -216,6 +251,9 @@ class FrameDecoder:
             "lost_samples": self.lost_samples,
             "seq_restarts": self.seq_restarts,
         }
+        if self.lead2 is not None:
+            counts["lead2_missing"] = self.lead2_missing
+        return counts
 
     def feed(self, data: bytes) -> list[Frame]:
         buf = self._buf
@@ -257,7 +295,15 @@ class FrameDecoder:
                 self.bad_frames += 1
                 continue
             samples = np.frombuffer(body, "<i2", offset=HEADER_SIZE - 2).reshape(n, ch)
-            out.append(Frame(seq, samples[:, self.channel].astype(np.float64), lost))
+            second = None
+            if self.lead2 is not None:
+                # A frame without the second lead's channel still carries the first in full.
+                if self.lead2 < ch:
+                    second = samples[:, self.lead2].astype(np.float64)
+                else:
+                    second = np.full(n, np.nan)
+                    self.lead2_missing += n
+            out.append(Frame(seq, samples[:, self.channel].astype(np.float64), lost, second))
         del buf[:pos]
         return out
 

@@ -1,5 +1,6 @@
-"""The MQTT device simulator: a paced source published to a topic, one payload per chunk, QoS 1,
-with an outbox that keeps every payload until the broker acknowledges it, so an outage loses nothing."""
+"""The MQTT device simulator: a paced source published to a topic, one payload per chunk (with
+the record's second lead as ``samples2`` when the chunks carry one), QoS 1, with an outbox that
+keeps every payload until the broker acknowledges it, so an outage loses nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import aiomqtt
 
 from ecgmon.config import Config, ConfigError
 from ecgmon.mqtt_client import Backoff, BrokerLink, TlsSetupError, reason
-from ecgmon.payloads.mqtt import MqttUrlError, encode_binary, encode_json, parse_mqtt_url, redact
+from ecgmon.payloads.mqtt import LEAD2_DEFAULT, MqttUrlError, encode_binary, encode_json, parse_mqtt_url, redact
 
 log = logging.getLogger("ecgmon.replay")
 
@@ -99,7 +100,11 @@ async def emit_mqtt(source, target: str, config: Config, fmt: str) -> None:
         async for chunk in source.chunks():
             if not hasattr(chunk, "samples"):  # a SourceEvent of the source: nothing to send
                 continue
-            outbox.append(encode(seq, chunk.start, chunk.fs, chunk.channels[0], chunk.samples[:, 0]))
+            # A record's second lead (replay.second_lead) goes out as the payload's samples2.
+            two = chunk.samples.shape[1] > 1
+            outbox.append(encode(seq, chunk.start, chunk.fs, chunk.channels[0], chunk.samples[:, 0],
+                                 chunk.samples[:, 1] if two else None,
+                                 chunk.channels[1] if two else LEAD2_DEFAULT))
             seq += 1
             wake.set()
             if len(outbox) >= warn_at:

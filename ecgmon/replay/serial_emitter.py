@@ -1,5 +1,7 @@
 """Serial device simulator: a paced source written out of a new pseudo-terminal (optionally
-linked at a stable path, like socat's ``link=``) or a given port, as ASCII lines or binary frames."""
+linked at a stable path, like socat's ``link=``) or a given port, as ASCII lines or binary frames;
+every lead of the source's chunks goes out (a record's second lead as the second column or
+channel, unless ``replay.second_lead`` is off)."""
 
 from __future__ import annotations
 
@@ -195,7 +197,7 @@ async def _write_all(fd: int, data: bytes, gone: Callable[[], bool]) -> int:
     return 0
 
 
-def _spec_hint(path: str, fs: float, fmt: str, settings: SerialConfig) -> str:
+def _spec_hint(path: str, fs: float, fmt: str, settings: SerialConfig, leads: int = 1) -> str:
     params = [f"fs={fs:g}", f"format={fmt}"]
     default = SerialConfig()
     if settings.scale_mv != default.scale_mv:
@@ -204,6 +206,8 @@ def _spec_hint(path: str, fs: float, fmt: str, settings: SerialConfig) -> str:
         params.append(f"offset={settings.offset:g}")
     if settings.channel != 0:
         params.append("channel=0")
+    if leads > 1:  # a record's second lead goes out as the second column or channel
+        params.append("lead2=1")
     return f"serial:{path}?{'&'.join(params)}"
 
 
@@ -224,7 +228,8 @@ async def emit_serial(
         port = _Pty(path)
         try:
             print(f"serial device: {port.name}" + (f" (linked as {path})" if path else ""), flush=True)
-            print(f"read it with: ecgmon run --source '{_spec_hint(port.path, source.fs, fmt, settings)}'",
+            leads = len(getattr(source, "channels", ()) or ())
+            print(f"read it with: ecgmon run --source '{_spec_hint(port.path, source.fs, fmt, settings, leads)}'",
                   flush=True)
             await _stream_pty(source, port, encode, corrupt)
         finally:

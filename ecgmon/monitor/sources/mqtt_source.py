@@ -54,6 +54,7 @@ class StreamState(EventThrottle):
         self.last_seq: int | None = None
         self.offset = 0
         self.last_valid = time.monotonic()  # when it last sent a valid payload
+        self.lead2_told = False  # a missing second lead is told once, then only counted
         # Sample ranges declared lost; data arriving later inside one is late, not a duplicate.
         self._gaps: deque[tuple[int, int]] = deque(maxlen=64)
 
@@ -130,7 +131,8 @@ def _options(spec: str, config: Config, params: dict[str, str]) -> tuple[MqttCon
 
 class MqttSource:
     """Subscribes to ``mqtt://[user:pass@]host[:port]/topic/filter[?qos=1&client_id=x]`` and
-    yields each stream's chunks with the device's sample indices.
+    yields each stream's chunks with the device's sample indices: ``(n, 1)``, or ``(n, 2)``
+    with ``second_lead`` (the payloads' ``samples2``, NaN where a payload has none).
 
     The client id is ``<[mqtt] client_id>-<stream>`` (or the spec's ``client_id``), fixed so
     that the broker's persistent session keeps what is published while the daemon is away.
@@ -348,5 +350,30 @@ class MqttSource:
                 out.append(ev)
         out.extend(self._flush(now))
         if samples is not None:
-            out.append(Chunk(sid, p.fs, (p.lead,), start, samples.reshape(-1, 1), received))
+            values, channels = samples.reshape(-1, 1), (p.lead,)
+            if self.options.second_lead:
+                values, channels = self._with_lead2(st, p, samples, shown, now, out)
+            out.append(Chunk(sid, p.fs, channels, start, values, received))
         return out
+
+    def _with_lead2(self, st: StreamState, p: EcgPayload, samples: np.ndarray, shown: str, now: float,
+                    out: list[Chunk | SourceEvent]) -> tuple[np.ndarray, tuple[str, ...]]:
+        """The chunk's two columns: the samples passed on and the same stretch of the payload's
+        second lead, NaN where it has none (counted, and told once per stream)."""
+        skip = p.n - samples.size  # accept passes on the new tail of an overlapping payload
+        if p.samples2 is None:
+            second = np.full(samples.size, np.nan, np.float32)
+        else:
+            second = p.samples2[skip:]
+        missing = int(np.count_nonzero(~np.isfinite(second)))
+        if missing:
+            st.count("lead2_missing", missing)
+            if not st.lead2_told:
+                st.lead2_told = True
+                why = ("carry no second lead (samples2)" if p.samples2 is None
+                       else "carry second-lead values that are not numbers")
+                ev = st.event("lead2_missing", "warning",
+                              f"payloads on {shown} {why}: those samples are NaN in the second lead "
+                              f"(counted as lead2_missing), the first lead and monitoring go on", now)
+                out.extend([ev] if ev else [])
+        return np.column_stack((samples, second)), (p.lead, p.lead2)

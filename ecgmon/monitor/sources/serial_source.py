@@ -1,5 +1,6 @@
 """A serial ECG device as a live source: ASCII lines or binary frames read without blocking the
-event loop, decoded into Chunks, with corruption, signal loss and disconnects as SourceEvents."""
+event loop, decoded into Chunks (one lead, or two with ``lead2=N``), with corruption, signal loss
+and disconnects as SourceEvents."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ SPEC_PARAMS = {
     "baud": "baud",
     "format": "format",
     "channel": "channel",
+    "lead2": "lead2",
     "scale": "scale_mv",
     "offset": "offset",
 }
@@ -42,7 +44,7 @@ _FAULTS = ("bad_lines", "overlong_lines", "garbage_bytes", "crc_errors", "bad_fr
 
 
 def parse_serial_spec(spec: str, base: SerialConfig) -> tuple[str, SerialConfig]:
-    """``serial:PORT?fs=250&baud=115200&format=ascii&channel=0&scale=0.001&offset=0`` →
+    """``serial:PORT?fs=250&baud=115200&format=ascii&channel=0&lead2=1&scale=0.001&offset=0`` →
     ``(PORT, base with those overrides)``, each parameter validated and named in errors."""
     if not spec.startswith("serial:"):
         raise SourceError(f"'{spec}' is not a serial spec: write serial:/dev/ttyUSB0?fs=250")
@@ -65,7 +67,8 @@ def _open_hint(err: Exception) -> str:
 
 class SerialSource:
     """Reads ``serial:PORT?...`` and yields ``(n, 1)`` float32 mV chunks of at most
-    ``replay.chunk_s``, never holding a sample back longer than that.
+    ``replay.chunk_s``, never holding a sample back longer than that; ``(n, 2)`` with ``lead2``,
+    the second column NaN wherever the device gave no usable second-lead value.
 
     Sample indices are the stream's clock: a binary sequence gap advances ``start`` by the lost
     samples, and a disconnect by the time the device was away times ``fs`` (an estimate: a
@@ -79,13 +82,16 @@ class SerialSource:
         self.port, self.settings = parse_serial_spec(spec, config.serial)
         self.fs = float(self.settings.fs)
         self.lead = "serial"
+        s = self.settings
+        # The chunks' channel names: the pipeline reads the second column as a second lead.
+        self.channels: tuple[str, ...] = (self.lead,) if s.lead2 is None else (self.lead, f"serial{s.lead2}")
         self.chunk_s = config.replay.chunk_s
         self.chunk_n = max(1, round(self.chunk_s * self.fs))
         self._check_port()
-        s = self.settings
         self.decoder: AsciiDecoder | FrameDecoder = (
-            AsciiDecoder(s.channel) if s.format == "ascii" else FrameDecoder(s.channel)
+            AsciiDecoder(s.channel, s.lead2) if s.format == "ascii" else FrameDecoder(s.channel, s.lead2)
         )
+        self._lead2_reported = False  # the missing second lead is told once, then only counted
         self.disconnects = 0
         self.offline_samples = 0  # samples estimated lost while the device was away
         self._next = 0  # index of the next sample of the stream
@@ -216,20 +222,20 @@ class SerialSource:
         out: list[Chunk | SourceEvent] = []
         s = self.settings
         if isinstance(self.decoder, AsciiDecoder):
-            pieces = [(0, self.decoder.feed(data))]
+            pieces = [(0, self.decoder.feed_leads(data))]
         else:
-            pieces = [(f.lost, f.samples) for f in self.decoder.feed(data)]
+            pieces = [(f.lost, _columns(f.samples, f.samples2)) for f in self.decoder.feed(data)]
         gaps = self._gaps
         for lost, values in pieces:
             if lost:
                 out.extend(self._flush())  # chunks stay contiguous: the gap falls between two
                 self._next += lost
                 self._gaps += 1
-            if values.size:
+            if values.shape[0]:
                 if not self._pending:
                     self._pending_since = now
-                self._pending.append(from_wire(values, s.scale_mv, s.offset))
-                self._pending_n += values.size
+                self._pending.append(from_wire(values, s.scale_mv, s.offset))  # NaN stays NaN
+                self._pending_n += values.shape[0]
         if self._pending_n >= self.chunk_n:
             out.extend(self._flush(full_only=True))
         c = self.decoder.counts()
@@ -244,7 +250,19 @@ class SerialSource:
             what = ", ".join(f"{c[k]} {k.replace('_', ' ')}" for k in _FAULTS if c.get(k))
             out += self._offer("warning", "corrupt_input",
                                f"corrupt input from {self.port}: {what} so far{self._hint()}", now)
+        if c.get("lead2_missing") and not self._lead2_reported:
+            self._lead2_reported = True
+            out.append(self._event("warning", "lead2_missing", self._lead2_text()))
         return out
+
+    def _lead2_text(self) -> str:
+        dec, lead2 = self.decoder, self.settings.lead2
+        have = dec.columns if isinstance(dec, AsciiDecoder) else dec.channels
+        why = (f"the device sends {have} {'column' if isinstance(dec, AsciiDecoder) else 'channel'}"
+               f"{'s' if have != 1 else ''}" if have is not None and have <= (lead2 or 0)
+               else "a value that is not a number")
+        return (f"no second lead from {self.port} (lead2={lead2}: {why}); its samples are NaN in the "
+                f"second lead (counted as lead2_missing), the first lead and monitoring go on")
 
     def _offer(self, level: Literal["info", "warning", "error"], code: str, text: str,
                now: float) -> list[SourceEvent]:
@@ -258,15 +276,16 @@ class SerialSource:
         if not self._pending_n:
             return []
         x = np.concatenate(self._pending)
-        end = (x.size // self.chunk_n) * self.chunk_n if full_only else x.size
+        size = x.shape[0]
+        end = (size // self.chunk_n) * self.chunk_n if full_only else size
         chunks = []
         for i in range(0, end, self.chunk_n):
-            block = x[i : min(i + self.chunk_n, end), None]
-            chunks.append(Chunk(self.stream, self.fs, (self.lead,), self._next, block, self._received))
+            block = x[i : min(i + self.chunk_n, end)]
+            chunks.append(Chunk(self.stream, self.fs, self.channels, self._next, block, self._received))
             self._next += block.shape[0]
         rest = x[end:]
-        self._pending = [rest] if rest.size else []
-        self._pending_n = rest.size
+        self._pending = [rest] if rest.shape[0] else []
+        self._pending_n = rest.shape[0]
         self._pending_since = time.monotonic()
         return chunks
 
@@ -288,6 +307,11 @@ class SerialSource:
         if good == 0:
             return f" (nothing decodable yet: check baud={self.settings.baud} and format={self.settings.format})"
         return ""
+
+
+def _columns(first: np.ndarray, second: np.ndarray | None) -> np.ndarray:
+    """A frame's leads as the ``(n, leads)`` array chunks are made of."""
+    return first[:, None] if second is None else np.column_stack((first, second))
 
 
 def _hung_up(fd: int) -> bool:

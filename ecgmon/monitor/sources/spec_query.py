@@ -38,8 +38,8 @@ def apply_query(spec: str, query: str, base: Section, params: dict[str, str], wh
         return type(base).model_validate({**base.model_dump(), **overrides})
     except ValidationError as err:
         first = err.errors()[0]
-        field = str(first["loc"][0]) if first["loc"] else ""
-        raise SourceError(
-            f"'{spec}': bad value for {what} parameter '{key_of.get(field, field)}': "
-            f"{first['msg'].removeprefix('Value error, ')}"
-        ) from None
+        msg = first["msg"].removeprefix("Value error, ")
+        if not first["loc"]:  # a rule between fields (lead2 and channel): no one parameter to name
+            raise SourceError(f"'{spec}': bad {what} parameters: {msg}") from None
+        field = str(first["loc"][0])
+        raise SourceError(f"'{spec}': bad value for {what} parameter '{key_of.get(field, field)}': {msg}") from None

@@ -1,8 +1,9 @@
 """A second ECG lead from a device (issue 13, item 3): a serial port (``lead2=N``, through a real
 pseudo-terminal) or an MQTT topic (``second_lead=true``, through a real mosquitto) carrying both
 leads of a real two-lead record gives the same beats, the same beat-model inputs and the same
-classes as the record replayed in process with its second lead; a missing or malformed second
-lead is NaN in the second lead only (the first exact, one event), and monitoring goes on."""
+classes as the record replayed in process with its second lead (through a StreamPipeline with the
+shipped beat model, and through one daemon serving both); a missing or malformed second lead is
+NaN in the second lead only (the first exact, one event), and monitoring goes on."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from mqtt_broker import Broker, mosquitto  # noqa: F401  (the fixture)
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config, DataConfig
 from ecgmon.monitor.dsp.beat_features import FIRST_LEAD2
+from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.monitor.sources.mqtt_source import MqttSource
@@ -30,7 +32,8 @@ from ecgmon.payloads.mqtt import encode_binary, encode_json
 from ecgmon.replay.mqtt_emitter import emit_mqtt
 from ecgmon.replay.records import load_record
 from ecgmon.replay.serial_emitter import emit_serial
-from ecgmon.schema import BeatMessage
+from ecgmon.schema import BeatMessage, EventMessage
+from zmq_helpers import daemon_messages
 
 MINUTES = 3
 
@@ -127,8 +130,11 @@ async def over_pty(record, tmp_path: Path, fmt: str, query: str, corrupt=None) -
 
 
 @pytest.mark.parametrize("fmt", ["ascii", "binary"])
-async def test_serial_two_leads_give_the_record_replays_beats_and_classes(fmt, rec119, beat_model, tmp_path) -> None:
+async def test_serial_two_leads_give_the_record_replays_beats_and_classes(fmt, rec119, beat_model, tmp_path,
+                                                                          capsys) -> None:
     chunks, events = await over_pty(rec119, tmp_path, fmt, "channel=0&lead2=1")
+    # The simulator sends both leads, and says how to read them.
+    assert f"format={fmt}&lead2=1'" in capsys.readouterr().out
     assert [e.code for e in events] == ["disconnected"]  # the end of the replay, nothing else
     assert events[0].counts["lead2_missing"] == 0
     assert all(c.channels == ("serial", "serial1") for c in chunks)
@@ -160,6 +166,51 @@ async def test_serial_two_leads_give_the_record_replays_beats_and_classes(fmt, r
     one_beats, one_features, _ = classified(one, beat_model)
     assert [s for s, _ in one_beats] == [s for s, _ in beats]
     assert all(np.isnan(f[FIRST_LEAD2:]).all() for f in one_features)
+
+
+class UntilUnplugged:
+    """A serial source that ends when its device goes away after sending data (the end of the
+    simulator's replay), so that the daemon finishes the stream as it does a record's."""
+
+    def __init__(self, source: SerialSource) -> None:
+        self.source, self.spec, self.stream = source, source.spec, source.stream
+
+    def __getattr__(self, name: str):
+        return getattr(self.source, name)
+
+    async def chunks(self):
+        had_data = False
+        async for item in self.source.chunks():
+            yield item
+            had_data = had_data or isinstance(item, Chunk)
+            if isinstance(item, SourceEvent) and item.code == "disconnected" and had_data:
+                return
+
+
+async def test_daemon_classifies_a_two_lead_serial_device_as_the_record(rec119, beat_model, tmp_path,
+                                                                        endpoint) -> None:
+    """One daemon, two beds: the record replayed in process (second lead on) and the same record
+    from a binary serial device with lead2=1. The daemon's own batcher classifies both: the beds'
+    beat messages are the same, sample for sample and class for class."""
+    config = make_config()
+    link = tmp_path / "ttyECG"
+    emitter = asyncio.create_task(emit_serial(RecordSource("mitdb:119", config, record=rec119),
+                                              f"serial:{link}", config, "binary"))
+    try:
+        await wait_path(link)
+        device = UntilUnplugged(SerialSource(f"serial:{link}?fs=360&format=binary&lead2=1", config, "device"))
+        replay = RecordSource("mitdb:119", config, stream="replay", record=rec119)
+        msgs = await daemon_messages(endpoint, lambda pub: Daemon(config, [replay, device], pub,
+                                                                  {"beat": beat_model}, []), timeout_s=180)
+        await asyncio.wait_for(emitter, 10)
+    finally:
+        emitter.cancel()
+        await asyncio.gather(emitter, return_exceptions=True)
+    beats = {sid: [(m.sample, m.label, m.rr_ms) for m in msgs if isinstance(m, BeatMessage) and m.stream == sid]
+             for sid in ("replay", "device")}
+    assert len(beats["replay"]) > 180 and sum(b[1] == "V" for b in beats["replay"]) > 30
+    assert beats["device"] == beats["replay"]
+    assert not [m for m in msgs if isinstance(m, EventMessage) and m.code in ("lead2_missing", "corrupt_input")]
 
 
 class SecondLeadDamage:

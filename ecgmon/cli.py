@@ -17,6 +17,7 @@ from ecgmon.commands.evaluate import add_evaluate
 from ecgmon.commands.keys import add_keys
 from ecgmon.commands.replay import add_replay
 from ecgmon.commands.run import add_run
+from ecgmon.commands.serve import add_serve
 from ecgmon.commands.train import add_train
 from ecgmon.commands.ward import add_ward
 from ecgmon.commands.watch import add_dashboard, add_subscribe
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, argparse.SUPPRESS, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_run(sub, common)
+    add_serve(sub, common)
     add_subscribe(sub, common)
     add_devices(sub, common)
     add_dashboard(sub, common)

@@ -268,6 +268,25 @@ class ArchiveConfig(_Section):
         return Path(base) / "ecgmon" / "archive"
 
 
+class HttpConfig(_Section):
+    """The HTTP face (``ecgmon serve``, ``ecgmon run --http HOST:PORT``; README: HTTP API)."""
+
+    listen: str = "127.0.0.1:8080"
+    # Uploads beyond these are refused (413) before any analysis starts.
+    max_upload_mb: float = Field(64.0, gt=0, le=4096)
+    max_duration_s: float = Field(3600.0, gt=0, le=7 * 86400)
+    # Analyses run in `workers` worker processes ("process": an upload never holds the live
+    # event loop's interpreter) or threads of this process; `queue` more wait, beyond: 429.
+    pool: Literal["process", "thread"] = "process"
+    workers: int = Field(1, ge=1, le=64)
+    queue: int = Field(4, ge=0, le=1000)
+    # A file holding the bearer token clients must send; $ECGMON_HTTP_TOKEN wins over it.
+    # Without a token or TLS only a loopback address may be bound (or with [security] insecure).
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
 class RunConfig(_Section):
     sources: list[str] = Field(default_factory=lambda: ["sim"])
 
@@ -288,6 +307,7 @@ class Config(_Section):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     alarms: AlarmsConfig = Field(default_factory=AlarmsConfig)
     archive: ArchiveConfig = Field(default_factory=ArchiveConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
 
 
 def _describe(err: ValidationError) -> str:

@@ -60,12 +60,36 @@ def test_training_imports_nothing_of_the_daemon_but_its_signal_processing():
 
 
 def test_evaluation_is_imported_by_the_commands_alone():
+    # The HTTP face (``ecgmon serve``) is a front end like the commands: its analyses drive an
+    # upload through the record runner, so that they equal a replay.
     wrong = {
         module: sorted(n for n in names if _under(n, "ecgmon.evaluate"))
         for module, names in MODULES.items()
-        if not _under(module, "ecgmon.evaluate") and not _under(module, "ecgmon.commands")
+        if not any(_under(module, p) for p in ("ecgmon.evaluate", "ecgmon.commands", "ecgmon.http"))
     }
     assert {m: n for m, n in wrong.items() if n} == {}
+
+
+def _third_party(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_the_http_face_is_imported_by_the_commands_alone_and_holds_the_web_libraries():
+    # The daemon must not pay FastAPI's import unless --http asks for it.
+    assert "ecgmon.http.app" in MODULES["ecgmon.http.server"]  # the scan sees it
+    wrong = {m: sorted(n for n in names if _under(n, "ecgmon.http")) for m, names in MODULES.items()
+             if not _under(m, "ecgmon.http") and not _under(m, "ecgmon.commands")}
+    assert {m: n for m, n in wrong.items() if n} == {}
+    web = {"fastapi", "starlette", "uvicorn", "prometheus_client", "multipart"}
+    outside = {_module_name(p): sorted(_third_party(p) & web) for p in PACKAGE.rglob("*.py")
+               if not _under(_module_name(p), "ecgmon.http")}
+    assert {m: n for m, n in outside.items() if n} == {}
 
 
 def test_the_daemon_imports_neither_training_nor_evaluation():

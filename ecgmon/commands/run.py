@@ -20,6 +20,7 @@ from ecgmon.commands.common import (
     run_until_signal,
 )
 from ecgmon.commands.keys import server_keys
+from ecgmon.commands.serve import add_http_options, http_overrides, open_face
 from ecgmon.config import Config
 from ecgmon.curve import check_bind
 
@@ -58,8 +59,12 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
     p.add_argument("--allowed-keys", metavar="DIR",
                    help="folder of the public keys of the clients let in (DIR/allowed), each named by its file")
     p.add_argument("--insecure", action="store_true", default=None,
-                   help="bind a non-loopback --endpoint or --control without keys: anyone who reaches "
-                        "it can read every stream and acknowledge alarms")
+                   help="bind a non-loopback --endpoint or --control without keys (or --http without a token "
+                        "or TLS): anyone who reaches it can read every stream and acknowledge alarms")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="serve the HTTP API beside the daemon (analyses, /v1/streams, /healthz, /readyz, "
+                        "/metrics; README: HTTP API)")
+    add_http_options(p)
     p.set_defaults(func=cmd_run)
 
 
@@ -75,6 +80,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         ("--allowed-keys", "security", "allowed_keys", args.allowed_keys),
         ("--insecure", "security", "insecure", args.insecure),
         ("--pcg-calibration", "audio", "calibration", args.pcg_calibration),
+        *http_overrides(args),
     ])
     pc, sc = config.publisher, config.security
     keys = server_keys(sc)
@@ -84,12 +90,34 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     specs = args.source or ([] if args.pcg else config.run.sources)
     sources = (open_sources(specs, config) if specs else []) + open_pcg_sources(args.pcg or [], config)
     publisher = Publisher(pc.endpoint, pc.send_hwm, keys=keys, insecure=sc.insecure)
+    # The HTTP face binds now (a taken or refused address is one line before anything loads).
+    face = open_face(args.http, config, live=True) if args.http else None
     # torch comes with these: imported only once everything the user gave has been checked,
     # so that a mistake is reported at once, not after seconds of loading.
-    from ecgmon.monitor.daemon import Daemon
     from ecgmon.monitor.model_set import load_models
 
-    models, model_errors = load_models(config.models)
+    holder: list = []  # (daemon, control, dashboard) once assembled
+    if face is None:
+        models, model_errors = load_models(config.models)
+        holder.append(_assemble(args, config, sources, publisher, keys, models, model_errors))
+        main = lambda: _serve(*holder[0])  # noqa: E731
+    else:
+        main = lambda: _serve_with_http(face, args, config, sources, publisher, keys, holder)  # noqa: E731
+    try:
+        code = run_until_signal(main)
+    finally:
+        if holder and holder[0][1] is not None:
+            holder[0][1].close()
+    if code == 0 and holder and any(s.state == "failed" for s in holder[0][0].streams):
+        return 1
+    return code
+
+
+def _assemble(args, config: Config, sources, publisher, keys, models, model_errors):
+    """The daemon on its loaded models, its control socket and the dashboard options."""
+    from ecgmon.monitor.daemon import Daemon
+
+    pc, sc = config.publisher, config.security
     _check_calibration(config, models)
     daemon = Daemon(config, sources, publisher, models, model_errors, _archive(args, config, sources))
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
@@ -109,14 +137,26 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
     elif not args.headless:
         log.info("running headless: stdout is not a terminal, so no dashboard here (watch with "
                  "`ecgmon dashboard` on a terminal; --headless says it is meant)")
+    return daemon, control, dashboard
+
+
+async def _serve_with_http(face, args, config: Config, sources, publisher, keys, holder: list) -> None:
+    """The HTTP face first (``/healthz`` answers, ``/readyz`` says 503), then the models load off
+    the event loop, then the daemon runs as without --http; its messages are counted for
+    ``/metrics`` on their way to the publisher."""
+    from ecgmon.http.metrics import TappedPublisher
+    from ecgmon.monitor.model_set import load_models
+
+    await face.start()
     try:
-        code = run_until_signal(lambda: _serve(daemon, control, dashboard))
+        models, model_errors = await asyncio.to_thread(load_models, config.models)
+        face.warm_up(models, model_errors)
+        tapped = TappedPublisher(publisher, face.face.counter)
+        holder.append(_assemble(args, config, sources, tapped, keys, models, model_errors))
+        face.face.attach(holder[0][0])
+        await _serve(*holder[0])
     finally:
-        if control is not None:
-            control.close()
-    if code == 0 and any(s.state == "failed" for s in daemon.streams):
-        return 1
-    return code
+        await face.stop()
 
 
 def _check_calibration(config: Config, models) -> None:

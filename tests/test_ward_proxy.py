@@ -95,3 +95,37 @@ def test_one_face_for_two_daemons_with_keys(keys: Path):
 def test_an_open_face_without_keys_is_refused():
     with pytest.raises(CurveError, match="refusing to open the publisher on tcp://0.0.0.0"):
         WardProxy(f"tcp://0.0.0.0:{free_tcp_port()}", ["tcp://127.0.0.1:1"], 1000)
+
+
+def _frames(msg, seq: int, pub: str) -> list[bytes]:
+    msg.seq, msg.pub, msg.wall = seq, pub, time.time()
+    return [msg.topic.encode(), msg.model_dump_json().encode()]
+
+
+def test_a_dashboard_on_the_proxy_keeps_every_daemons_beds():
+    """Through the proxy one connection carries several daemon instances: each bed's panel keeps
+    its alarms while the daemons' messages interleave, and a bed that moves to another daemon
+    starts afresh alone (what the daemon it left raised no longer holds)."""
+    from ecgmon.dashboard.state import DashboardState
+    from ecgmon.schema import AlarmMessage, VitalsMessage
+
+    st = DashboardState([("tcp://127.0.0.1:1", None)])
+    now, wall = time.monotonic(), time.time()
+
+    def vtach(stream: str) -> AlarmMessage:
+        return AlarmMessage(stream=stream, id=f"{stream}-vtach-1", alarm="vtach", category="physiological",
+                            priority="high", state="raised", text="V-tach", onset_s=1.0, raised_s=2.0,
+                            raised_wall=wall)
+
+    st.receive(0, _frames(vtach("bed0"), 0, "daemonA"), now, wall)
+    st.receive(0, _frames(vtach("bed1"), 0, "daemonB"), now, wall)
+    for seq in range(1, 4):  # the two daemons' vitals interleave on the one connection
+        for bed, pub in (("bed0", "daemonA"), ("bed1", "daemonB")):
+            st.receive(0, _frames(VitalsMessage(stream=bed, time_s=seq, hr_bpm=70.0, hr_method="m", beats=seq),
+                                  seq, pub), now, wall)
+    assert set(st.streams["bed0"].alarms) == {"bed0-vtach-1"} and set(st.streams["bed1"].alarms) == {"bed1-vtach-1"}
+    assert st.links[0].missed == 0
+    # bed1 moves to daemon A (its daemon died): bed1 starts afresh, bed0 keeps its alarm.
+    st.receive(0, _frames(VitalsMessage(stream="bed1", time_s=9.0, hr_bpm=71.0, hr_method="m", beats=1),
+                          0, "daemonA"), now, wall)
+    assert st.streams["bed1"].alarms == {} and set(st.streams["bed0"].alarms) == {"bed0-vtach-1"}

@@ -66,6 +66,7 @@ class StreamView:
 
     name: str
     link: int  # index of the connection it comes from (its daemon's control socket)
+    pub: str = ""  # the daemon instance that speaks for it
     source: str = ""
     state: str = ""
     lead: str = ""
@@ -141,22 +142,14 @@ class DashboardState:
         return msg
 
     def _count_gap(self, ln: Link, msg: Message) -> None:
-        if msg.pub != ln.pub:
-            if ln.pub:
-                self._restarted(ln)
-            ln.pub = msg.pub
+        # The latest daemon instance heard here; a ward's proxy carries several at once, so a new
+        # one is a restart (or a moved stream) of the streams it speaks for only (see apply).
+        ln.pub = msg.pub
         key = (msg.pub, msg.topic)
         prev = self._last_seq.get(key)
         self._last_seq[key] = msg.seq
         if prev is not None and msg.seq > prev + 1:
             ln.missed += msg.seq - prev - 1
-
-    def _restarted(self, ln: Link) -> None:
-        # A new daemon instance: what the old one said (alarms, traces) no longer holds.
-        index = self.links.index(ln)
-        for name, view in list(self.streams.items()):
-            if view.link == index:
-                self.streams[name] = StreamView(name, index)
 
     def view(self, stream: str, link: int) -> StreamView:
         v = self.streams.get(stream)
@@ -186,6 +179,13 @@ class DashboardState:
         if msg.stream == DAEMON_STREAM:
             return  # the daemon's own events belong to no stream panel
         v = self.view(msg.stream, link)
+        if msg.pub and v.pub != msg.pub and v.link == link:
+            if v.pub:
+                # Another daemon instance speaks for this stream: its daemon restarted, or (a ward
+                # on several daemons) the stream moved to another. What the old one said (alarms,
+                # traces) no longer holds.
+                v = self.streams[msg.stream] = StreamView(msg.stream, link)
+            v.pub = msg.pub
         v.last_rx = now
         if isinstance(msg, WaveMessage):
             v.wave.add(msg.time_s, msg.fs, msg.samples_mv)

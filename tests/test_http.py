@@ -149,7 +149,12 @@ def test_the_same_ecg_as_edf_or_csv_gives_the_same_beats(client, answer119, exce
 def test_explain_gives_each_segment_its_attention_map(answer119):
     maps = [s["attention"] for s in answer119["segments"]]
     assert maps and all(len(m) == 150 and abs(sum(m) - 1) < 1e-3 for m in maps)
-    assert "not available" in answer119["explain"]["beats.grad_cam"]
+    # Where the beat model looked: every classified beat's window, most of all at its R peak
+    # (sample 90 of 252 at 360 Hz), which a saliency given to the wrong beat would not show.
+    maps = [b["saliency"] for b in answer119["beats"] if b["label"] is not None]
+    assert len(maps) == len(answer119["beats"]) and all(len(m) == 252 and abs(sum(m) - 1) < 1e-3 for m in maps)
+    assert abs(np.median([int(np.argmax(m)) for m in maps]) - 90) <= 5
+    assert "Grad-CAM is not given" in answer119["explain"]["beats.saliency"]
 
 
 async def test_a_heart_sound_recording_gets_what_the_daemon_publishes_for_it(client, models, data_dir, endpoint):

@@ -107,6 +107,29 @@ class _Recorder:
         return out
 
 
+class _Saliency(_Recorder):
+    """A beat model that also keeps, for every beat it classifies, the gradient-times-input
+    saliency of its window for the class it chose (|dlogit/dx * x|, summing to 1): where in
+    the beat the model looked. (Grad-CAM needs the model's inner layers, which a TorchScript
+    file does not expose by name; the input gradient needs none.)"""
+
+    def __call__(self, *inputs: Any) -> Any:
+        import torch
+
+        out = self._model(*inputs)
+        model = self._model
+        window = torch.as_tensor(np.asarray(inputs[0]), dtype=torch.float32, device=model.device).requires_grad_(True)
+        rest = [torch.as_tensor(np.asarray(t), dtype=torch.float32, device=model.device) for t in inputs[1:]]
+        with torch.enable_grad():
+            res = model.module(window, *rest)
+            logits = res[0] if isinstance(res, (tuple, list)) else res
+            logits.max(dim=1).values.sum().backward()
+        s = (window.grad * window).abs().detach().cpu().numpy().astype(np.float64)
+        s /= s.sum(axis=1, keepdims=True) + 1e-12
+        self.rows.extend(s)
+        return out
+
+
 def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
     """The JSON answer for an ECG upload; UploadError (4xx) for an upload that cannot be analysed."""
     ctx = ctx or _PROCESS_CONTEXT
@@ -116,9 +139,11 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
     if req.channel is not None:
         config.replay.channel = req.channel
     models = dict(ctx.models)
-    recorder = None
+    recorder = saliency = None
     if req.explain and "segment" in models and len(models["segment"].output_names) > 1:
         recorder = models["segment"] = _Recorder(models["segment"])
+    if req.explain and "beat" in models:
+        saliency = models["beat"] = _Saliency(models["beat"])
     try:
         msgs = run_record(record.name, config, models, record=record)
     except SourceError as err:  # a channel it does not have, a rate the detector refuses
@@ -139,15 +164,29 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
                 s.attention = [round(float(v), 6) for v in row]
         else:
             explain["segments.attention"] = "not available: the segment model gives no attention output"
-        explain["beats.grad_cam"] = "not available yet: beat saliency maps and PNG pictures are not implemented"
+        explain["beats.saliency"] = "not available: no beat model"
+        if saliency is not None:
+            beat_model = ctx.models["beat"]
+            explain["beats.saliency"] = (
+                f"gradient x input of the beat model's chosen class over each classified beat's window "
+                f"({beat_model.window} samples at {beat_model.fs:g} Hz from {beat_model.before} before the R "
+                f"peak), |.| summing to 1; Grad-CAM is not given (a TorchScript model does not expose its "
+                f"layers), nor PNG pictures")
     vitals = [m for m in msgs if isinstance(m, VitalsMessage)]
+    beats = [BeatOut(sample=m.sample, time_s=m.time_s, label=m.label, probability=m.probability, rr_ms=m.rr_ms)
+             for m in msgs if isinstance(m, BeatMessage)]
+    if saliency is not None:
+        # One row per computed beat job, in the order their beats finished: the labelled beats.
+        labelled = [b for b in beats if b.label is not None]
+        if len(labelled) == len(saliency.rows):
+            for b, row in zip(labelled, saliency.rows):
+                b.saliency = [round(float(v), 5) for v in row]
     answer = EcgAnalysis(
         record=RecordInfo(name=record.name, fs=record.fs, lead=record.channels[lead_index],
                           channels=list(record.channels), samples=record.n_samples,
                           duration_s=record.n_samples / record.fs),
         models={k: str(getattr(m, "name", k)) for k, m in ctx.models.items() if k in ("beat", "segment")},
-        beats=[BeatOut(sample=m.sample, time_s=m.time_s, label=m.label, probability=m.probability, rr_ms=m.rr_ms)
-               for m in msgs if isinstance(m, BeatMessage)],
+        beats=beats,
         segments=seg_out,
         heart_rate=[RateOut(time_s=m.time_s, hr_bpm=m.hr_bpm) for m in vitals],
         alarms=[AlarmOut(**m.model_dump(include=set(AlarmOut.model_fields))) for m in msgs

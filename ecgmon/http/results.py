@@ -23,6 +23,8 @@ class BeatOut(BaseModel):
     label: str | None = Field(description="AAMI class N, S, V, F, Q; none without a beat model")
     probability: float | None
     rr_ms: float | None
+    saliency: list[float] | None = Field(None, description="with ?explain=true: where in its window the beat model "
+                                                           "looked (gradient x input, summing to 1)")
 
 
 class SegmentOut(BaseModel):

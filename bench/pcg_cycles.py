@@ -1,0 +1,235 @@
+"""Heart-sound verdicts from the segmented cardiac cycle, leave one database out (issue 14,
+attempt I of docs/pcg-attempts.md). Offline: not the daemon's model (yet).
+
+1. Every pcg2016 recording is segmented (ecgmon/monitor/dsp/pcg_segment.py) with the round-0
+   envelope emission; for each database, a round-1 emission (multinomial logistic regression
+   over the envelopes) is fitted on the OTHER three databases' round-0 state sequences (no hand
+   segmentation exists here and no class label is read), and the database is segmented again
+   with it.
+2. Each recording gets pcg_segment's 116 features (ratios between states of one recording in one
+   band: a stethoscope's gain and linear frequency response cancel), each standardised per
+   database on that database's own unlabelled recordings (median/IQR), as a device calibration
+   from >= 20 recordings would.
+3. Score (attempt I): the features whose within-database ROC AUC lies above 0.5 + DELTA in every
+   training database, or below 0.5 - DELTA in every one, are kept with that sign; the score is
+   the mean of the kept signed features - no fitted weight, so nothing can learn one database's
+   stethoscope. ('lr': balanced logistic regression on the kept features, for comparison.)
+4. The score is calibrated on the held-out database's own recordings ((s - median) / IQR); the
+   z-threshold is the one with the best mean MAcc over the inner databases (leave one training
+   database out, the same rule refitted on the other two), ties nearest 0; the margin (abstain
+   within it) the widest that keeps >= 80 % coverage on every inner database; the feature pool
+   (32 per-state, 84 cells, both) chosen per outer fold by that inner mean MAcc. Nothing is
+   chosen on the held-out database.
+
+Prints the markdown rows of docs/pcg-attempts.md (Se, Sp, MAcc on the recordings given a
+verdict; AUC over every recording; coverage), then the rule refitted on all four databases.
+
+    ECGMON_DATA=../shared/data OMP_NUM_THREADS=1 nice -n 10 python bench/pcg_cycles.py [--cache F.npz]
+
+About 25 minutes on the shared 2-core machine (two segmentation passes over 18.7 h of audio);
+--cache keeps the features for another run (--delta) in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ecgmon.models.pcg_data import database_folders, load_pcg
+from ecgmon.monitor.dsp import pcg_segment as P
+from ecgmon.scores import auc
+
+COVER = 0.8
+POOLS = {"state32": list(range(P.STATE_FEATURES)), "cells84": list(range(P.STATE_FEATURES, len(P.FEATURE_NAMES))),
+         "both": list(range(len(P.FEATURE_NAMES)))}
+
+
+def fit_emission(F: np.ndarray, s: np.ndarray, iters: int = 300, lr: float = 0.5, l2: float = 1e-3) -> P.Emission:
+    """Multinomial logistic regression [F, F**2, 1] -> state, every state weighted equally
+    (log_emission divides by a flat prior), full-batch gradient descent."""
+    A = np.c_[F, F ** 2, np.ones(len(F))]
+    Y = np.eye(4)[s]
+    W = np.zeros((A.shape[1], 4))
+    sw = (1 / Y.mean(0))[s]
+    sw /= sw.mean()
+    for _ in range(iters):
+        z = A @ W
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        W -= lr * (A.T @ ((p - Y) * sw[:, None]) / len(A) + l2 * W)
+    return P.Emission(W)
+
+
+def features(data, log) -> np.ndarray:
+    dbs = data.databases
+    names = sorted(set(dbs.tolist()))
+    frames, states = [], []
+    t0 = time.time()
+    for i in range(len(data)):
+        _, F, seg = P.segment(data.audio(i))
+        n = min(len(F), len(seg.states))
+        j = np.arange(0, n, 4)
+        frames.append(F[j].astype(np.float32).astype(np.float64))
+        states.append(seg.states[j].astype(int))
+        if i % 500 == 0:
+            log(f"round 0: {i}/{len(data)} ({time.time() - t0:.0f} s)")
+    rng = np.random.default_rng(0)
+    emission = {}
+    for held in names:
+        k = np.flatnonzero(dbs != held)
+        F = np.concatenate([frames[i] for i in k])
+        s = np.concatenate([states[i] for i in k])
+        pick = rng.choice(len(F), size=min(len(F), 300000), replace=False)
+        emission[held] = fit_emission(F[pick], s[pick])
+        log(f"emission for {held} fitted on the other databases' round-0 states")
+    X = np.full((len(data), len(P.FEATURE_NAMES)), np.nan)
+    for i in range(len(data)):
+        X[i], _ = P.recording_features(data.audio(i), emission[dbs[i]])
+        if i % 500 == 0:
+            log(f"round 1: {i}/{len(data)} ({time.time() - t0:.0f} s)")
+    return X
+
+
+def per_database(X: np.ndarray, dbs: np.ndarray) -> np.ndarray:
+    """Each feature standardised on each database's own recordings (median / IQR), clipped to +-5."""
+    Z = np.full_like(X, np.nan)
+    for n in set(dbs.tolist()):
+        k = dbs == n
+        med = np.nanmedian(X[k], 0)
+        q75, q25 = np.nanpercentile(X[k], [75, 25], 0)
+        Z[k] = (X[k] - med) / np.maximum(q75 - q25, 1e-9)
+    return np.clip(Z, -5, 5)
+
+
+def calibrate(s: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(s)
+    q25, m, q75 = np.percentile(s[ok], [25, 50, 75])
+    return (s - m) / max(q75 - q25, 1e-9)
+
+
+def report(lab, z, thr, margin):
+    called = np.isfinite(z) & (np.abs(z - thr) >= margin)
+    ab = z >= thr
+    tp, fn = np.sum(called & ab & (lab == 1)), np.sum(called & ~ab & (lab == 1))
+    tn, fp = np.sum(called & ~ab & (lab == 0)), np.sum(called & ab & (lab == 0))
+    se, sp = tp / max(tp + fn, 1), tn / max(tn + fp, 1)
+    return se, sp, (se + sp) / 2, called.mean()
+
+
+def choose(inner):
+    grid = np.round(np.arange(-2, 2.001, 0.02), 2)
+    mm = [np.mean([report(lab, z, t, 0)[2] for lab, z in inner]) for t in grid]
+    top = [t for t, v in zip(grid, mm) if v >= max(mm) - 1e-9]
+    thr = min(top, key=lambda t: (abs(t), t))
+    margin = 0.0
+    for mg in np.round(np.arange(0, 1.001, 0.02), 2):
+        if min(report(lab, z, thr, mg)[3] for lab, z in inner) < COVER:
+            break
+        margin = mg
+    return thr, margin, float(max(mm))
+
+
+def fit_lr(X, y, d, l2=1.0, iters=50):
+    """Balanced logistic regression (every database-class cell weighted equally), Newton."""
+    w = np.zeros(X.shape[1] + 1)
+    A = np.c_[X, np.ones(len(X))]
+    _, inv, cnt = np.unique(np.char.add(d.astype(str), y.astype(str)), return_inverse=True, return_counts=True)
+    sw = 1.0 / cnt[inv]
+    sw /= sw.mean()
+    R = l2 * np.diag(np.r_[np.ones(len(w) - 1), 0])
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.clip(A @ w, -30, 30)))
+        step = np.linalg.solve((A * (sw * p * (1 - p))[:, None]).T @ A + R, A.T @ (sw * (p - y)) + R @ w)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w
+
+
+class Rule:
+    def __init__(self, X, Z, y, dbs, delta):
+        self.X, self.Z, self.y, self.dbs, self.delta = X, Z, y, dbs, delta
+        self.have = np.isfinite(X).all(1)
+
+    def kept(self, train, pool):
+        A = np.array([[auc(self.y[(self.dbs == n) & self.have], self.X[(self.dbs == n) & self.have, j]) for j in pool]
+                      for n in train])
+        up, down = (A > 0.5 + self.delta).all(0), (A < 0.5 - self.delta).all(0)
+        return [pool[j] for j in np.flatnonzero(up | down)], np.where(up, 1.0, -1.0)[up | down]
+
+    def score(self, train, test, pool, how):
+        cols, sign = self.kept(train, pool)
+        k = self.dbs == test
+        s = np.full(k.sum(), np.nan)
+        h = self.have[k]
+        if cols:
+            if how == "eq":
+                s[h] = (self.Z[k][h][:, cols] * sign).mean(1)
+            else:
+                m = np.isin(self.dbs, train) & self.have
+                w = fit_lr(self.Z[m][:, cols], self.y[m], self.dbs[m])
+                s[h] = np.c_[self.Z[k][h][:, cols], np.ones(h.sum())] @ w
+        return self.y[k], calibrate(s) if np.isfinite(s).any() else s, len(cols)
+
+
+def row(name, held, r, note):
+    return f"| {name} | {held} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.3f} | {r[4]:.3f} | {r[3]:.2f} | {note} |"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default=os.path.join(os.environ.get("ECGMON_DATA", "../shared/data"), "pcg2016"))
+    ap.add_argument("--cache", help="features .npz: read if it exists, else written")
+    ap.add_argument("--delta", type=float, default=0.02, help="AUC distance from 0.5 a kept feature needs")
+    args = ap.parse_args()
+    data = load_pcg(database_folders(Path(args.data)), lambda s: print(s), progress=False)
+    if args.cache and Path(args.cache).is_file():
+        X = np.load(args.cache)["X"]
+    else:
+        X = features(data, lambda s: print(s, flush=True))
+        if args.cache:
+            np.savez(args.cache, X=X)
+    dbs, y = data.databases, data.labels
+    names = sorted(set(dbs.tolist()))
+    rule = Rule(X, per_database(X, dbs), y, dbs, args.delta)
+    variants = [(p, h) for p in POOLS for h in ("eq", "lr")]
+    rows = {v: [] for v in variants}
+    chosen = []
+    for held in names:
+        train = [n for n in names if n != held]
+        best = None
+        for v in variants:
+            inner = [rule.score([u for u in train if u != t], t, POOLS[v[0]], v[1])[:2] for t in train]
+            thr, margin, inner_macc = choose(inner)
+            lab, z, nk = rule.score(train, held, POOLS[v[0]], v[1])
+            ok = np.isfinite(z)
+            r = report(lab, z, thr, margin) + (auc(lab[ok], z[ok]),)
+            rows[v].append((held[-1], r, f"z {thr:g} ± {margin:g}; {nk} features; inner {inner_macc:.3f}"))
+            if v[1] == "eq" and (best is None or inner_macc > best[0]):
+                best = (inner_macc, v, rows[v][-1])
+        chosen.append((best[2][0], best[2][1], f"{best[1][0]}; {best[2][2]}"))
+    for name, rr in [(f"{v[0]} {v[1]}", rows[v]) for v in variants] + [("I: signed mean, pool chosen per fold on the inner databases", chosen)]:
+        for held, r, note in rr:
+            print(row(name, held, r, note))
+        m = np.mean([r for _, r, _ in rr], 0)
+        print(f"| {name} | mean | {m[0]:.3f} | {m[1]:.3f} | **{m[2]:.3f}** | {m[4]:.3f} | {m[3]:.2f} | |")
+    # the rule refitted on all four databases (what a shipped model would hold)
+    best = None
+    for p in POOLS:
+        inner = [rule.score([u for u in names if u != t], t, POOLS[p], "eq")[:2] for t in names]
+        thr, margin, inner_macc = choose(inner)
+        if best is None or inner_macc > best[0]:
+            best = (inner_macc, p, thr, margin)
+    cols, sign = rule.kept(names, POOLS[best[1]])
+    print(f"\nall four databases: pool {best[1]}, z-threshold {best[2]:g} ± {best[3]:g} "
+          f"(mean MAcc {best[0]:.3f} leaving each out); {len(cols)} features kept:")
+    print(", ".join(f"{'+' if s > 0 else '-'}{P.FEATURE_NAMES[c]}" for c, s in zip(cols, sign)))
+
+
+if __name__ == "__main__":
+    main()

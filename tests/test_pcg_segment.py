@@ -82,3 +82,37 @@ def test_short_and_silent_audio(data_dir: Path) -> None:
 
 def test_feature_names_match_the_vector() -> None:
     assert len(P.FEATURE_NAMES) == P.STATE_FEATURES + 84 == len(set(P.FEATURE_NAMES))
+
+
+def test_held_out_training_d_keeps_its_figures(data_dir: Path) -> None:
+    """Attempt I's fold without training-d (rule and round-1 emission learnt on a, b, e by
+    bench/pcg_cycles.py --fold-rule, tests/pcg_cycles_rule_d.json), applied to every d recording
+    as a new device would be: features standardised on d's own recordings, score calibrated on
+    them (no label read), then judged. Measured: Se 0.381, Sp 0.800, MAcc 0.590, coverage 0.84,
+    AUC 0.659; the bounds leave room for harmless changes, not for a broken segmenter."""
+    import json
+
+    from ecgmon.models.pcg_data import database_folders, load_pcg
+    from ecgmon.scores import auc
+
+    rule = json.loads((Path(__file__).parent / "pcg_cycles_rule_d.json").read_text())
+    data = load_pcg(database_folders(data_dir / "pcg2016" / "training-d"), lambda s: None, progress=False)
+    emission = P.Emission(np.array(rule["emission"]))
+    X = np.array([P.recording_features(data.audio(i), emission)[0] for i in range(len(data))])
+    cols = [f["index"] for f in rule["features"]]
+    assert [P.FEATURE_NAMES[c] for c in cols] == [f["name"] for f in rule["features"]]
+    sign = np.array([f["sign"] for f in rule["features"]], float)
+    med = np.nanmedian(X, 0)
+    q75, q25 = np.nanpercentile(X, [75, 25], 0)
+    Z = np.clip((X - med) / np.maximum(q75 - q25, 1e-9), -5, 5)
+    s = (Z[:, cols] * sign).mean(1)
+    q25, m, q75 = np.percentile(s, [25, 50, 75])
+    z = (s - m) / (q75 - q25)
+    y = data.labels
+    called = np.abs(z - rule["z_threshold"]) >= rule["z_margin"]
+    ab = z >= rule["z_threshold"]
+    se = np.sum(called & ab & (y == 1)) / np.sum(called & (y == 1))
+    sp = np.sum(called & ~ab & (y == 0)) / np.sum(called & (y == 0))
+    assert called.mean() >= 0.7
+    assert sp >= 0.6 and (se + sp) / 2 >= 0.56
+    assert auc(y, z) >= 0.62

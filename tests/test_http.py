@@ -22,7 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ecgmon.config import Config
 from ecgmon.http.app import create_app
 from ecgmon.http.face import HttpFace
-from ecgmon.http.pool import AnalysisPool, PoolFull
+from ecgmon.http.analyze import ping
+from ecgmon.http.pool import AnalysisPool, PoolFull, WorkerCrashed
 from ecgmon.http.security import HttpSetupError, check_bind
 from ecgmon.http.server import bind
 from ecgmon.monitor.daemon import Daemon
@@ -337,3 +338,36 @@ def test_a_non_loopback_http_address_is_refused_at_once_by_the_commands(command,
 def test_the_daemon_without_http_never_imports_fastapi(tmp_path):
     proc = _cli(["run", "--headless", "--source", "sim?hr=abc", "--endpoint", "tcp://127.0.0.1:0"], tmp_path)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr
+
+
+def test_a_bug_is_a_500_with_one_line_and_no_traceback(models, monkeypatch):
+    def broken(req, ctx=None):
+        raise RuntimeError("a bug\nwith a second line")
+
+    monkeypatch.setattr("ecgmon.http.app.analyze_ecg", broken)
+    config = _config()
+    pool = AnalysisPool(config, *models)
+    pool.start()
+    asyncio.run(pool.warm_up())
+    client = TestClient(create_app(HttpFace(config, pool)), raise_server_exceptions=False)
+    answer = client.post("/v1/analyze?fs=360&unit=mV", files=[("file", ("a.csv", b"0\n" * 3600))])
+    assert answer.status_code == 500 and answer.json() == {"error": "internal error: RuntimeError"}
+
+
+async def test_a_worker_process_that_dies_is_a_422_and_the_pool_starts_again():
+    config = Config()
+    config.models.beat = config.models.segment = config.models.pcg = ""  # a quick start
+    pool = AnalysisPool(config)
+    pool.start()
+    await pool.warm_up()
+    try:
+        with pytest.raises(WorkerCrashed, match="crashed on this upload"):
+            await pool.run(os._exit, 3)  # as a decoder library's crash would
+        assert not pool.ready  # /readyz says 503 while the workers start again
+        for _ in range(300):
+            if pool.ready:
+                break
+            await asyncio.sleep(0.1)
+        assert pool.ready and await pool.run(ping, None) == []
+    finally:
+        pool.close()

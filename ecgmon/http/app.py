@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ecgmon.http.analyze import EcgRequest, PcgRequest, analyze_ecg, analyze_pcg
 from ecgmon.http.face import HttpFace
-from ecgmon.http.pool import PoolFull
+from ecgmon.http.pool import PoolFull, WorkerCrashed
 from ecgmon.http.results import EcgAnalysis, ErrorOut, PcgAnalysis
 from ecgmon.http.security import token_matches
 from ecgmon.http.uploads import Part, UploadError
@@ -156,6 +156,9 @@ def create_app(face: HttpFace) -> Any:
         except UploadError as err:
             status = err.status
             return _error(err.status, err.text)
+        except WorkerCrashed as err:
+            status = 422
+            return _error(422, str(err))
         finally:
             face.metrics.requests.labels(endpoint, str(status)).inc()
             face.metrics.seconds.labels(endpoint).observe(time.monotonic() - t0)

@@ -25,6 +25,11 @@ class PoolFull(Exception):
     """Every worker is busy and the queue is full."""
 
 
+class WorkerCrashed(Exception):
+    """A worker process died during the analysis (a file that crashes a decoding library):
+    the pool starts afresh; the one-line reason is the message."""
+
+
 class AnalysisPool:
     def __init__(self, config: Config, models: Mapping[str, Any] | None = None,
                  model_errors: list[str] | None = None) -> None:
@@ -88,8 +93,24 @@ class AnalysisPool:
             call = functools.partial(job, request, self._context) if self.kind == "thread" else functools.partial(
                 job, request)
             return await asyncio.get_running_loop().run_in_executor(self._executor, call)
+        except BrokenProcessPool:
+            # Every job of the broken pool fails with it; only the first restarts the workers.
+            self._restart()
+            raise WorkerCrashed("the analysis worker crashed on this upload (is the file damaged?); "
+                                "the workers restart") from None
         finally:
             self.busy -= 1
+
+    def _restart(self) -> None:
+        if self.kind != "process" or not self.ready:
+            return
+        self.ready = False
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self.start()
+        task = asyncio.ensure_future(self.warm_up())
+        # A pool that cannot start again says so at /readyz (warm_up sets error).
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def close(self) -> None:
         if self._executor is not None:

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import free_tcp_port
@@ -84,3 +86,33 @@ def test_a_live_daemon_serves_streams_metrics_and_analyses(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "token" not in err.casefold().replace("token not required", "")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_lets_ecgmon_serve_bind_beyond_loopback(tmp_path):
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    config = tmp_path / "config.toml"
+    config.write_text(f'[http]\npool = "thread"\ntls_cert = "{cert}"\ntls_key = "{key}"\n')
+    port = free_tcp_port()
+    env = {k: v for k, v in os.environ.items() if k != "ECGMON_HTTP_TOKEN"}
+    proc = subprocess.Popen([sys.executable, "-m", "ecgmon.cli", "--config", str(config), "serve", "--listen",
+                             f"0.0.0.0:{port}"], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        answer = None
+        for _ in range(300):
+            try:
+                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=str(cert), timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert answer is not None and answer.json() == {"status": "ok"}
+        with pytest.raises(httpx.TransportError):  # no plain HTTP on a TLS port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "https://0.0.0.0:" in err and "Traceback" not in err, err

@@ -147,9 +147,15 @@ def test_the_same_ecg_as_edf_or_csv_gives_the_same_beats(client, answer119, exce
     assert second.json()["record"]["lead"] == "V1"
 
 
-def test_explain_gives_each_segment_its_attention_map(answer119):
+def test_explain_gives_each_segment_its_attention_map(client, answer119):
     maps = [s["attention"] for s in answer119["segments"]]
     assert maps and all(len(m) == 150 and abs(sum(m) - 1) < 1e-3 for m in maps)
+    # Its picture, drawn when the link is fetched: 12 x 3.6 inches at 100 dpi.
+    picture = client.get(answer119["segments"][3]["png"])
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert picture.content[:8] == b"\x89PNG\r\n\x1a\n" and picture.content[16:24] == bytes.fromhex("000004b000000168")
+    assert client.get(answer119["segments"][3]["png"].replace("/3.png", "/999.png")).status_code == 404
+    assert client.get("/v1/explain/nosuchkey/segments/0.png").status_code == 404
     # Where the beat model looked: every classified beat's window, most of all at its R peak
     # (sample 90 of 252 at 360 Hz), which a saliency given to the wrong beat would not show.
     maps = [b["saliency"] for b in answer119["beats"] if b["label"] is not None]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 import logging
 import os
+import secrets
 from typing import Any, Mapping
 
 import numpy as np
@@ -26,6 +27,7 @@ from ecgmon.http.results import (
     AlarmOut, BeatOut, EcgAnalysis, EnvelopeSummary, EventOut, PcgAnalysis, PcgVerdict, RateOut, RecordInfo,
     SegmentOut,
 )
+from ecgmon.http.pictures import KEEP, Explained
 from ecgmon.http.uploads import Part, UploadError, read_audio, read_ecg
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.schema import (
@@ -71,6 +73,16 @@ def ping(ctx: Context | None = None) -> list[str]:
     ctx = ctx or _PROCESS_CONTEXT
     assert ctx is not None
     return sorted(ctx.models)
+
+
+@dataclass
+class Answer:
+    """A job's JSON body and, for an explained analysis, what its PNG links draw from (kept
+    by the server under ``key``)."""
+
+    body: bytes
+    key: str | None = None
+    explained: Explained | None = None
 
 
 @dataclass(frozen=True)
@@ -130,7 +142,7 @@ class _Saliency(_Recorder):
         return out
 
 
-def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
+def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
     """The JSON answer for an ECG upload; UploadError (4xx) for an upload that cannot be analysed."""
     ctx = ctx or _PROCESS_CONTEXT
     assert ctx is not None, "worker started without its context"
@@ -155,13 +167,23 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
     seg_out = [SegmentOut(start=m.start, time_s=m.time_s, duration_s=m.duration_s, label=m.label,
                           probability=m.probability, probabilities=m.probabilities) for m in segments]
     explain = None
+    key: str | None = None
+    explained: Explained | None = None
     if req.explain:
         explain = {"segments.attention": "the segment model's self-attention over each 10 s window, as the weight "
                                          "each step receives averaged over the steps attending (sums to 1; step "
                                          "k covers the window's k-th equal slice)"}
         if recorder is not None and len(recorder.rows) == len(seg_out):
-            for s, row in zip(seg_out, recorder.rows):
+            key = secrets.token_urlsafe(9)
+            n = [round(m.duration_s * record.fs) for m in segments]
+            explained = Explained(record.name, record.fs, record.signal[:, lead_index].astype(np.float32),
+                                  [(m.start, k, m.label, m.probability, np.asarray(row, dtype=np.float64))
+                                   for m, k, row in zip(segments, n, recorder.rows)])
+            for i, (s, row) in enumerate(zip(seg_out, recorder.rows)):
                 s.attention = [round(float(v), 6) for v in row]
+                s.png = f"/v1/explain/{key}/segments/{i}.png"
+            explain["segments.png"] = (f"each segment's trace with its attention: its 'png' link, kept for the last "
+                                       f"{KEEP} explained analyses")
         else:
             explain["segments.attention"] = "not available: the segment model gives no attention output"
         explain["beats.saliency"] = "not available: no beat model"
@@ -171,7 +193,7 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
                 f"gradient x input of the beat model's chosen class over each classified beat's window "
                 f"({beat_model.window} samples at {beat_model.fs:g} Hz from {beat_model.before} before the R "
                 f"peak), |.| summing to 1; Grad-CAM is not given (a TorchScript model does not expose its "
-                f"layers), nor PNG pictures")
+                f"layers), nor a picture of it")
     vitals = [m for m in msgs if isinstance(m, VitalsMessage)]
     beats = [BeatOut(sample=m.sample, time_s=m.time_s, label=m.label, probability=m.probability, rr_ms=m.rr_ms)
              for m in msgs if isinstance(m, BeatMessage)]
@@ -196,7 +218,7 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> bytes:
         hr_method=vitals[-1].hr_method if vitals else None,
         explain=explain,
     )
-    return answer.model_dump_json().encode()
+    return Answer(answer.model_dump_json().encode(), key, explained)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ecgmon.http.analyze import EcgRequest, PcgRequest, analyze_ecg, analyze_pcg
+from ecgmon.http.analyze import Answer, EcgRequest, PcgRequest, analyze_ecg, analyze_pcg
 from ecgmon.http.face import HttpFace
+from ecgmon.http.pictures import draw_segment
 from ecgmon.http.pool import PoolFull, WorkerCrashed
 from ecgmon.http.results import EcgAnalysis, ErrorOut, PcgAnalysis
 from ecgmon.http.security import token_matches
@@ -140,15 +141,19 @@ def create_app(face: HttpFace) -> Any:
             raise HTTPException(404, f"no stream {stream!r} (streams: {known})")
         return found[0]
 
-    async def _run(endpoint: str, job: Any, req: Any) -> Response:
+    async def _run(endpoint: str, job: Any, req: Any, media: str = "application/json") -> Response:
         t0 = time.monotonic()
         status = 200
         try:
             if not face.pool.ready:
                 status = 503
                 return _error(503, "not ready: " + "; ".join(face.not_ready()), {"Retry-After": "5"})
-            body = await face.pool.run(job, req)
-            return Response(body, media_type="application/json")
+            result = await face.pool.run(job, req)
+            if isinstance(result, Answer):
+                if result.key is not None and result.explained is not None:
+                    face.explained.put(result.key, result.explained)
+                result = result.body
+            return Response(result, media_type=media)
         except PoolFull:
             status = 429
             return _error(429, f"busy: {face.pool.capacity} analyses running or queued; try again shortly",
@@ -182,6 +187,17 @@ def create_app(face: HttpFace) -> Any:
             chan = int(channel) if channel.strip().isdigit() else channel
         req = EcgRequest(await _parts(file), chan, fs, unit, explain, face.max_bytes, hc.max_duration_s)
         return await _run("analyze", analyze_ecg, req)
+
+    @app.get("/v1/explain/{key}/segments/{k}.png", summary="A segment of an explained analysis, drawn with its "
+             "attention", dependencies=guarded, response_class=Response, responses={200: {"content": {"image/png": {}}},
+                                                                                   **_ERRORS})
+    async def segment_png(key: str, k: int) -> Response:
+        item = face.explained.get(key)
+        picture = item.picture(k) if item is not None else None
+        if picture is None:
+            raise HTTPException(404, f"no such picture: the analysis is older than the last {face.explained.keep} "
+                                     f"explained ones, or it has no segment {k}; analyse again with ?explain=true")
+        return await _run("explain_png", draw_segment, picture, "image/png")
 
     @app.post("/v1/analyze/pcg", summary="Analyse a heart-sound recording (WAV, FLAC)", dependencies=guarded,
               response_model=PcgAnalysis, responses=_ERRORS)

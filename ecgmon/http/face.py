@@ -8,6 +8,7 @@ from typing import Any
 
 from ecgmon.config import Config
 from ecgmon.http.metrics import HttpMetrics, MessageCounter
+from ecgmon.http.pictures import ExplainStore
 from ecgmon.http.pool import AnalysisPool
 from ecgmon.http.security import load_token
 from ecgmon.schema import StatusMessage, StreamStatus
@@ -24,6 +25,7 @@ class HttpFace:
         self.daemon: Any = None
         self.counter = MessageCounter()
         self.token = load_token(config.http)
+        self.explained = ExplainStore()  # what the PNG links of explained analyses draw from
         self.metrics = HttpMetrics(self.status, self.counter, lambda: self.pool.busy)
 
     @property

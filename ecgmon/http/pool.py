@@ -83,7 +83,7 @@ class AnalysisPool:
     def model_errors(self) -> list[str]:
         return list(self._model_errors)
 
-    async def run(self, job: Callable[..., bytes], request: Any) -> bytes:
+    async def run(self, job: Callable[..., Any], request: Any) -> Any:
         """Run ``job(request)`` in a worker; PoolFull without waiting when the queue is full."""
         if self.busy >= self.capacity:
             raise PoolFull()

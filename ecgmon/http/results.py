@@ -36,6 +36,8 @@ class SegmentOut(BaseModel):
     probabilities: dict[str, float]
     attention: list[float] | None = Field(None, description="with ?explain=true: the segment model's attention over "
                                                             "the window, one weight per step of its last layer")
+    png: str | None = Field(None, description="with ?explain=true: a link to the segment's picture (trace and "
+                                              "attention)")
 
 
 class RateOut(BaseModel):

@@ -1,0 +1,95 @@
+"""The PNG links of ``?explain=true``: each analysed segment drawn with the attention the
+segment model gave it (the picture ``ecgmon evaluate model`` draws for its examples). The analysis keeps what the pictures need for a while (``ExplainStore``); a
+picture is drawn only when its link is fetched, in the analysis pool, off the event loop."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+import io
+from typing import Any
+
+import numpy as np
+
+# Analyses whose pictures can still be fetched; older ones are forgotten (their links 404).
+KEEP = 16
+
+
+@dataclass(frozen=True)
+class SegmentPicture:
+    """One segment to draw: its samples (the analysed lead, mV), rate, attention and verdict."""
+
+    name: str
+    fs: float
+    start: int
+    samples: np.ndarray
+    attention: np.ndarray
+    label: str
+    probability: float
+
+
+@dataclass
+class Explained:
+    """What an explained analysis leaves for its pictures: the lead and each segment's
+    (start sample, window length in samples, label, probability, attention)."""
+
+    name: str
+    fs: float
+    lead: np.ndarray
+    segments: list[tuple[int, int, str, float, np.ndarray]]
+
+    def picture(self, k: int) -> SegmentPicture | None:
+        if not 0 <= k < len(self.segments):
+            return None
+        start, n, label, prob, att = self.segments[k]
+        return SegmentPicture(self.name, self.fs, start, self.lead[start : start + n], att, label, prob)
+
+
+class ExplainStore:
+    """The last KEEP explained analyses by id (memory stays bounded: a 1-hour record's lead
+    is 5 MB)."""
+
+    def __init__(self, keep: int = KEEP) -> None:
+        self.keep = keep
+        self._items: OrderedDict[str, Explained] = OrderedDict()
+
+    def put(self, key: str, item: Explained) -> None:
+        self._items[key] = item
+        while len(self._items) > self.keep:
+            self._items.popitem(last=False)
+
+    def get(self, key: str) -> Explained | None:
+        return self._items.get(key)
+
+
+def draw_segment(picture: SegmentPicture, ctx: Any = None) -> bytes:
+    """The PNG of one segment (a pool job): the trace with the attention its steps received
+    shaded behind it and drawn below, as ``evaluate.plots.attention_png`` draws an evaluation's
+    examples (whose caption names a reference, which an upload has not)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = picture.samples.astype(np.float64)
+    w = picture.attention
+    duration = x.size / picture.fs
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    trace, bar = fig.subplots(2, 1, height_ratios=[3, 1])
+    lo, hi = float(x.min()), float(x.max())
+    pad = 0.05 * (hi - lo or 1.0)
+    trace.imshow(w[None, :], aspect="auto", cmap="Oranges", alpha=0.55, extent=(0, duration, lo - pad, hi + pad),
+                 vmin=0, vmax=float(w.max()) or 1.0)
+    trace.plot(np.arange(x.size) / picture.fs, x, color="black", lw=0.7)
+    trace.set_xlim(0, duration)
+    trace.set_ylabel("mV")
+    trace.set_title(f"{picture.name} from {picture.start / picture.fs:.1f} s: segment model says {picture.label} "
+                    f"(p={picture.probability:.2f}); shading: attention each step received", fontsize=10, loc="left")
+    trace.tick_params(labelbottom=False)
+    bar.fill_between((np.arange(w.size) + 0.5) * duration / w.size, w, color="tab:orange", alpha=0.8, step="mid")
+    bar.set_xlim(0, duration)
+    bar.set_ylim(0, float(w.max()) * 1.1 or 1.0)
+    bar.set_ylabel("attention", fontsize=8)
+    bar.set_xlabel("time in the segment (s)")
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    return buf.getvalue()

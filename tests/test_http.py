@@ -358,6 +358,9 @@ def test_a_bug_is_a_500_with_one_line_and_no_traceback(models, monkeypatch):
     client = TestClient(create_app(HttpFace(config, pool)), raise_server_exceptions=False)
     answer = client.post("/v1/analyze?fs=360&unit=mV", files=[("file", ("a.csv", b"0\n" * 3600))])
     assert answer.status_code == 500 and answer.json() == {"error": "internal error: RuntimeError"}
+    counted = {s.labels["status"]: s.value for f in text_string_to_metric_families(client.get("/metrics").text)
+               for s in f.samples if s.name == "ecgmon_http_analyses_total"}
+    assert counted == {"500": 1.0}
 
 
 async def test_a_worker_process_that_dies_is_a_422_and_the_pool_starts_again():

@@ -164,6 +164,9 @@ def create_app(face: HttpFace) -> Any:
         except WorkerCrashed as err:
             status = 422
             return _error(422, str(err))
+        except Exception:
+            status = 500  # a bug: the handler below answers it; counted as what it is
+            raise
         finally:
             face.metrics.requests.labels(endpoint, str(status)).inc()
             face.metrics.seconds.labels(endpoint).observe(time.monotonic() - t0)

@@ -61,7 +61,8 @@ def test_training_imports_nothing_of_the_daemon_but_its_signal_processing():
 
 def test_evaluation_is_imported_by_the_commands_alone():
     # The HTTP face (``ecgmon serve``) is a front end like the commands: its analyses drive an
-    # upload through the record runner, so that they equal a replay.
+    # upload through the record runner, so that they equal a replay, and explain beats with the
+    # Grad-CAM code and pictures of ``evaluate model`` (evaluate.gradcam, evaluate.plots).
     wrong = {
         module: sorted(n for n in names if _under(n, "ecgmon.evaluate"))
         for module, names in MODULES.items()

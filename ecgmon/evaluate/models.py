@@ -21,7 +21,7 @@ from ecgmon.config import DataConfig
 from ecgmon.evaluate import plots
 from ecgmon.models.aami import CLASSES
 from ecgmon.models.datasets import SEGMENT, SEGMENT_CLASSES, load_beats, load_segments, record_id
-from ecgmon.models.networks import BeatSpectrogramCNN, grad_cam
+from ecgmon.evaluate.gradcam import SpectrogramGradCam
 from ecgmon.monitor.dsp.beat_features import BEFORE, FS_MODEL, RR_FEATURES, WINDOW
 from ecgmon.monitor.model_loader import LoadedModel, ModelError, load_model, trained_records
 from ecgmon.replay.records import RecordError
@@ -29,9 +29,6 @@ from ecgmon.scores import Curve, class_report, one_vs_rest
 
 BATCH = 512
 GRADCAM_ROWS = 4  # classes shown in gradcam.png: more rows would make each map too small to read
-# The eager rebuild of a spectrogram model must give the file's logits to this tolerance
-# before its Grad-CAM may be shown as the file's.
-REBUILD_ATOL = 1e-4
 
 
 class EvaluationError(Exception):
@@ -207,41 +204,21 @@ def _attention_png(model: LoadedModel, data: EvalSet, probabilities: np.ndarray,
                                f"{model.name}: attention over one 10 s segment per class")
 
 
-def eager_spectrogram_model(model: LoadedModel) -> BeatSpectrogramCNN | None:
-    """The eager network of a beat-spectrogram file, rebuilt from its weights and card (Grad-CAM
-    needs gradients through eager modules); None if the file is another network."""
-    state = {k: v.detach().cpu() for k, v in model.module.state_dict().items()}
-    if "stft_window" not in state:
-        return None
-    net = BeatSpectrogramCNN(n_classes=len(model.classes), rr_features=len(model.rr_features),
-                             window=model.window, fs=model.fs)
-    net.load_state_dict(state)
-    return net.eval()
-
-
 def _gradcam_png(model: LoadedModel, data: EvalSet, probabilities: np.ndarray, path: Path) -> Path | str | None:
     """gradcam.png for a beat-spectrogram model, or why it cannot be drawn (None: the model
     is another beat network)."""
     try:
-        net = eager_spectrogram_model(model)
+        explainer = SpectrogramGradCam.of(model)
     except RuntimeError as err:
         return f"no gradcam.png: the file's weights do not fit BeatSpectrogramCNN ({str(err).splitlines()[0]})"
-    if net is None:
+    if explainer is None:
         return None
     picked = pick_examples(data.labels, probabilities)[:GRADCAM_ROWS]
     windows, rr = (x[picked] for x in data.inputs)
-    with torch.inference_mode():
-        eager = net(torch.from_numpy(windows), torch.from_numpy(rr))
-        spectrograms = net.spectrogram(torch.from_numpy(windows)).numpy()
-    served = _logits(model(windows, rr)).float().cpu()
-    if not torch.allclose(eager, served, atol=REBUILD_ATOL):
+    if not explainer.reproduces(windows, rr):
         return "no gradcam.png: the eager rebuild does not reproduce the file's outputs"
     examples = _examples(model, data, probabilities, picked)
-    panels = [
-        plots.GradCamPanel(ex, spec, net.frame_centres(),
-                           grad_cam(net, w, r, model.classes.index(ex.predicted)), net.frequencies())
-        for ex, spec, w, r in zip(examples, spectrograms, windows, rr)
-    ]
+    panels = explainer.panels(examples, windows, rr, [model.classes.index(ex.predicted) for ex in examples])
     return plots.gradcam_png(panels, model.fs, model.before or 0, path,
                              f"{model.name}: Grad-CAM of the predicted class, one beat per reference class")
 

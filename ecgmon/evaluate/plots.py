@@ -113,7 +113,7 @@ class Example:
     """One evaluated item drawn in a figure: its signal, what it is and what the model said."""
 
     signal: np.ndarray  # the model's input window, mV
-    reference: str
+    reference: str | None  # None: an upload, which has no reference label
     predicted: str
     probability: float
     where: str  # e.g. "record 106 at 12:34.5"
@@ -169,6 +169,11 @@ class GradCamPanel:
 def gradcam_png(panels: Sequence[GradCamPanel], fs: float, before: int, path: Path, title: str) -> Path:
     """One row per example beat: the window, its STFT, and the Grad-CAM map of the predicted
     class with the beat drawn over it; time in ms from the R peak."""
+    return _save(gradcam_figure(panels, fs, before, title), path)
+
+
+def gradcam_figure(panels: Sequence[GradCamPanel], fs: float, before: int, title: str) -> Figure:
+    """The figure of ``gradcam_png`` (the HTTP face saves it into its answer instead of a file)."""
     k = len(panels)
     fig = Figure(figsize=(13, 2.9 * k + 0.6), layout="constrained")
     fig.suptitle(title)
@@ -181,8 +186,9 @@ def gradcam_png(panels: Sequence[GradCamPanel], fs: float, before: int, path: Pa
         beat.axvline(0, color="grey", lw=0.6, ls=":")
         beat.set_xlim(ms[0], ms[-1])
         beat.set_ylabel("mV")
-        beat.set_title(f"{p.example.where}\nreference {p.example.reference}, predicted {p.example.predicted} "
-                       f"(p={p.example.probability:.2f})", fontsize=9, loc="left")
+        said = f"reference {p.example.reference}, predicted" if p.example.reference is not None else "predicted"
+        beat.set_title(f"{p.example.where}\n{said} {p.example.predicted} (p={p.example.probability:.2f})",
+                       fontsize=9, loc="left")
         # Each column spans one hop around its centre; rows likewise one bin around theirs.
         frame_ms = (p.frame_centres - before) / fs * 1000
         half_hop = (frame_ms[1] - frame_ms[0]) / 2 if frame_ms.size > 1 else 0.0
@@ -202,4 +208,4 @@ def gradcam_png(panels: Sequence[GradCamPanel], fs: float, before: int, path: Pa
         cam_ax.set_title(f"Grad-CAM for {p.example.predicted}", fontsize=9)
         for ax in (beat, spec_ax, cam_ax):
             ax.set_xlabel("ms from R peak")
-    return _save(fig, path)
+    return fig

@@ -24,10 +24,10 @@ import numpy as np
 from ecgmon.config import Config
 from ecgmon.evaluate.record_run import run_jobs, run_record
 from ecgmon.http.results import (
-    AlarmOut, BeatOut, EcgAnalysis, EnvelopeSummary, EventOut, PcgAnalysis, PcgVerdict, RateOut, RecordInfo,
-    SegmentOut,
+    AlarmOut, BeatOut, BeatSpectrogramOut, EcgAnalysis, EnvelopeSummary, EventOut, GradCamGrid, PcgAnalysis,
+    PcgVerdict, RateOut, RecordInfo, SegmentOut,
 )
-from ecgmon.http.pictures import KEEP, Explained
+from ecgmon.http.pictures import KEEP, BeatPicture, Explained, png_bytes
 from ecgmon.http.uploads import Part, UploadError, read_audio, read_ecg
 from ecgmon.monitor.sources.base import SourceError
 from ecgmon.schema import (
@@ -37,6 +37,16 @@ from ecgmon.schema import (
 log = logging.getLogger("ecgmon.http")
 
 
+# The beat model whose Grad-CAM ``?explain=true`` gives: the shipped STFT CNN (the daemon's
+# beat model is TorchScript, whose layers cannot be hooked; this one has an eager twin).
+EXPLAIN_BEAT_MODEL = "beat-spectrogram-cnn.pt"
+# Which beats get a Grad-CAM map and picture: the first FIRST_EXPLAINED classified beats, then
+# every beat that the daemon or the spectrogram model calls other than N, at most
+# MAX_EXPLAINED in all (a map is 576 numbers: an hour of beats would be tens of MB of JSON).
+FIRST_EXPLAINED = 20
+MAX_EXPLAINED = 1000
+
+
 @dataclass
 class Context:
     """What a worker analyses with: the daemon's configuration and its loaded models."""
@@ -44,6 +54,22 @@ class Context:
     config: Config
     models: Mapping[str, Any]
     model_errors: list[str] = field(default_factory=list)
+    # EXPLAIN_BEAT_MODEL with its eager twin, or why it cannot be used; loaded at first need.
+    _gradcam: Any = field(default=None, init=False, repr=False)
+
+    def gradcam(self) -> Any:
+        """The spectrogram model's SpectrogramGradCam, or a one-line reason it is not available."""
+        if self._gradcam is None:
+            from ecgmon.evaluate.gradcam import SpectrogramGradCam
+            from ecgmon.monitor.model_loader import ModelError, load_model
+            from ecgmon.monitor.model_set import model_path
+
+            try:
+                found = SpectrogramGradCam.of(load_model(model_path(EXPLAIN_BEAT_MODEL), self.config.models.device))
+                self._gradcam = found or f"{EXPLAIN_BEAT_MODEL} is not a beat-spectrogram network"
+            except (ModelError, RuntimeError) as err:
+                self._gradcam = f"{EXPLAIN_BEAT_MODEL} could not be used: {str(err).splitlines()[0]}"
+        return self._gradcam
 
 
 # How much lower a worker process's CPU priority is than the daemon's.
@@ -119,27 +145,92 @@ class _Recorder:
         return out
 
 
-class _Saliency(_Recorder):
-    """A beat model that also keeps, for every beat it classifies, the gradient-times-input
-    saliency of its window for the class it chose (|dlogit/dx * x|, summing to 1): where in
-    the beat the model looked. (Grad-CAM needs the model's inner layers, which a TorchScript
-    file does not expose by name; the input gradient needs none.)"""
+class _BeatInputs:
+    """The daemon's beat model, keeping the inputs (window, features) of every beat it
+    classifies, in call order, which is the order its beats are published in."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.windows: list[np.ndarray] = []
+        self.features: list[np.ndarray] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
     def __call__(self, *inputs: Any) -> Any:
-        import torch
+        self.windows.append(np.asarray(inputs[0], dtype=np.float32))
+        self.features.append(np.asarray(inputs[1], dtype=np.float32))
+        return self.model(*inputs)
 
-        out = self._model(*inputs)
-        model = self._model
-        window = torch.as_tensor(np.asarray(inputs[0]), dtype=torch.float32, device=model.device).requires_grad_(True)
-        rest = [torch.as_tensor(np.asarray(t), dtype=torch.float32, device=model.device) for t in inputs[1:]]
-        with torch.enable_grad():
-            res = model.module(window, *rest)
-            logits = res[0] if isinstance(res, (tuple, list)) else res
-            logits.max(dim=1).values.sum().backward()
-        s = (window.grad * window).abs().detach().cpu().numpy().astype(np.float64)
-        s /= s.sum(axis=1, keepdims=True) + 1e-12
-        self.rows.extend(s)
-        return out
+
+def _explain_beats(ctx: Context, record: str, beats: list[BeatOut], inputs: _BeatInputs,
+                   key: str) -> tuple[str, GradCamGrid | None, list[BeatPicture]]:
+    """Each classified beat's class by the spectrogram model, and the Grad-CAM map and picture
+    link of the selected ones (FIRST_EXPLAINED, MAX_EXPLAINED); what ``explain`` says of them."""
+    explainer = ctx.gradcam()
+    if isinstance(explainer, str):
+        return f"not available: {explainer}", None, []
+    spec, served = explainer.model, inputs.model
+    missing = [n for n in spec.rr_features if n not in served.rr_features]
+    if (spec.fs, spec.window, spec.before) != (served.fs, served.window, served.before) or missing:
+        return (f"not available: {spec.name} needs {spec.window}-sample windows at {spec.fs:g} Hz from "
+                f"{spec.before} before the R peak and features {', '.join(spec.rr_features)}; the beat model "
+                f"{served.name} gives other inputs"), None, []
+    labelled = [b for b in beats if b.label is not None]
+    if not labelled:
+        return "not available: no classified beats", None, []
+    windows = np.concatenate(inputs.windows)
+    if len(labelled) != len(windows):  # never expected: each beat job is one published label
+        return "not available: the beats and the beat model's calls do not pair up", None, []
+    rr = np.concatenate(inputs.features)[:, [served.rr_features.index(n) for n in spec.rr_features]]
+    probabilities = explainer.probabilities(windows, rr)
+    classes = probabilities.argmax(axis=1)
+    normal = spec.classes.index("N")
+    chosen = [i for i, b in enumerate(labelled)
+              if i < FIRST_EXPLAINED or b.label != "N" or classes[i] != normal][:MAX_EXPLAINED]
+    if chosen and not explainer.reproduces(windows[chosen[:64]], rr[chosen[:64]]):
+        chosen = []
+        note = "the eager rebuild does not reproduce the model file's outputs, so no Grad-CAM is given"
+    else:
+        note = (f"Grad-CAM of its class for the first {FIRST_EXPLAINED} classified beats and every beat the daemon "
+                f"or {spec.name} calls other than N, at most {MAX_EXPLAINED} ('gradcam' null for the others)")
+    cams = explainer.explain(windows[chosen], rr[chosen], classes[chosen]) if chosen else []
+    pictures = []
+    for i, b in enumerate(labelled):
+        b.spectrogram = BeatSpectrogramOut(label=spec.classes[classes[i]],
+                                           probability=round(float(probabilities[i, classes[i]]), 5))
+    for n, (i, cam) in enumerate(zip(chosen, cams)):
+        b = labelled[i]
+        b.spectrogram.gradcam = [[round(float(v), 3) for v in row] for row in cam]
+        b.spectrogram.png = f"/v1/explain/{key}/beats/{n}.png"
+        pictures.append(BeatPicture(f"{record} at {b.time_s:.2f} s (daemon: {b.label})", windows[i], rr[i],
+                                    int(classes[i]), float(probabilities[i, classes[i]])))
+    net = explainer.net
+    grid = GradCamGrid(model=spec.name, frequencies_hz=[round(float(f), 4) for f in net.frequencies()],
+                       frames_ms=[round(float(c - spec.before) / spec.fs * 1000, 3) for c in net.frame_centres()],
+                       explained=len(chosen), limit=MAX_EXPLAINED)
+    text = (f"each classified beat's class by {spec.name} (the STFT CNN shipped beside the daemon's beat model, on "
+            f"the same {spec.window}-sample window and RR features), and its Grad-CAM: a map in [0, 1] with a row "
+            f"per STFT frequency (gradcam_grid.frequencies_hz) and a column per STFT frame (gradcam_grid.frames_ms, "
+            f"the frame's centre from the R peak); its time profile is the maximum over the rows. {note}; each "
+            f"map's 'png' link draws the beat, its spectrogram and the map, kept for the last {KEEP} explained "
+            f"analyses")
+    return text, grid, pictures
+
+
+def draw_beat(picture: BeatPicture, ctx: Context | None = None) -> bytes:
+    """The PNG of one explained beat (a pool job): the picture ``ecgmon evaluate model`` draws
+    in gradcam.png (the window, its STFT, the Grad-CAM of the spectrogram model's class)."""
+    from ecgmon.evaluate import plots
+
+    ctx = ctx or _PROCESS_CONTEXT
+    assert ctx is not None, "worker started without its context"
+    explainer = ctx.gradcam()
+    spec = explainer.model
+    example = plots.Example(picture.window, None, spec.classes[picture.target], picture.probability, picture.where)
+    panels = explainer.panels([example], picture.window[None], picture.rr[None], [picture.target])
+    return png_bytes(plots.gradcam_figure(panels, spec.fs, spec.before or 0,
+                                          f"{spec.name}: Grad-CAM of its class"))
 
 
 def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
@@ -151,11 +242,11 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
     if req.channel is not None:
         config.replay.channel = req.channel
     models = dict(ctx.models)
-    recorder = saliency = None
+    recorder = beat_inputs = None
     if req.explain and "segment" in models and len(models["segment"].output_names) > 1:
         recorder = models["segment"] = _Recorder(models["segment"])
     if req.explain and "beat" in models:
-        saliency = models["beat"] = _Saliency(models["beat"])
+        beat_inputs = models["beat"] = _BeatInputs(models["beat"])
     try:
         msgs = run_record(record.name, config, models, record=record)
     except SourceError as err:  # a channel it does not have, a rate the detector refuses
@@ -166,19 +257,23 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
     segments = [m for m in msgs if isinstance(m, SegmentMessage)]
     seg_out = [SegmentOut(start=m.start, time_s=m.time_s, duration_s=m.duration_s, label=m.label,
                           probability=m.probability, probabilities=m.probabilities) for m in segments]
+    vitals = [m for m in msgs if isinstance(m, VitalsMessage)]
+    beats = [BeatOut(sample=m.sample, time_s=m.time_s, label=m.label, probability=m.probability, rr_ms=m.rr_ms)
+             for m in msgs if isinstance(m, BeatMessage)]
     explain = None
+    grid: GradCamGrid | None = None
     key: str | None = None
     explained: Explained | None = None
     if req.explain:
+        key = secrets.token_urlsafe(9)
+        explained = Explained(record.name, record.fs, record.signal[:, lead_index].astype(np.float32), [])
         explain = {"segments.attention": "the segment model's self-attention over each 10 s window, as the weight "
                                          "each step receives averaged over the steps attending (sums to 1; step "
                                          "k covers the window's k-th equal slice)"}
         if recorder is not None and len(recorder.rows) == len(seg_out):
-            key = secrets.token_urlsafe(9)
             n = [round(m.duration_s * record.fs) for m in segments]
-            explained = Explained(record.name, record.fs, record.signal[:, lead_index].astype(np.float32),
-                                  [(m.start, k, m.label, m.probability, np.asarray(row, dtype=np.float64))
-                                   for m, k, row in zip(segments, n, recorder.rows)])
+            explained.segments = [(m.start, k, m.label, m.probability, np.asarray(row, dtype=np.float64))
+                                  for m, k, row in zip(segments, n, recorder.rows)]
             for i, (s, row) in enumerate(zip(seg_out, recorder.rows)):
                 s.attention = [round(float(v), 6) for v in row]
                 s.png = f"/v1/explain/{key}/segments/{i}.png"
@@ -186,23 +281,12 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
                                        f"{KEEP} explained analyses")
         else:
             explain["segments.attention"] = "not available: the segment model gives no attention output"
-        explain["beats.saliency"] = "not available: no beat model"
-        if saliency is not None:
-            beat_model = ctx.models["beat"]
-            explain["beats.saliency"] = (
-                f"gradient x input of the beat model's chosen class over each classified beat's window "
-                f"({beat_model.window} samples at {beat_model.fs:g} Hz from {beat_model.before} before the R "
-                f"peak), |.| summing to 1; Grad-CAM is not given (a TorchScript model does not expose its "
-                f"layers), nor a picture of it")
-    vitals = [m for m in msgs if isinstance(m, VitalsMessage)]
-    beats = [BeatOut(sample=m.sample, time_s=m.time_s, label=m.label, probability=m.probability, rr_ms=m.rr_ms)
-             for m in msgs if isinstance(m, BeatMessage)]
-    if saliency is not None:
-        # One row per computed beat job, in the order their beats finished: the labelled beats.
-        labelled = [b for b in beats if b.label is not None]
-        if len(labelled) == len(saliency.rows):
-            for b, row in zip(labelled, saliency.rows):
-                b.saliency = [round(float(v), 5) for v in row]
+        explain["beats.spectrogram"] = "not available: no beat model"
+        if beat_inputs is not None:
+            explain["beats.spectrogram"], grid, explained.beats = _explain_beats(
+                ctx, record.name, beats, beat_inputs, key)
+        if not explained.segments and not explained.beats:
+            key = explained = None
     answer = EcgAnalysis(
         record=RecordInfo(name=record.name, fs=record.fs, lead=record.channels[lead_index],
                           channels=list(record.channels), samples=record.n_samples,
@@ -217,6 +301,7 @@ def analyze_ecg(req: EcgRequest, ctx: Context | None = None) -> Answer:
         + [EventOut(level="error", code="model_unavailable", text=e) for e in ctx.model_errors],
         hr_method=vitals[-1].hr_method if vitals else None,
         explain=explain,
+        gradcam_grid=grid,
     )
     return Answer(answer.model_dump_json().encode(), key, explained)
 

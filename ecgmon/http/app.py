@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ecgmon.http.analyze import Answer, EcgRequest, PcgRequest, analyze_ecg, analyze_pcg
+from ecgmon.http.analyze import Answer, EcgRequest, PcgRequest, analyze_ecg, analyze_pcg, draw_beat
 from ecgmon.http.face import HttpFace
 from ecgmon.http.pictures import draw_segment
 from ecgmon.http.pool import PoolFull, WorkerCrashed
@@ -182,7 +182,8 @@ def create_app(face: HttpFace) -> Any:
         channel: Annotated[str | None, Query(description="channel index or name (default: [replay] channel)")] = None,
         fs: Annotated[float | None, Query(gt=0, description="a CSV's sample rate, Hz")] = None,
         unit: Annotated[str | None, Query(description="a CSV's unit: mV, uV or V (overrides an EDF's)")] = None,
-        explain: Annotated[bool, Query(description="add each segment's attention map")] = False,
+        explain: Annotated[bool, Query(description="add each segment's attention map and the beats' "
+                                                            "spectrogram-model class and Grad-CAM")] = False,
     ) -> Response:
         hc = face.config.http
         chan: int | str | None = None
@@ -201,6 +202,18 @@ def create_app(face: HttpFace) -> Any:
             raise HTTPException(404, f"no such picture: the analysis is older than the last {face.explained.keep} "
                                      f"explained ones, or it has no segment {k}; analyse again with ?explain=true")
         return await _run("explain_png", draw_segment, picture, "image/png")
+
+    @app.get("/v1/explain/{key}/beats/{k}.png", summary="An explained beat of an analysis, drawn with the spectrogram "
+             "model's Grad-CAM", dependencies=guarded, response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, **_ERRORS})
+    async def beat_png(key: str, k: int) -> Response:
+        item = face.explained.get(key)
+        picture = item.beat(k) if item is not None else None
+        if picture is None:
+            raise HTTPException(404, f"no such picture: the analysis is older than the last {face.explained.keep} "
+                                     f"explained ones, or it has no explained beat {k}; analyse again with "
+                                     f"?explain=true")
+        return await _run("explain_png", draw_beat, picture, "image/png")
 
     @app.post("/v1/analyze/pcg", summary="Analyse a heart-sound recording (WAV, FLAC)", dependencies=guarded,
               response_model=PcgAnalysis, responses=_ERRORS)

@@ -1,11 +1,13 @@
 """The PNG links of ``?explain=true``: each analysed segment drawn with the attention the
-segment model gave it (the picture ``ecgmon evaluate model`` draws for its examples). The analysis keeps what the pictures need for a while (``ExplainStore``); a
-picture is drawn only when its link is fetched, in the analysis pool, off the event loop."""
+segment model gave it, and each explained beat with the spectrogram model's Grad-CAM (the
+pictures ``ecgmon evaluate model`` draws for its examples). The analysis keeps what the
+pictures need for a while (``ExplainStore``); a picture is drawn only when its link is
+fetched, in the analysis pool, off the event loop."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import io
 from typing import Any
 
@@ -28,21 +30,39 @@ class SegmentPicture:
     probability: float
 
 
+@dataclass(frozen=True)
+class BeatPicture:
+    """One explained beat to draw: the spectrogram model's inputs (the filtered window the
+    daemon's beat model saw, mV, and its RR features), its class index and probability; the
+    Grad-CAM is computed again when drawn (kilobytes kept per beat, not a map)."""
+
+    where: str
+    window: np.ndarray
+    rr: np.ndarray
+    target: int
+    probability: float
+
+
 @dataclass
 class Explained:
     """What an explained analysis leaves for its pictures: the lead and each segment's
-    (start sample, window length in samples, label, probability, attention)."""
+    (start sample, window length in samples, label, probability, attention), and each
+    explained beat's picture."""
 
     name: str
     fs: float
     lead: np.ndarray
     segments: list[tuple[int, int, str, float, np.ndarray]]
+    beats: list[BeatPicture] = field(default_factory=list)
 
     def picture(self, k: int) -> SegmentPicture | None:
         if not 0 <= k < len(self.segments):
             return None
         start, n, label, prob, att = self.segments[k]
         return SegmentPicture(self.name, self.fs, start, self.lead[start : start + n], att, label, prob)
+
+    def beat(self, k: int) -> BeatPicture | None:
+        return self.beats[k] if 0 <= k < len(self.beats) else None
 
 
 class ExplainStore:
@@ -66,7 +86,6 @@ def draw_segment(picture: SegmentPicture, ctx: Any = None) -> bytes:
     """The PNG of one segment (a pool job): the trace with the attention its steps received
     shaded behind it and drawn below, as ``evaluate.plots.attention_png`` draws an evaluation's
     examples (whose caption names a reference, which an upload has not)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     x = picture.samples.astype(np.float64)
@@ -89,6 +108,13 @@ def draw_segment(picture: SegmentPicture, ctx: Any = None) -> bytes:
     bar.set_ylim(0, float(w.max()) * 1.1 or 1.0)
     bar.set_ylabel("attention", fontsize=8)
     bar.set_xlabel("time in the segment (s)")
+    return png_bytes(fig)
+
+
+def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes at 100 dpi."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

@@ -17,14 +17,24 @@ class RecordInfo(BaseModel):
     duration_s: float
 
 
+class BeatSpectrogramOut(BaseModel):
+    label: str = Field(description="the beat's AAMI class by the spectrogram model (gradcam_grid.model)")
+    probability: float
+    gradcam: list[list[float]] | None = Field(None, description="the Grad-CAM of that class, in [0, 1]: a row per "
+                                                                "gradcam_grid.frequencies_hz, a column per "
+                                                                "gradcam_grid.frames_ms; null for a beat not in the "
+                                                                "explained selection")
+    png: str | None = Field(None, description="a link to the beat's picture (window, spectrogram, Grad-CAM)")
+
+
 class BeatOut(BaseModel):
     sample: int = Field(description="R-peak index from the recording's start")
     time_s: float
     label: str | None = Field(description="AAMI class N, S, V, F, Q; none without a beat model")
     probability: float | None
     rr_ms: float | None
-    saliency: list[float] | None = Field(None, description="with ?explain=true: where in its window the beat model "
-                                                           "looked (gradient x input, summing to 1)")
+    spectrogram: BeatSpectrogramOut | None = Field(None, description="with ?explain=true: the spectrogram model's "
+                                                                    "class and Grad-CAM")
 
 
 class SegmentOut(BaseModel):
@@ -38,6 +48,16 @@ class SegmentOut(BaseModel):
                                                             "the window, one weight per step of its last layer")
     png: str | None = Field(None, description="with ?explain=true: a link to the segment's picture (trace and "
                                               "attention)")
+
+
+class GradCamGrid(BaseModel):
+    """The axes of every beat's Grad-CAM map."""
+
+    model: str = Field(description="the beat-spectrogram model explained")
+    frequencies_hz: list[float] = Field(description="each map row's STFT frequency")
+    frames_ms: list[float] = Field(description="each map column's STFT frame centre, ms from the R peak")
+    explained: int = Field(description="beats given a map")
+    limit: int = Field(description="the most beats an analysis gives maps for")
 
 
 class RateOut(BaseModel):
@@ -79,6 +99,8 @@ class EcgAnalysis(BaseModel):
     hr_method: str | None
     explain: dict[str, str] | None = Field(None, description="with ?explain=true: what the arrays mean and "
                                                              "what could not be given")
+    gradcam_grid: GradCamGrid | None = Field(None, description="with ?explain=true: the axes of the beats' Grad-CAM "
+                                                               "maps")
 
 
 class PcgVerdict(BaseModel):

@@ -340,20 +340,24 @@ class BeatSpectrogramCNN(nn.Module):
         return self.head(torch.cat([pooled, self.rr(rr)], dim=1))
 
 
-def grad_cam(model: BeatSpectrogramCNN, window: Any, rr: Any, target_class: int) -> np.ndarray:
-    """Grad-CAM of one beat for ``target_class``, as a ``[n_freq, window]`` map in [0, 1].
+def grad_cam_frames(model: BeatSpectrogramCNN, windows: Any, rr: Any, target_classes: Any) -> np.ndarray:
+    """Grad-CAM of a batch of beats, each for its own target class: ``[B, n_freq, n_frames]``,
+    each map in [0, 1] on the model's spectrogram grid (rows ``model.frequencies()``, columns
+    the frames centred at ``model.frame_centres()``).
 
-    Rows are the spectrogram's frequencies (``model.frequencies()``); columns are the
-    samples of the beat window, so the map lies under a plot of the beat. Computed in eager
-    mode with hooks on the last conv block (after its ReLU), from the weights
-    ``mean(d score / d activation)`` per channel (Selvaraju et al. 2017). A map that the
-    ReLU leaves all zero is returned as zeros.
+    Computed in eager mode with hooks on the last conv block (after its ReLU), from the
+    weights ``mean(d score / d activation)`` per channel (Selvaraju et al. 2017). In eval mode
+    the items of a batch do not mix, so the gradient of the summed target scores is each
+    item's own. A map that the ReLU leaves all zero is returned as zeros.
     """
-    if not 0 <= target_class < model.n_classes:
-        raise ValueError(f"target_class must be in 0..{model.n_classes - 1}, got {target_class}")
     device = next(model.parameters()).device
-    w = torch.as_tensor(np.asarray(window, dtype=np.float32), device=device).reshape(1, -1)
-    r = torch.as_tensor(np.asarray(rr, dtype=np.float32), device=device).reshape(1, -1)
+    w = torch.as_tensor(np.asarray(windows, dtype=np.float32), device=device).reshape(-1, model.window)
+    r = torch.as_tensor(np.asarray(rr, dtype=np.float32), device=device).reshape(w.shape[0], -1)
+    targets = torch.as_tensor(np.asarray(target_classes, dtype=np.int64), device=device).reshape(-1)
+    if targets.numel() != w.shape[0]:
+        raise ValueError(f"{targets.numel()} target classes for {w.shape[0]} beats")
+    if targets.numel() and not bool(((targets >= 0) & (targets < model.n_classes)).all()):
+        raise ValueError(f"target_class must be in 0..{model.n_classes - 1}, got {targets.tolist()}")
     layer = model.conv[-1]
     store: dict[str, Tensor] = {}
 
@@ -367,21 +371,32 @@ def grad_cam(model: BeatSpectrogramCNN, window: Any, rr: Any, target_class: int)
         with torch.enable_grad():
             logits = model(w, r)
             act = store["act"]
-            (grad,) = torch.autograd.grad(logits[0, target_class], act)
+            (grad,) = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), act)
     finally:
         handle.remove()
         model.train(was_training)
-    weights = grad.mean(dim=(2, 3), keepdim=True)  # [1, C, 1, 1]
-    cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach()  # [1, 1, f, t]
+    weights = grad.mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
+    cam = torch.relu((weights * act).sum(dim=1, keepdim=True)).detach()  # [B, 1, f, t]
     cam = F.interpolate(cam, size=(model.n_freq, model.n_frames), mode="bilinear", align_corners=False)
-    cam_np = cam[0, 0].cpu().numpy().astype(np.float64)
+    out = cam[:, 0].cpu().numpy().astype(np.float64)
+    peak = out.max(axis=(1, 2), keepdims=True)
+    ok = np.isfinite(peak) & (peak > 0)
+    return np.where(ok, out / np.where(ok, peak, 1.0), 0.0)
+
+
+def grad_cam(model: BeatSpectrogramCNN, window: Any, rr: Any, target_class: int) -> np.ndarray:
+    """Grad-CAM of one beat for ``target_class``, as a ``[n_freq, window]`` map in [0, 1]
+    (``grad_cam_frames`` interpolated along the samples of the beat window, so the map lies
+    under a plot of the beat)."""
+    if not 0 <= target_class < model.n_classes:
+        raise ValueError(f"target_class must be in 0..{model.n_classes - 1}, got {target_class}")
+    frames = grad_cam_frames(model, np.asarray(window).reshape(1, -1), np.asarray(rr).reshape(1, -1),
+                             [target_class])[0]
     # Frame t is centred on sample t * hop (center=True): interpolate along the samples.
-    samples = np.arange(w.shape[1])
-    out = np.stack([np.interp(samples, model.frame_centres(), row) for row in cam_np])
+    samples = np.arange(model.window)
+    out = np.stack([np.interp(samples, model.frame_centres(), row) for row in frames])
     peak = out.max()
-    if not np.isfinite(peak) or peak <= 0:
-        return np.zeros_like(out)
-    return out / peak
+    return out / peak if peak > 0 else out
 
 
 class SegmentAttentionCNN(nn.Module):

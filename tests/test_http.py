@@ -169,8 +169,8 @@ def test_explain_gives_the_beats_the_spectrogram_models_class_and_grad_cam(clien
     assert explained == [b for i, b in enumerate(beats)
                          if i < 20 or b["label"] != "N" or b["spectrogram"]["label"] != "N"]
     assert grid["explained"] == len(explained) and grid["limit"] == 1000
-    maps = {c: np.array([b["spectrogram"]["gradcam"] for b in explained if b["label"] == b["spectrogram"]["label"] == c])
-            for c in "NV"}
+    maps = {c: np.array([b["spectrogram"]["gradcam"] for b in explained
+                         if b["label"] == b["spectrogram"]["label"] == c]) for c in "NV"}
     assert len(maps["N"]) >= 15 and len(maps["V"]) >= 30
     for m in maps.values():
         assert m.shape[1:] == (18, 32) and np.isfinite(m).all() and m.min() >= 0 and np.allclose(m.max(axis=(1, 2)), 1)
@@ -192,6 +192,18 @@ def test_explain_gives_the_beats_the_spectrogram_models_class_and_grad_cam(clien
     last = f"/{len(explained) - 1}.png"
     assert explained[-1]["spectrogram"]["png"].endswith(last)
     assert client.get(explained[-1]["spectrogram"]["png"].replace(last, f"/{len(explained)}.png")).status_code == 404
+
+
+def test_the_beats_given_a_grad_cam_are_bounded_and_the_answer_says_so(client, excerpt, monkeypatch):
+    monkeypatch.setattr("ecgmon.http.analyze.MAX_EXPLAINED", 25)
+    answer = client.post("/v1/analyze?explain=true", files=_files(excerpt, excerpt.with_suffix(".dat"))).json()
+    beats = answer["beats"]
+    explained = [i for i, b in enumerate(beats) if b["spectrogram"]["gradcam"] is not None]
+    # The first 20, then the first 5 beats called other than N: the earliest, in time order.
+    assert explained[:20] == list(range(20)) and len(explained) == 25
+    assert all(beats[i]["label"] != "N" or beats[i]["spectrogram"]["label"] != "N" for i in explained[20:])
+    assert answer["gradcam_grid"]["explained"] == answer["gradcam_grid"]["limit"] == 25
+    assert "at most 25" in answer["explain"]["beats.spectrogram"]
 
 
 async def test_a_heart_sound_recording_gets_what_the_daemon_publishes_for_it(client, models, data_dir, endpoint):

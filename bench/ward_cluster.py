@@ -8,8 +8,9 @@ ZeroMQ subscriber on the proxy takes every message.
 It reports, per N, what bench/ward.py reports for one daemon (CPU per stream-hour, streams per
 core, beat latency percentiles, share within 200 ms, streams behind, dropped messages, memory),
 with the CPU of the daemons, the proxy, the broker and the devices apart; ``cpu_s_per_stream_hour``
-counts the ward (daemons, proxy, broker), not the simulated devices. What the broker still holds
-at the end is the backlog the daemons did not read. ``--failover`` then kills one daemon
+counts the ward (daemons, proxy, broker), not the simulated devices. The devices start once every
+daemon is up; what the broker holds unread at the start and the end of the window (the backlog)
+shows whether the daemons keep up with the ward. ``--failover`` then kills one daemon
 (SIGKILL) and measures how long until each of its beds shows signal on a survivor and the
 signal gap at the move.
 
@@ -102,9 +103,37 @@ class Ward:
         self.front = f"tcp://127.0.0.1:{free_port()}"
         self.proxy = self._start([sys.executable, "-m", "ecgmon.cli", "ward", "proxy", "--endpoint", self.front,
                                   *[a for ep in self.endpoints for a in ("--connect", ep)]], "proxy", env)
-        self.devices = self._start([sys.executable, __file__, "--devices-only", self.url, str(beds), "--data",
-                                    str(data), "--records", *records], "devices", env)
+        self._devices_cmd = [sys.executable, __file__, "--devices-only", self.url, str(beds), "--data", str(data),
+                             "--records", *records]
+        self._env = env
+        self.devices: subprocess.Popen | None = None
         self.stream = f"ECGMON_{PREFIX}"
+
+    def start_devices(self) -> None:
+        """The beds start once every daemon is up: a backlog published while the models load would
+        be worked off during the measurement and blur it."""
+        self.devices = self._start(self._devices_cmd, "devices", self._env)
+
+    def wait_daemons(self, timeout: float = 180.0) -> None:
+        """Until each daemon's status comes through the proxy (models loaded, ward joined)."""
+        ctx = zmq.Context()
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.SUBSCRIBE, b"status.")
+        sub.setsockopt(zmq.RCVTIMEO, 500)
+        sub.connect(self.front)
+        pubs: set[str] = set()
+        deadline = time.monotonic() + timeout
+        try:
+            while len(pubs) < len(self.daemons):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"only {len(pubs)} of {len(self.daemons)} daemons up after {timeout:g} s")
+                try:
+                    pubs.add(json.loads(sub.recv_multipart()[1])["pub"])
+                except zmq.Again:
+                    pass
+        finally:
+            sub.close(linger=0)
+            ctx.term()
 
     def _start(self, cmd: list[str], name: str, env: dict) -> subprocess.Popen:
         log = open(self.work / f"{name}.log", "w")
@@ -126,7 +155,8 @@ class Ward:
     def cpu(self) -> dict[str, float]:
         alive = [d for d in self.daemons if d.poll() is None]
         return {"daemons": sum(process_cpu(d.pid) for d in alive), "proxy": process_cpu(self.proxy.pid),
-                "broker": process_cpu(self.broker.pid), "devices": process_cpu(self.devices.pid)}
+                "broker": process_cpu(self.broker.pid),
+                "devices": process_cpu(self.devices.pid) if self.devices is not None else 0.0}
 
     def backlog(self) -> int | None:
         """Messages the broker still holds: published, not yet acknowledged by a daemon."""
@@ -144,10 +174,11 @@ class Ward:
             return None
 
     def stop(self) -> None:
-        for proc in [self.devices, *self.daemons, self.proxy, self.broker]:
+        procs = [p for p in [self.devices, *self.daemons, self.proxy, self.broker] if p is not None]
+        for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT if proc in self.daemons else signal.SIGTERM)
-        for proc in [self.devices, *self.daemons, self.proxy, self.broker]:
+        for proc in procs:
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
@@ -217,12 +248,15 @@ def run_ward(data: Path, beds: int, daemons: int, partitions: int, records: list
     if True:
         ward = Ward(Path(tmp), data, beds, daemons, partitions, records)
         try:
+            ward.wait_daemons()
             sub = Subscriber(ward.front)
             sub.start()
+            ward.start_devices()
             time.sleep(warmup)
             dead = [p.args[0] for p in [ward.broker, ward.proxy, ward.devices, *ward.daemons] if p.poll() is not None]
             if dead:
                 raise SystemExit(f"ended early: {dead}; logs in {tmp}")
+            backlog0 = ward.backlog()
             c0, w0, t0 = ward.cpu(), time.monotonic(), time.time()
             time.sleep(seconds)
             c1, wall, t1 = ward.cpu(), time.monotonic() - w0, time.time()
@@ -239,9 +273,11 @@ def run_ward(data: Path, beds: int, daemons: int, partitions: int, records: list
                 "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
                 "ward_cores": round(ward_cpu / wall, 2),
                 "daemons_rss_mb": round(rss, 1), "proxy_rss_mb": round(proxy_rss, 1),
-                "broker_rss_mb": round(broker_rss, 1), "broker_backlog_msgs": backlog,
+                "broker_rss_mb": round(broker_rss, 1), "broker_backlog_msgs_start": backlog0,
+                "broker_backlog_msgs": backlog,
             })
-            print(f"  cores: {out['cores']}; broker backlog {backlog} messages; daemons' RSS {rss:.0f} MB, "
+            print(f"  cores: {out['cores']}; broker backlog {backlog0} -> {backlog} messages over the window; "
+                  f"daemons' RSS {rss:.0f} MB, "
                   f"proxy {proxy_rss:.0f} MB, broker {broker_rss:.0f} MB", flush=True)
             if failover:
                 out["failover"] = measure_failover(ward)

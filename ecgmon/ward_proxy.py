@@ -54,6 +54,8 @@ class WardProxy:
         ctl.bind(_CONTROL)
         try:
             zmq.proxy_steerable(self.front, self.back, None, ctl)
+        except zmq.ContextTerminated:
+            pass  # closed under it (a stop that came too late): the end all the same
         finally:
             ctl.close(linger=0)
 

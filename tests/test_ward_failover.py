@@ -43,6 +43,8 @@ class Collector:
 
     def __init__(self, endpoint: str) -> None:
         self.rows: list[tuple[float, str, str, str, float, float]] = []
+        self.daemons: set[str] = set()  # publisher ids that sent a status: the daemons up
+        self.last_change = 0.0  # arrival of the latest ward_partitions event (a rebalance)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(endpoint,), daemon=True)
@@ -51,7 +53,7 @@ class Collector:
     def _run(self, endpoint: str) -> None:
         ctx = zmq.Context()
         sub = ctx.socket(zmq.SUB)
-        for prefix in (b"wave.", b"beat."):
+        for prefix in (b"wave.", b"beat.", b"status.", b"event."):
             sub.setsockopt(zmq.SUBSCRIBE, prefix)
         sub.setsockopt(zmq.RCVTIMEO, 100)
         sub.connect(endpoint)
@@ -61,6 +63,13 @@ class Collector:
             except zmq.Again:
                 continue
             m = json.loads(body)
+            if m["kind"] in ("status", "event"):
+                with self._lock:
+                    if m["kind"] == "status":
+                        self.daemons.add(m["pub"])
+                    elif m["code"] == "ward_partitions":
+                        self.last_change = time.time()
+                continue
             end = m["time_s"] + (len(m["samples_mv"]) / m["fs"] if m["kind"] == "wave" else 0.0)
             with self._lock:
                 self.rows.append((time.time(), m["pub"], m["stream"], m["kind"], m["time_s"], end))
@@ -117,12 +126,13 @@ def test_a_killed_daemons_beds_continue_on_the_others(nats_ward, data_dir: Path,
         devices.start()
         t0 = time.time()
 
-        # Settled: every bed shows signal through the proxy, from one daemon each, and the
-        # beds are spread over more than one daemon (each took its share of the partitions).
+        # Settled: the three daemons are up and have taken their shares (no rebalance for 3 s),
+        # every bed shows signal through the proxy from one daemon each, and the beds are spread
+        # over more than one daemon.
         def settled() -> bool:
             recent = _owners(collector.since(time.time() - 2.0))
-            return (time.time() - t0 > 4.0 and set(recent) == set(beds)
-                    and all(len(p) == 1 for p in recent.values())
+            return (len(collector.daemons) == 3 and time.time() - collector.last_change > 3.0
+                    and set(recent) == set(beds) and all(len(p) == 1 for p in recent.values())
                     and len({next(iter(p)) for p in recent.values()}) >= 2)
 
         _wait("the three daemons did not share the six beds", settled, 40.0)

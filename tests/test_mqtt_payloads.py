@@ -79,6 +79,9 @@ def test_second_lead_json_and_binary_layout_as_documented() -> None:
     np.testing.assert_array_equal(p.samples2, np.array([0.5, np.nan, -1.0], np.float32))
     assert p.lead2 == "V1"
     assert decode(good(samples2=[1000, 2000, None], units="uV")).samples2[1] == np.float32(2.0)  # same units
+    # A bool is no value (numpy alone would read true as 1.0 beside numbers).
+    with_bool = decode(good(samples2=[0.5, True, -1.0])).samples2
+    np.testing.assert_array_equal(with_bool, np.array([0.5, np.nan, -1.0], np.float32))
     assert decode(good()).samples2 is None and decode(BINARY).samples2 is None
     # Binary version 2, as the README's table says: version 1, then L2, the name, the samples;
     # -32768 is a missing value.
@@ -147,6 +150,7 @@ BINARY = encode_binary(1, 0, 360.0, "MLII", SAMPLES)
     (good(samples=[0.1, "0.2"]), "flat list of numbers"),
     (good(samples=[0.1, None]), "flat list of numbers"),
     (good(samples=[True, False]), "flat list of numbers"),
+    (good(samples=[0.1, True]), "flat list of numbers"),  # numpy alone would read 1.0
     (good(samples=[[0.1], [0.2]]), "flat list of numbers"),
     (good(samples=[10**40]), "flat list of numbers"),
     (b'{"v":1,"seq":0,"start":0,"fs":360,"samples":[0.1,NaN]}', "NaN or infinite"),

@@ -260,7 +260,7 @@ def _decode_json(payload: bytes) -> EcgPayload:
         arr = np.asarray(raw)
     except (ValueError, TypeError, OverflowError):
         arr = None
-    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf":
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf" or _has_bool(raw):
         raise PayloadError("'samples' must be a flat list of numbers")
     with np.errstate(over="ignore", invalid="ignore"):  # overflow becomes inf, rejected next
         samples = (arr.astype(np.float64) * _UNITS_TO_MV[units]).astype(np.float32)
@@ -282,13 +282,18 @@ def _json_second_lead(raw: object, n: int, to_mv: float) -> np.ndarray:
         arr = np.asarray(raw)  # the common case in one step: a flat list of numbers
     except (ValueError, TypeError, OverflowError):
         arr = None
-    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf":
+    if arr is None or arr.ndim != 1 or arr.dtype.kind not in "iuf" or _has_bool(raw):
         # Mixed: numbers stay, anything else (null, strings, bools, lists, huge ints) is NaN.
         arr = np.array([float(v) if _is_number(v) and abs(v) < 1e300 else np.nan for v in raw])
     with np.errstate(over="ignore", invalid="ignore"):
         values = (arr.astype(np.float64) * to_mv).astype(np.float32)
     values[~np.isfinite(values)] = np.nan
     return values
+
+
+def _has_bool(raw: list) -> bool:
+    # numpy reads true/false beside numbers as 1.0/0.0 (a float array): a bool is no sample.
+    return any(type(v) is bool for v in raw)
 
 
 def _is_number(x: object) -> bool:

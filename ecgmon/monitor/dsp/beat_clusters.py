@@ -83,10 +83,9 @@ class MorphologyVote:
             return p
         k = self._group(x)
         pv = float(p[self._v])
-        out = p
         if k is None:
             self._new_group(x, pv)
-            return out
+            return p
         votes = min(self._count[k], MAX_VOTES)
         pooled = (pv + votes * self._mean_v[k]) / (1.0 + votes)
         out = p.astype(np.float64, copy=True)

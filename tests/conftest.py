@@ -40,6 +40,27 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_listening(name: str, proc, port: int, timeout: float, exit_details, stop) -> None:
+    """Return once ``proc`` (a server just started) accepts TCP connections on loopback ``port``.
+    RuntimeError naming ``exit_details()`` if it exits first, or after ``stop()`` if it does not
+    listen within ``timeout`` seconds."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited at start: {exit_details()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                stop()
+                raise RuntimeError(f"{name} did not listen on {port} within {timeout} s") from None
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def free_port() -> int:
     return free_tcp_port()

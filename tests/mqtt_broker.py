@@ -7,13 +7,11 @@ import getpass
 from pathlib import Path
 import shutil
 import signal
-import socket
 import subprocess
-import time
 
 import pytest
 
-from conftest import free_tcp_port
+from conftest import free_tcp_port, wait_listening
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -50,21 +48,14 @@ class Broker:
         assert self.proc is None, "broker already running"
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                log = self.log.read_text() if self.log.exists() else ""
-                self.proc = None
-                raise RuntimeError(f"mosquitto exited at start: {err}{log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"mosquitto did not listen on {self.port} within {timeout} s")
-                time.sleep(0.05)
+        wait_listening("mosquitto", self.proc, self.port, timeout, self._exit_details, self.stop)
+
+    def _exit_details(self) -> str:
+        """What a mosquitto that exited at start said; it is then no longer running."""
+        err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+        log = self.log.read_text() if self.log.exists() else ""
+        self.proc = None
+        return err + log
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Stop it; with SIGTERM it saves sessions and queued messages first."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 import wfdb
 
-from conftest import free_tcp_port
+from conftest import free_tcp_port, wait_listening
 from ecgmon.monitor.sources.ward_subjects import device_subject, server_config
 from ecgmon.payloads.mqtt import encode_binary
 
@@ -39,18 +38,7 @@ class NatsServer:
     def start(self, timeout: float = 15.0) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen([NATS_SERVER, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nats-server exited at start: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout} s")
-                time.sleep(0.05)
+        wait_listening("nats-server", self.proc, self.port, timeout, lambda: self.log.read_text()[-2000:], self.stop)
 
     def stop(self) -> None:
         if self.proc is None:

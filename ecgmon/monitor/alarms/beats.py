@@ -20,6 +20,7 @@ import numpy as np
 from ecgmon.config import AlarmsConfig
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.dsp.beat_template import Morphology
+from ecgmon.monitor.dsp.small_median import median
 
 # A QRS this much wider than the patient's normal template is wide (V median 5x, normal
 # 95th percentile 1.5x on MIT-BIH). A beat the model does not call V still counts as
@@ -163,18 +164,23 @@ class BeatRhythm:
         if len(self._beats) < beats:
             return None
         t = np.fromiter((b.t for b in list(self._beats)[-beats:]), float)
-        return 60.0 / float(np.median(np.diff(t))), float(t[0])
+        return 60.0 / median(np.diff(t)), float(t[0])
 
     def _rates(self, t: float) -> list[Observation]:
         cfg = self.cfg
         out = []
+        # The user limits share one span (HR_BEATS), and brady/tachy may share theirs:
+        # one median per span and beat.
+        rates: dict[int, tuple[float, float] | None] = {}
         for kind, beats, test, title in (
             ("brady", cfg.brady_beats, lambda r: r < cfg.brady_bpm, "Extreme brady"),
             ("tachy", cfg.tachy_beats, lambda r: r > cfg.tachy_bpm, "Extreme tachy"),
             ("hr_low", HR_BEATS, lambda r: r < cfg.hr_low_bpm, "HR low"),
             ("hr_high", HR_BEATS, lambda r: r > cfg.hr_high_bpm, "HR high"),
         ):
-            got = self._median_rate(beats)
+            if beats not in rates:
+                rates[beats] = self._median_rate(beats)
+            got = rates[beats]
             if got is None:
                 continue
             rate, first = got

@@ -44,12 +44,15 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 from ecgmon.monitor.alarms import vf_model
+from ecgmon.monitor.dsp import max_filter
+from ecgmon.monitor.dsp.small_median import median
 
 WINDOW_S = 4.0
 ANALYSIS_FS = 250.0  # every window is resampled to this rate before it is measured
@@ -77,13 +80,60 @@ NAMES = (
 LOG_FEATURES = (1, 6)  # leakage and kurtosis enter the model as logarithms
 
 
+@lru_cache(maxsize=16)
+def _resample_taps(up: int, down: int) -> np.ndarray:
+    """The anti-aliasing FIR ``resample_poly`` designs for ``up``/``down`` (its own design:
+    ``firwin`` with its default Kaiser window, cutoff at the lower Nyquist, 10 lobes a side).
+    Designed once per rate instead of once per window (``firwin`` was 1.6 % of the daemon at
+    100 beds); ``resample_poly`` given these taps computes exactly what it computes designing
+    them itself. Read-only: ``resample_poly`` copies the taps before scaling them."""
+    max_rate = max(up, down)
+    half_len = 10 * max_rate
+    taps = firwin(2 * half_len + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.setflags(write=False)
+    return taps
+
+
 def analysis_window(x: np.ndarray, fs: float) -> np.ndarray:
     """One window of the filtered ECG at ``ANALYSIS_FS`` (polyphase resampling)."""
     x = np.asarray(x, dtype=np.float64)
     if fs == ANALYSIS_FS:
         return x
     ratio = Fraction(ANALYSIS_FS / fs).limit_denominator(1000)
-    return resample_poly(x, ratio.numerator, ratio.denominator)
+    up, down = ratio.numerator, ratio.denominator
+    return resample_poly(x, up, down, window=_resample_taps(up, down))
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What ``features`` computes from the window length and rate alone, made once per (n, fs)
+    rather than per window (the same arrays, so the same features)."""
+
+    hann: np.ndarray
+    f: np.ndarray  # rfft frequencies, Hz
+    band: np.ndarray  # TOTAL_BAND_HZ
+    vf_band: np.ndarray  # DOMINANT_HZ
+    high: np.ndarray  # band and above HIGH_HZ
+    low: np.ndarray  # TOTAL_BAND_HZ's low edge to 2.5 Hz
+    ac_vf: np.ndarray  # autocorrelation lags 0.1-0.4 s
+    ac_beat: np.ndarray  # lags 0.4-2 s
+    hilbert_sign: np.ndarray  # sign of the rfft bins for the Hilbert transform
+
+
+@lru_cache(maxsize=16)
+def _grid(n: int, fs: float) -> _Grid:
+    f = np.fft.rfftfreq(n, 1.0 / fs)
+    band = (f >= TOTAL_BAND_HZ[0]) & (f <= TOTAL_BAND_HZ[1])
+    lag = np.arange(n) / fs
+    grid = _Grid(
+        hann=np.hanning(n), f=f, band=band, vf_band=(f >= DOMINANT_HZ[0]) & (f <= DOMINANT_HZ[1]),
+        high=band & (f > HIGH_HZ), low=(f >= TOTAL_BAND_HZ[0]) & (f < 2.5),
+        ac_vf=(lag >= 0.1) & (lag <= 0.4), ac_beat=(lag >= 0.4) & (lag <= 2.0),
+        hilbert_sign=np.sign(np.fft.rfftfreq(n)),
+    )
+    for a in vars(grid).values():
+        a.setflags(write=False)  # shared by every stream's windows of this length
+    return grid
 
 
 def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
@@ -91,6 +141,7 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     one row per window, all rows measured at once (training measures whole records so)."""
     W = np.atleast_2d(np.asarray(windows, dtype=np.float64))
     n = W.shape[1]
+    g = _grid(n, fs)
     x = W - W.mean(axis=1, keepdims=True)
     ax = np.abs(x)
     peak = ax.max(axis=1)
@@ -100,16 +151,14 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     tcsc50 = (ax > 0.5 * peak_safe).mean(axis=1)
     leakage = _leakage(x, ax)
     # Spectrum (Hann window): the dominant frequency and where the power lies around it.
-    spec = np.abs(np.fft.rfft(x * np.hanning(n)[None, :], axis=1)) ** 2
-    f = np.fft.rfftfreq(n, 1.0 / fs)
-    band = (f >= TOTAL_BAND_HZ[0]) & (f <= TOTAL_BAND_HZ[1])
+    spec = np.abs(np.fft.rfft(x * g.hann[None, :], axis=1)) ** 2
+    f, band, vf_band = g.f, g.band, g.vf_band
     total = np.maximum(spec[:, band].sum(axis=1), 1e-20)
-    vf_band = (f >= DOMINANT_HZ[0]) & (f <= DOMINANT_HZ[1])
     dominant = f[vf_band][np.argmax(spec[:, vf_band], axis=1)]
     near = np.abs(f[None, :] - dominant[:, None]) <= 1.0
     concentration = (spec * near).sum(axis=1) / total
-    high = spec[:, band & (f > HIGH_HZ)].sum(axis=1) / total
-    low = spec[:, (f >= TOTAL_BAND_HZ[0]) & (f < 2.5)].sum(axis=1) / total
+    high = spec[:, g.high].sum(axis=1) / total
+    low = spec[:, g.low].sum(axis=1) / total
     in_vf_band = spec[:, vf_band].sum(axis=1) / total
     harmonics = (spec * ((f[None, :] >= 1.5 * dominant[:, None]) & (f[None, :] <= TOTAL_BAND_HZ[1]))).sum(axis=1) / total
     m2 = (x**2).mean(axis=1)
@@ -119,9 +168,8 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     # Autocorrelation (via the FFT, zero-padded): periodicity at VF lags and at beat lags.
     ac = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * n, axis=1)) ** 2, axis=1)[:, :n]
     ac = ac / np.maximum(ac[:, :1], 1e-20)
-    lag = np.arange(n) / fs
-    ac_vf = ac[:, (lag >= 0.1) & (lag <= 0.4)].max(axis=1)
-    ac_beat = ac[:, (lag >= 0.4) & (lag <= 2.0)].max(axis=1)
+    ac_vf = ac[:, g.ac_vf].max(axis=1)
+    ac_beat = ac[:, g.ac_beat].max(axis=1)
     # Peaks: samples that are the largest magnitude within +-0.1 s and above 30 % of the peak.
     h = max(1, int(0.1 * fs))
     local_max = maximum_filter1d(ax, 2 * h + 1, axis=1, mode="nearest")
@@ -131,7 +179,7 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     bcp = (dx < 0.1 * np.maximum(dx.max(axis=1, keepdims=True), 1e-12)).mean(axis=1)
     lag_n = round(PSR_LAG_S * fs)
     psr = _box_fill(x, np.roll(x, lag_n, axis=1), lag_n)
-    hilbert = np.fft.irfft(-1j * np.sign(np.fft.rfftfreq(n))[None, :] * np.fft.rfft(x, axis=1), n, axis=1)
+    hilbert = np.fft.irfft(-1j * g.hilbert_sign[None, :] * np.fft.rfft(x, axis=1), n, axis=1)
     hilb = _box_fill(x, hilbert, 0)
     std = np.sqrt(m2)
     p99 = np.percentile(ax, 99, axis=1)
@@ -162,14 +210,14 @@ def _cycle_measures(w: np.ndarray, fs: float) -> np.ndarray:
     One row at a time: the peaks differ in number from window to window."""
     x = w - w.mean()
     n = x.size
-    spec = np.abs(np.fft.rfft(x * np.hanning(n))) ** 2
-    f = np.fft.rfftfreq(n, 1 / fs)
-    s = spec[(f >= TOTAL_BAND_HZ[0]) & (f <= TOTAL_BAND_HZ[1])]
+    g = _grid(n, fs)
+    spec = np.abs(np.fft.rfft(x * g.hann)) ** 2
+    s = spec[g.band]
     p = s / max(s.sum(), 1e-20)
     entropy = -(p * np.log(np.maximum(p, 1e-20))).sum() / np.log(p.size)
     y = x if x.max() >= -x.min() else -x
     h = int(0.1 * fs)
-    local_max = maximum_filter1d(y, 2 * h + 1, mode="nearest")
+    local_max = max_filter.maximum_filter1d(y, 2 * h + 1, mode="nearest")  # 1-D: the cheap call
     pk = np.flatnonzero((y >= local_max) & (y > 0.3 * y.max()))
     if pk.size:  # a flat top gives neighbouring samples: keep the first
         pk = pk[np.concatenate([[True], np.diff(pk) > 1])]
@@ -180,13 +228,14 @@ def _cycle_measures(w: np.ndarray, fs: float) -> np.ndarray:
     else:
         interval_cv = amplitude_cv = 1.0
     half = int(0.08 * fs)
-    segs = [x[k - half : k + half + 1] for k in pk if k - half >= 0 and k + half + 1 <= n]
+    # Each cycle's segment with its mean removed, once (it pairs with the cycle before and after).
+    cycles = (x[k - half : k + half + 1] for k in pk if k - half >= 0 and k + half + 1 <= n)
+    segs = [seg - seg.mean() for seg in cycles]
     corr = []
     for a, b in zip(segs, segs[1:]):
-        a, b = a - a.mean(), b - b.mean()
         d = np.sqrt((a @ a) * (b @ b))
         corr.append(a @ b / d if d > 0 else 0.0)
-    corr_median = float(np.median(corr)) if corr else 0.0
+    corr_median = median(np.array(corr)) if corr else 0.0
     corr_min = float(np.min(corr)) if corr else 0.0
     block = int(0.5 * fs)
     env = np.abs(x[: n // block * block]).reshape(-1, block).max(axis=1)

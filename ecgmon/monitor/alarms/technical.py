@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgmon.config import AlarmsConfig
+from ecgmon.monitor.dsp.small_median import median
 
 # Leads off: peak-to-peak over this much of the newest raw signal below leads_off_mv.
 FLAT_S = 2.0
@@ -59,9 +60,9 @@ class TechnicalMonitor:
             clipping = bool(at_rail / valid.size > cfg.clipping_fraction)
         ratio = None
         if not (signal_loss or leads_off) and np.isfinite(filtered).all():
-            slope = float(np.median(np.abs(np.diff(filtered))))
+            slope = median(np.abs(np.diff(filtered)))
             if len(self._slopes) >= NOISE_MIN_HISTORY:
-                base = float(np.median(self._slopes))
+                base = median(self._slopes)
                 ratio = slope / base if base > 0 else None
             if ratio is None or ratio < cfg.noise_ratio:
                 self._slopes.append(slope)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ecgmon.monitor.dsp.small_median import median
 # The QRS complex lies within about 0.1 s before and 0.15 s after the detected R peak even
 # when wide (ventricular QRS 0.12-0.2 s); the T wave is left out on purpose: it follows the
 # rate, not the origin of the beat.
@@ -48,7 +49,7 @@ class Morphology:
 
 def qrs_width(w: np.ndarray, fs: float) -> float:
     """Seconds the rectified complex stays above ``WIDTH_FRACTION`` of its peak."""
-    a = np.abs(w - np.median(w))
+    a = np.abs(w - median(w))
     peak = a.max()
     if peak <= 0:
         return 0.0
@@ -58,7 +59,7 @@ def qrs_width(w: np.ndarray, fs: float) -> float:
 
 def difference(w: np.ndarray, template: np.ndarray) -> float | None:
     """sqrt(1 - cos²) of the median-removed complexes; None if either is flat."""
-    a, b = w - np.median(w), template - np.median(template)
+    a, b = w - median(w), template - median(template)
     den = float(np.sqrt((a @ a) * (b @ b)))
     if den <= 0:
         return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import signal
-from scipy.ndimage import maximum_filter1d
+from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 
 from ecgmon.monitor.dsp.filters import StatefulSOS
 

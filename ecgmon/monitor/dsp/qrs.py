@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import maximum_filter1d
+from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 
 from ecgmon.config import DetectorConfig
 from ecgmon.monitor.dsp.filters import StatefulSOS, bandpass_sos

@@ -20,7 +20,7 @@ import numpy as np
 from ecgmon.config import AlarmsConfig
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.dsp.beat_template import Morphology
-from ecgmon.monitor.dsp.small_median import median
+from ecgmon.monitor.dsp.order_stats import median
 
 # A QRS this much wider than the patient's normal template is wide (V median 5x, normal
 # 95th percentile 1.5x on MIT-BIH). A beat the model does not call V still counts as

@@ -52,7 +52,7 @@ from scipy.signal import firwin, resample_poly
 
 from ecgmon.monitor.alarms import vf_model
 from ecgmon.monitor.dsp import max_filter
-from ecgmon.monitor.dsp.small_median import median
+from ecgmon.monitor.dsp.order_stats import median, percentile_rows
 
 WINDOW_S = 4.0
 ANALYSIS_FS = 250.0  # every window is resampled to this rate before it is measured
@@ -182,8 +182,8 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     hilbert = np.fft.irfft(-1j * g.hilbert_sign[None, :] * np.fft.rfft(x, axis=1), n, axis=1)
     hilb = _box_fill(x, hilbert, 0)
     std = np.sqrt(m2)
-    p99 = np.percentile(ax, 99, axis=1)
-    slope = np.percentile(dx, 99, axis=1) * fs
+    p99 = percentile_rows(ax, 99)
+    slope = percentile_rows(dx, 99) * fs
     steepness = slope / np.maximum(2 * np.pi * dominant * p99, 1e-9)
     return np.column_stack([
         tcsc, leakage, dominant, concentration, high, low, kurtosis, zero_crossings, peaks, ac_vf, ac_beat,
@@ -278,7 +278,8 @@ def _box_fill(a: np.ndarray, b: np.ndarray, skip: int) -> np.ndarray:
 
     def cell(v: np.ndarray) -> np.ndarray:
         lo, hi = v.min(axis=1, keepdims=True), v.max(axis=1, keepdims=True)
-        return np.clip(((v - lo) / np.maximum(hi - lo, 1e-12) * GRID).astype(int), 0, GRID - 1)
+        # np.minimum/np.maximum rather than np.clip: the same integers without clip's wrapper.
+        return np.minimum(np.maximum(((v - lo) / np.maximum(hi - lo, 1e-12) * GRID).astype(int), 0), GRID - 1)
 
     idx = cell(a) * GRID + cell(b) + (np.arange(rows) * GRID * GRID)[:, None]
     counts = np.bincount(idx.ravel(), minlength=rows * GRID * GRID).reshape(rows, -1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgmon.config import AlarmsConfig
-from ecgmon.monitor.dsp.small_median import median
+from ecgmon.monitor.dsp.order_stats import median
 
 # Leads off: peak-to-peak over this much of the newest raw signal below leads_off_mv.
 FLAT_S = 2.0

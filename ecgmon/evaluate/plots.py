@@ -128,31 +128,39 @@ def attention_png(examples: Sequence[Example], attention: np.ndarray, fs: float,
     """Each example segment with the attention its steps receive (``attention [k, T]``, the
     mean over queries of the model's head-averaged weights) shaded behind the trace and
     drawn below it."""
-    k = len(examples)
+    rows = [(ex.signal, attention[i], _caption(ex)) for i, ex in enumerate(examples)]
+    return _save(attention_figure(rows, fs, title), path)
+
+
+def attention_figure(rows: Sequence[tuple[np.ndarray, np.ndarray, str]], fs: float, title: str | None) -> Figure:
+    """One pair of panels per ``(signal, attention weights, caption)``: the trace with the
+    weights shaded behind it, and the weights drawn below it (also the HTTP face's picture of
+    an explained segment)."""
+    k = len(rows)
     fig = Figure(figsize=(12, 3.0 * k + 0.6), layout="constrained")
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     axes = fig.subplots(2 * k, 1, height_ratios=[3, 1] * k, squeeze=False)[:, 0]
-    for i, ex in enumerate(examples):
+    for i, (signal, weights, caption) in enumerate(rows):
         trace, bar = axes[2 * i], axes[2 * i + 1]
-        t = np.arange(ex.signal.size) / fs
-        weights = attention[i]
-        duration = ex.signal.size / fs
-        lo, hi = float(ex.signal.min()), float(ex.signal.max())
+        t = np.arange(signal.size) / fs
+        duration = signal.size / fs
+        lo, hi = float(signal.min()), float(signal.max())
         pad = 0.05 * (hi - lo or 1.0)
         trace.imshow(weights[None, :], aspect="auto", cmap="Oranges", alpha=0.55,
                      extent=(0, duration, lo - pad, hi + pad), vmin=0, vmax=float(weights.max()) or 1.0)
-        trace.plot(t, ex.signal, color="black", lw=0.7)
+        trace.plot(t, signal, color="black", lw=0.7)
         trace.set_xlim(0, duration)
         trace.set_ylabel("mV")
-        trace.set_title(_caption(ex), fontsize=10, loc="left")
+        trace.set_title(caption, fontsize=10, loc="left")
         trace.tick_params(labelbottom=False)
         steps = (np.arange(weights.size) + 0.5) * duration / weights.size
         bar.fill_between(steps, weights, color="tab:orange", alpha=0.8, step="mid")
         bar.set_xlim(0, duration)
         bar.set_ylim(0, float(weights.max()) * 1.1 or 1.0)
         bar.set_ylabel("attention", fontsize=8)
-        bar.set_xlabel("time (s)")
-    return _save(fig, path)
+        bar.set_xlabel("time in the segment (s)")
+    return fig
 
 
 @dataclass(frozen=True)

@@ -84,31 +84,13 @@ class ExplainStore:
 
 def draw_segment(picture: SegmentPicture, ctx: Any = None) -> bytes:
     """The PNG of one segment (a pool job): the trace with the attention its steps received
-    shaded behind it and drawn below, as ``evaluate.plots.attention_png`` draws an evaluation's
-    examples (whose caption names a reference, which an upload has not)."""
-    from matplotlib.figure import Figure
+    shaded behind it and drawn below, as ``evaluate model`` draws its examples."""
+    from ecgmon.evaluate.plots import attention_figure
 
-    x = picture.samples.astype(np.float64)
-    w = picture.attention
-    duration = x.size / picture.fs
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
-    trace, bar = fig.subplots(2, 1, height_ratios=[3, 1])
-    lo, hi = float(x.min()), float(x.max())
-    pad = 0.05 * (hi - lo or 1.0)
-    trace.imshow(w[None, :], aspect="auto", cmap="Oranges", alpha=0.55, extent=(0, duration, lo - pad, hi + pad),
-                 vmin=0, vmax=float(w.max()) or 1.0)
-    trace.plot(np.arange(x.size) / picture.fs, x, color="black", lw=0.7)
-    trace.set_xlim(0, duration)
-    trace.set_ylabel("mV")
-    trace.set_title(f"{picture.name} from {picture.start / picture.fs:.1f} s: segment model says {picture.label} "
-                    f"(p={picture.probability:.2f}); shading: attention each step received", fontsize=10, loc="left")
-    trace.tick_params(labelbottom=False)
-    bar.fill_between((np.arange(w.size) + 0.5) * duration / w.size, w, color="tab:orange", alpha=0.8, step="mid")
-    bar.set_xlim(0, duration)
-    bar.set_ylim(0, float(w.max()) * 1.1 or 1.0)
-    bar.set_ylabel("attention", fontsize=8)
-    bar.set_xlabel("time in the segment (s)")
-    return png_bytes(fig)
+    caption = (f"{picture.name} from {picture.start / picture.fs:.1f} s: segment model says {picture.label} "
+               f"(p={picture.probability:.2f}); shading: attention each step received")
+    return png_bytes(attention_figure([(picture.samples.astype(np.float64), picture.attention, caption)],
+                                      picture.fs, None))
 
 
 def png_bytes(fig: Any) -> bytes:

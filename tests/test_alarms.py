@@ -208,6 +208,14 @@ def test_alarm_ids_differ_across_daemon_runs() -> None:
     assert first.startswith("bed7-tachy-1-") and second.startswith("bed7-tachy-1-")
 
 
+def test_a_stream_that_comes_back_never_repeats_an_alarm_id() -> None:
+    """An idle stream leaves with its book; when its device returns, a new book starts: the
+    alarms of both must still have ids of their own (a dashboard keys alarms by id)."""
+    before = AlarmBook("bed7", clear_s=5.0, latch=[]).observe("tachy", 0.0, True)[0].id
+    after = AlarmBook("bed7", clear_s=5.0, latch=[]).observe("tachy", 0.0, True)[0].id
+    assert before != after
+
+
 def test_an_id_from_a_previous_run_is_refused() -> None:
     stale = _id_in_a_new_process()
     book = AlarmBook("bed7", clear_s=5.0, latch=[])

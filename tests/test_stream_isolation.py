@@ -29,7 +29,7 @@ from ecgmon.monitor.sources.mqtt_source import MqttSource
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.payloads.mqtt import encode_json
 from ecgmon.replay.mqtt_emitter import emit_mqtt
-from ecgmon.schema import BeatMessage, EventMessage, Message, StatusMessage
+from ecgmon.schema import AlarmMessage, BeatMessage, EventMessage, Message, StatusMessage
 from mqtt_broker import Broker, mosquitto  # noqa: F401  (the fixture)
 from zmq_helpers import collect_into, subscriber
 
@@ -245,6 +245,62 @@ async def test_a_bug_in_a_heart_sound_pipeline_stops_only_that_stream(
     final = [m for m in msgs if isinstance(m, StatusMessage)][-1]
     states = {(s.stream, s.source.startswith("mitdb")): s.state for s in final.streams}
     assert states == {("bed1", True): "ended", ("bed1", False): "failed"}
+
+
+class BeatsThenPause:
+    """Spikes every 0.8 s for 8 s, then a pause: only noise (20 uV) for the rest of 40 s."""
+
+    def __init__(self) -> None:
+        self.stream, self.spec, self.fs, self.lead = "bed1", "test:bed1", 360.0, "II"
+
+    async def chunks(self):
+        n = int(40 * self.fs)
+        t = np.arange(n) / self.fs
+        x = np.where(((t % 0.8) < 0.02) & (t < 8), 1.5, 0.0) + np.random.default_rng(0).normal(0, 0.02, n)
+        for start in range(0, n, STEP):
+            yield Chunk(self.stream, self.fs, (self.lead,), start, x[start : start + STEP, None].astype(np.float32))
+            await asyncio.sleep(0)
+
+
+async def test_a_restarted_pipeline_keeps_the_alarms_of_the_one_before(
+    endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asystole is raised in the pause; then a bug restarts the stream's pipeline. The alarm
+    must not vanish unannounced (a dashboard would show it for ever, nobody could acknowledge
+    it) and no later alarm may come under its id: it goes on, latched, in the new pipeline."""
+    feed = StreamPipeline.feed
+    failed: list[int] = []
+
+    def buggy_feed(self: StreamPipeline, chunk: Chunk):
+        if chunk.start >= 20 * 360 and not failed:
+            failed.append(chunk.start)
+            raise RuntimeError("injected bug")
+        return feed(self, chunk)
+
+    monkeypatch.setattr(StreamPipeline, "feed", buggy_feed)
+    pub = Publisher(endpoint, 100_000)
+    ctx, sub = await subscriber(endpoint, ("alarm.", "event."))
+    msgs: list[Message] = []
+    collector = asyncio.create_task(collect_into(sub, msgs))
+    daemon = Daemon(config(), [BeatsThenPause()], pub)
+    try:
+        await asyncio.wait_for(daemon.run(), 60)
+        await asyncio.sleep(0.3)
+    finally:
+        collector.cancel()
+        sub.close()
+        ctx.term()
+    reset = next(i for i, m in enumerate(msgs) if isinstance(m, EventMessage) and m.code == "stream_reset")
+    alarms = [(i, m) for i, m in enumerate(msgs) if isinstance(m, AlarmMessage)]
+    raised = [m.id for _, m in alarms if m.state == "raised"]
+    assert len(raised) == len(set(raised)), raised
+    asystole = next(m.id for i, m in alarms if m.alarm == "asystole" and i < reset)
+    after = [m for i, m in alarms if i > reset and m.id == asystole]
+    assert after, "the asystole alarm vanished with the pipeline that raised it"
+    assert after[-1].state == "updated" and after[-1].latched and after[-1].acknowledged_by is None
+    # Still there to be acknowledged, in the new pipeline.
+    engine = daemon._streams[next(iter(daemon._streams))].pipeline.alarms
+    assert engine.acknowledge(asystole, "nurse").state == "cleared"
 
 
 # -- idle streams ----------------------------------------------------------------------------------

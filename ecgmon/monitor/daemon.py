@@ -25,6 +25,7 @@ from ecgmon.schema import DAEMON_STREAM, EventMessage, Message, StatusMessage, S
 
 if TYPE_CHECKING:
     from ecgmon.archive.writer import ArchiveWriter
+    from ecgmon.monitor.alarms.book import AlarmBook
     from ecgmon.monitor.model_loader import LoadedModel
 
 log = logging.getLogger("ecgmon.daemon")
@@ -46,6 +47,9 @@ class _Stream:
         self.source = source
         self.state = "starting"
         self.pipeline: StreamPipeline | PcgPipeline | None = None
+        # Outlives the pipeline: a pipeline started again (internal error, new rate) takes on
+        # the alarms of the one before, so none vanishes unannounced and no id comes twice.
+        self.alarm_book: AlarmBook | None = None
         self.faults: dict[str, int] = {}
         # Model jobs in submission order, each with its pending result (None: nothing to
         # compute); results are finished strictly in this order, so beats stay in order.
@@ -177,8 +181,9 @@ class Daemon:
                 else:
                     st.pipeline = StreamPipeline(
                         chunk.stream, chunk.fs, chunk.channels[0], self.config,
-                        self.models.get("beat"), self.models.get("segment"),
+                        self.models.get("beat"), self.models.get("segment"), st.alarm_book,
                     )
+                    st.alarm_book = st.pipeline.alarms.book
             except ValueError as err:  # e.g. a sample rate the detector cannot handle
                 st.state = "failed"
                 log.error("%s: %s: %s", chunk.stream, source.spec, err)

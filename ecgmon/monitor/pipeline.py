@@ -35,6 +35,7 @@ from ecgmon.schema import (
 )
 
 if TYPE_CHECKING:
+    from ecgmon.monitor.alarms.book import AlarmBook
     from ecgmon.monitor.model_loader import LoadedModel
 
 # Gaps in a stream up to this long are bridged so detection keeps its state; longer ones are spliced.
@@ -59,6 +60,7 @@ class StreamPipeline:
         config: Config,
         beat_model: LoadedModel | None = None,
         segment_model: LoadedModel | None = None,
+        alarm_book: AlarmBook | None = None,
     ) -> None:
         self.stream = stream
         self.fs = float(fs)
@@ -68,7 +70,7 @@ class StreamPipeline:
         self._segment_model = segment_model
         self._hr = HeartRateMeter(config.heart_rate)
         # The alarm engine (ecgmon.monitor.alarms): the daemon's control socket reaches it here.
-        self.alarms = AlarmEngine(stream, self.fs, config.alarms)
+        self.alarms = AlarmEngine(stream, self.fs, config.alarms, alarm_book)
         # Vitals fall due every `_vitals_every` samples, counted from the stream's start (or a splice).
         self._vitals_every = max(1, round(config.heart_rate.update_s * self.fs))
         # Wave frames: every k-th filtered sample (the bandpass already stops at 40 Hz),

@@ -15,7 +15,7 @@ book turns observations into alarms:
   the condition outlives the technical one.
 
 People: an acknowledgement or silence names the alarm by its id, which is unique across daemon
-runs (``bed3-vtach-7-1a2b3c4d``: stream, kind, count, this run), so a stale or replayed request
+runs (``bed3-vtach-7-1a2b3c4d``: stream, kind, its number in this run, the run), so a stale or replayed request
 can never reach a new alarm of the same kind. The first acknowledgement stands; a later one is
 refused (``AlarmRefused`` says by whom and when it was acknowledged). Silencing is not an
 acknowledgement: it records ``silenced_by``, and a latched alarm stays until acknowledged.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
+import itertools
 import secrets
 import time
 
@@ -35,6 +36,9 @@ UPDATE_S = 5.0
 # This daemon run's part of every alarm id: random, so ids never repeat across runs (a
 # counter restarts with the process, the clock can go back).
 RUN_ID = secrets.token_hex(4)
+# Alarms are numbered across the whole run, not per book: a stream that left (idle) and came
+# back has a new book, and its alarms must not repeat the ids of the ones before.
+_NUMBERS = itertools.count(1)
 
 
 class AlarmRefused(Exception):
@@ -65,7 +69,6 @@ class AlarmBook:
         self.latch = frozenset(latch)
         self.run = run
         self._conds: dict[str, _Condition] = {}
-        self._count = 0
 
     # -- detectors ---------------------------------------------------------------------
 
@@ -174,12 +177,11 @@ class AlarmBook:
         return [self._clear(kind, cond, t)]
 
     def _raise(self, kind: str, cond: _Condition, t: float, suppressed: bool) -> AlarmMessage:
-        self._count += 1
         k = KINDS[kind]
         cond.updated_s = t
         cond.alarm = AlarmMessage(
             stream=self.stream,
-            id=f"{self.stream}-{kind}-{self._count}-{self.run}",
+            id=f"{self.stream}-{kind}-{next(_NUMBERS)}-{self.run}",
             alarm=kind,
             category=k.category,
             priority=k.priority,

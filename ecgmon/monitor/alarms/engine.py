@@ -43,11 +43,14 @@ UNCLASSIFIED_STALE_S = 30.0
 class AlarmEngine:
     """Alarms of one ECG stream; the pipeline feeds it, the daemon asks it about people."""
 
-    def __init__(self, stream: str, fs: float, config: AlarmsConfig) -> None:
+    def __init__(self, stream: str, fs: float, config: AlarmsConfig, book: AlarmBook | None = None) -> None:
+        """``book``: the alarms of the stream's previous engine, when the pipeline started again
+        (an internal error, a new sample rate): they go on under their ids and end as alarms
+        do, rather than vanishing unannounced while new ones reuse their ids."""
         self.stream = stream
         self.fs = float(fs)
         self.cfg = config
-        self.book = AlarmBook(stream, config.clear_s, config.latch)
+        self.book = book if book is not None else AlarmBook(stream, config.clear_s, config.latch)
         self._step = max(1, round(STEP_S * self.fs))
         self._win = round(fibrillation.WINDOW_S * self.fs)
         self._buf_n = max(self._win, round(BUFFER_S * self.fs))

@@ -178,7 +178,8 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     dx = np.abs(np.diff(x, axis=1))
     bcp = (dx < 0.1 * np.maximum(dx.max(axis=1, keepdims=True), 1e-12)).mean(axis=1)
     lag_n = round(PSR_LAG_S * fs)
-    psr = _box_fill(x, np.roll(x, lag_n, axis=1), lag_n)
+    # The pairs (x(t), x(t - lag)) for t >= lag: what _box_fill keeps of x and np.roll(x, lag).
+    psr = _box_fill(x[:, lag_n:], x[:, : n - lag_n], 0)
     hilbert = np.fft.irfft(-1j * g.hilbert_sign[None, :] * np.fft.rfft(x, axis=1), n, axis=1)
     hilb = _box_fill(x, hilbert, 0)
     std = np.sqrt(m2)

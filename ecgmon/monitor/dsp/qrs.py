@@ -151,15 +151,21 @@ class QRSDetector:
         if last < first:
             return []
         self._next_peak = last + 1
-        # Zeros before the stream began: the feature is never negative.
-        f = np.concatenate([np.zeros(self._back), h.feature])
-        i = np.arange(first, last + 1) - h.base + self._back
-        before = maximum_filter1d(f, self._back, mode="constant")[i - self._back + self._back // 2]
-        after = maximum_filter1d(f, self._ahead, mode="constant")[i + 1 + self._ahead // 2]
-        peak = (f[i] > before) & (f[i] >= after) & (f[i] > FEATURE_FLOOR)
-        return [
-            self._candidate(int(j) - self._back + h.base, float(f[j])) for j in i[peak]
-        ]
+        back, ahead = self._back, self._ahead
+        # f[k] is the feature at stream index k + origin; the indices examined are f[i0:i1].
+        if first - h.base >= back:
+            f, origin = h.feature, h.base
+        else:  # near the stream's start: zeros before it began (the feature is never negative)
+            f, origin = np.concatenate([np.zeros(back), h.feature]), h.base - back
+        i0, i1 = first - origin, last + 1 - origin
+        # Each index's largest value in the PEAK_BACK_S before it and the PEAK_AHEAD_S after
+        # it, filtered over just the span those windows cover (every window lies inside it,
+        # so the maxima are those of the whole history).
+        before = maximum_filter1d(f[i0 - back : i1 - 1], back)[back // 2 : back // 2 + i1 - i0]
+        after = maximum_filter1d(f[i0 + 1 : i1 + ahead], ahead)[ahead // 2 : ahead // 2 + i1 - i0]
+        x = f[i0:i1]
+        peak = np.flatnonzero((x > before) & (x >= after) & (x > FEATURE_FLOOR))
+        return [self._candidate(int(k) + first, float(x[k])) for k in peak]
 
     def _candidate(self, p: int, height: float) -> _Candidate:
         h = self._hist

@@ -39,8 +39,12 @@ RELEARN_S = 4.0
 RELEARN_DECAY = 0.5
 RELEARN_MIN = 0.125
 HISTORY = 8
-# Feature peaks below this are not QRS complexes whatever the gain (input is in mV).
-FEATURE_FLOOR = 0.002
+# Feature peaks below this are not QRS complexes whatever the gain (input is in mV): about the
+# peak of a 0.05 mV QRS at 360 Hz (0.07 mV at 128 Hz). A stream that starts, or a pipeline
+# that starts again, in a pause has no beats to learn its thresholds from; with a floor of
+# 0.002 it learnt 10-20 uV of amplifier noise as beats (65 a 30 s) and called asystole
+# extreme tachycardia.
+FEATURE_FLOOR = 0.0098
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,8 +15,8 @@ book turns observations into alarms:
   the condition outlives the technical one.
 
 People: an acknowledgement or silence names the alarm by its id, which is unique across daemon
-runs (``bed3-vtach-7-1a2b3c4d``: stream, kind, its number in this run, the run), so a stale or replayed request
-can never reach a new alarm of the same kind. The first acknowledgement stands; a later one is
+runs (``bed3-vtach-7-1a2b3c4d``: stream, kind, its number in this run, the run), so a stale
+or replayed request can never reach a new alarm of the same kind. The first acknowledgement stands; a later one is
 refused (``AlarmRefused`` says by whom and when it was acknowledged). Silencing is not an
 acknowledgement: it records ``silenced_by``, and a latched alarm stays until acknowledged.
 """

@@ -40,8 +40,13 @@ def softmax(output: Any) -> np.ndarray:
 def softmax_label(output: Any, classes: tuple[str, ...]) -> tuple[str, float, np.ndarray]:
     """The class, its probability and all probabilities from a model's output row(s)."""
     p = softmax(output)
+    return (*most_likely(p, classes), p)
+
+
+def most_likely(p: np.ndarray, classes: tuple[str, ...]) -> tuple[str, float]:
+    """The class of the highest probability in ``p``, and that probability."""
     i = int(p.argmax())
-    return classes[i], float(p[i]), p
+    return classes[i], float(p[i])
 
 
 def check_beat_model(model: LoadedModel) -> None:
@@ -147,8 +152,7 @@ class BeatClassification:
             p = softmax(output)
             if self._vote is not None:
                 p = self._vote(window, p, window2)
-            i = int(p.argmax())
-            msg.label, msg.probability = self.classes[i], float(p[i])
+            msg.label, msg.probability = most_likely(p, self.classes)
         msg.latency_ms = (time.time() - received) * 1000.0
         return self._done(msg)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgmon.monitor.dsp.order_stats import median
+
 # The QRS complex lies within about 0.1 s before and 0.15 s after the detected R peak even
 # when wide (ventricular QRS 0.12-0.2 s); the T wave is left out on purpose: it follows the
 # rate, not the origin of the beat.

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import signal
-from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 
 from ecgmon.monitor.dsp.filters import StatefulSOS
+from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 
 LOWPASS_HZ = 16.0
 LENGTH_S = 0.13
@@ -72,8 +72,8 @@ class CurveLengthDetector:
         prev = y[0] if self._prev is None else self._prev
         self._prev = y[-1]
         # np.diff(y, prepend=prev) without its broadcasting wrapper (a third of this call's cost).
-        ext = np.concatenate(([prev], y))
-        d = np.abs(ext[1:] - ext[:-1])
+        joined = np.concatenate(([prev], y))
+        d = np.abs(joined[1:] - joined[:-1])
         ext = np.concatenate([self._tail, d])
         self._tail = ext[-(self._width - 1):] if self._width > 1 else self._tail
         csum = np.concatenate([[0.0], np.cumsum(ext)])

@@ -15,10 +15,10 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 
 from ecgmon.config import DetectorConfig
 from ecgmon.monitor.dsp.filters import StatefulSOS, bandpass_sos
+from ecgmon.monitor.dsp.max_filter import maximum_filter1d
 from ecgmon.rates import check_ecg_rate
 
 # Feature chain and decision constants; times in seconds so that any rate behaves alike.

@@ -19,6 +19,7 @@ from ecgmon.config import AlarmsConfig, Config, DataConfig
 from ecgmon.monitor.alarms import AlarmEngine
 from ecgmon.monitor.alarms.kinds import KINDS
 from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
+from ecgmon.monitor.dsp.qrs import LEARN_S
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import Record, load_record
 from ecgmon.schema import AlarmMessage, BeatMessage
@@ -107,6 +108,24 @@ def test_asystole_on_a_real_pause_raised_and_cleared(rec100: Record) -> None:
     assert 23.0 <= cleared.cleared_s <= 23.0 + 5.0 + 2.0
     assert len([m for m in msgs if m.alarm == "asystole" and m.state == "raised"]) == 1
     assert not _of(msgs, "leads_off") and not _of(msgs, "noise")
+
+
+def test_asystole_when_the_patient_is_connected_in_it(rec100: Record) -> None:
+    """A stream that starts in a pause (baseline wander and noise, leads on) has no beat to
+    date the pause from: it is dated from the signal's start and raised once the detector's
+    learning period and asystole_s have passed; the beats of record 100 then clear it. Record
+    100 itself, from its start, raises none."""
+    beats = rec100.signal[: round(30 * FS), 0].astype(np.float64)
+    n = round(20 * FS)
+    t = np.arange(n) / FS
+    pause = float(np.median(beats[: round(FS)])) + 0.05 * np.sin(2 * np.pi * 0.3 * t)
+    pause += 0.01 * np.random.default_rng(0).standard_normal(n)
+    msgs = _feed(np.concatenate([pause, beats]), _config())
+    raised, cleared = _raised_then_cleared(msgs, "asystole")
+    assert raised.onset_s == 0.0 and not raised.suppressed
+    assert 4.0 + LEARN_S <= raised.raised_s <= 4.0 + LEARN_S + 1.0
+    assert 20.0 <= cleared.cleared_s <= 20.0 + 5.0 + 3.0
+    assert not _of(_feed(beats, _config()), "asystole")
 
 
 def test_asystole_is_latched_by_default(rec100: Record) -> None:

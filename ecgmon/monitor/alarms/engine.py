@@ -22,6 +22,7 @@ from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.alarms.quality import NOISE_AGREEMENT, BeatAgreement
 from ecgmon.monitor.dsp.beat_template import BeatTemplate, Morphology
+from ecgmon.monitor.dsp.qrs import LEARN_S
 from ecgmon.monitor.alarms.technical import TechnicalMonitor
 # A beat is classified once the next beat is detected or this long after its R peak: the
 # pipeline's rule, which the alarms date their beat decisions by.
@@ -178,6 +179,14 @@ class AlarmEngine:
         if self._last_beat_s is not None:
             gap = t - self._last_beat_s
             obs.append(Observation("asystole", t, gap >= self.cfg.asystole_s, self._last_beat_s, f"Asystole {gap:.0f} s", round(gap, 1)))
+        else:
+            # No beat since the signal began (a patient connected in asystole, or a pipeline
+            # started again during one): the pause is dated from the signal's start, and the
+            # detector is given its learning period, within which it names no beat however
+            # many there are. Flat lines and noise are suppressed as for any pause.
+            gap = t - self._since / self.fs
+            present = gap >= self.cfg.asystole_s + LEARN_S
+            obs.append(Observation("asystole", t, present, self._since / self.fs, f"Asystole {gap:.0f} s", round(gap, 1)))
         out = self._apply(obs)
         out += self.book.tick(t, SIGNAL_KINDS)
         # Beat kinds clear on the signal clock too (no beats: nothing else would end them),

@@ -24,6 +24,14 @@ attempt I of docs/pcg-attempts.md). Offline: not the daemon's model (yet).
 Prints the markdown rows of docs/pcg-attempts.md (Se, Sp, MAcc on the recordings given a
 verdict; AUC over every recording; coverage), then the rule refitted on all four databases.
 
+Rule files for the daemon (monitor/dsp/pcg_cycles.py, ``[models] pcg_cycles``):
+``--fold-rule HELD_OUT JSON`` writes the rule of the outer fold without HELD_OUT (its emission
+fitted on the other three databases), ``--write-rule JSON`` the rule refitted on all four: a
+round-1 emission fitted on every database's round-0 states (one more pass over the audio, kept
+in the cache), the features of every recording segmented with it, pool, kept features,
+z-threshold and margin chosen as for one outer fold with all four databases as the inner ones.
+Both record the command and the held-out figures of the outer folds (this table's I rows).
+
     ECGMON_DATA=../shared/data OMP_NUM_THREADS=1 nice -n 10 python bench/pcg_cycles.py [--cache F.npz]
 
 About 25 minutes on the shared 2-core machine (two segmentation passes over 18.7 h of audio);
@@ -33,7 +41,9 @@ About 25 minutes on the shared 2-core machine (two segmentation passes over 18.7
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -41,6 +51,7 @@ import numpy as np
 
 from ecgmon.models.pcg_data import database_folders, load_pcg
 from ecgmon.monitor.dsp import pcg_segment as P
+from ecgmon.monitor.dsp.pcg_cycles import RULE_FORMAT, SPAN_S, UPDATE_S
 from ecgmon.scores import auc
 
 COVER = 0.8
@@ -65,9 +76,8 @@ def fit_emission(F: np.ndarray, s: np.ndarray, iters: int = 300, lr: float = 0.5
     return P.Emission(W)
 
 
-def features(data, log) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    dbs = data.databases
-    names = sorted(set(dbs.tolist()))
+def round0(data, log) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every recording's envelopes and round-0 states, every 4th 50 Hz sample."""
     frames, states = [], []
     t0 = time.time()
     for i in range(len(data)):
@@ -78,6 +88,30 @@ def features(data, log) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         states.append(seg.states[j].astype(int))
         if i % 500 == 0:
             log(f"round 0: {i}/{len(data)} ({time.time() - t0:.0f} s)")
+    return frames, states
+
+
+def all_four(data, log) -> tuple[np.ndarray, np.ndarray]:
+    """(features of every recording, emission weights) with the emission fitted on every
+    database's round-0 states: what the shipped rule segments with."""
+    frames, states = round0(data, log)
+    F, s = np.concatenate(frames), np.concatenate(states)
+    pick = np.random.default_rng(0).choice(len(F), size=min(len(F), 300000), replace=False)
+    emission = fit_emission(F[pick], s[pick])
+    log("emission fitted on all four databases' round-0 states")
+    X = np.full((len(data), len(P.FEATURE_NAMES)), np.nan)
+    t0 = time.time()
+    for i in range(len(data)):
+        X[i], _ = P.recording_features(data.audio(i), emission)
+        if i % 500 == 0:
+            log(f"round 1 (all four): {i}/{len(data)} ({time.time() - t0:.0f} s)")
+    return X, emission.weights
+
+
+def features(data, log) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    dbs = data.databases
+    names = sorted(set(dbs.tolist()))
+    frames, states = round0(data, log)
     rng = np.random.default_rng(0)
     emission = {}
     for held in names:
@@ -88,6 +122,7 @@ def features(data, log) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         emission[held] = fit_emission(F[pick], s[pick])
         log(f"emission for {held} fitted on the other databases' round-0 states")
     X = np.full((len(data), len(P.FEATURE_NAMES)), np.nan)
+    t0 = time.time()
     for i in range(len(data)):
         X[i], _ = P.recording_features(data.audio(i), emission[dbs[i]])
         if i % 500 == 0:
@@ -177,32 +212,54 @@ class Rule:
         return self.y[k], calibrate(s) if np.isfinite(s).any() else s, len(cols)
 
 
-def write_fold_rule(rule: Rule, names: list[str], emission: dict[str, np.ndarray], held: str, path: str,
-                    delta: float) -> None:
-    """The rule of one outer fold, as the table above used it, for a test to hold the
-    segmenter and features to that fold's figures on its held-out database."""
-    import json
-
-    train = [n for n in names if n != held]
+def choose_rule(rule: Rule, train: list[str]) -> tuple[float, str, float, float]:
+    """(inner mean MAcc, pool, z-threshold, z-margin) for a rule learnt on ``train``, each of
+    its databases left out in turn (the held-out database, if any, is not among them)."""
     best = None
     for p in POOLS:
         inner = [rule.score([u for u in train if u != t], t, POOLS[p], "eq")[:2] for t in train]
         thr, margin, inner_macc = choose(inner)
         if best is None or inner_macc > best[0]:
             best = (inner_macc, p, thr, margin)
+    assert best is not None
+    return best
+
+
+def rule_card(what: str, name: str, trained_on: list[str], emission: np.ndarray, cols: list[int], sign: np.ndarray,
+              chosen: tuple[float, str, float, float], delta: float, held_out: dict) -> dict:
+    """A rule file for monitor/dsp/pcg_cycles.py (format RULE_FORMAT), card-like: what it is,
+    the command that wrote it, what it trained on and its held-out figures."""
+    return {
+        "format": RULE_FORMAT, "name": name, "kind": "pcg_cycles", "what": what,
+        "command": "ECGMON_DATA=... OMP_NUM_THREADS=1 python " + " ".join(["bench/pcg_cycles.py", *sys.argv[1:]]),
+        "created": time.strftime("%Y-%m-%d", time.gmtime()),
+        "trained_on": trained_on, "delta": delta, "pool": chosen[1], "inner_mean_macc": round(float(chosen[0]), 4),
+        "span_s": SPAN_S, "update_s": UPDATE_S,
+        "emission": np.asarray(emission).tolist(),
+        "features": [{"name": P.FEATURE_NAMES[c], "index": int(c), "sign": int(sg)} for c, sg in zip(cols, sign)],
+        "z_threshold": chosen[2], "z_margin": chosen[3],
+        "held_out_figures": held_out,
+    }
+
+
+def figures(r) -> dict:
+    return {k: round(float(v), 4) for k, v in zip(("se", "sp", "macc", "coverage", "auc"), r)}
+
+
+def write_fold_rule(rule: Rule, names: list[str], emission: dict[str, np.ndarray], held: str, path: str,
+                    delta: float) -> None:
+    """The rule of one outer fold, as the table above used it, for ``ecgmon evaluate pcg
+    --cycles`` and a test to hold the segmenter and features to that fold's figures on its
+    held-out database."""
+    train = [n for n in names if n != held]
+    best = choose_rule(rule, train)
     cols, sign = rule.kept(train, POOLS[best[1]])
     lab, z, _ = rule.score(train, held, POOLS[best[1]], "eq")
     ok = np.isfinite(z)
-    se, sp, macc, cov = report(lab, z, best[2], best[3])
-    Path(path).write_text(json.dumps({
-        "what": "attempt I's rule learnt without the held-out database (bench/pcg_cycles.py --fold-rule)",
-        "held_out": held, "trained_on": train, "delta": delta, "pool": best[1],
-        "emission": np.asarray(emission[held]).tolist(),
-        "features": [{"name": P.FEATURE_NAMES[c], "index": int(c), "sign": int(sg)} for c, sg in zip(cols, sign)],
-        "z_threshold": best[2], "z_margin": best[3],
-        "held_out_figures": {"se": round(float(se), 4), "sp": round(float(sp), 4), "macc": round(float(macc), 4),
-                             "coverage": round(float(cov), 4), "auc": round(float(auc(lab[ok], z[ok])), 4)},
-    }, indent=1) + "\n")
+    r = report(lab, z, best[2], best[3]) + (auc(lab[ok], z[ok]),)
+    card = rule_card("attempt I's rule learnt without the held-out database (bench/pcg_cycles.py --fold-rule)",
+                     f"pcg-cycles-without-{held}", train, emission[held], cols, sign, best, delta, {held: figures(r)})
+    Path(path).write_text(json.dumps({"held_out": held, **card}, indent=1) + "\n")
     print(f"wrote {path}")
 
 
@@ -217,6 +274,9 @@ def main() -> None:
     ap.add_argument("--delta", type=float, default=0.02, help="AUC distance from 0.5 a kept feature needs")
     ap.add_argument("--fold-rule", nargs=2, metavar=("HELD_OUT", "JSON"),
                     help="write the rule learnt without database HELD_OUT (as tests/pcg_cycles_rule_d.json)")
+    ap.add_argument("--write-rule", metavar="JSON",
+                    help="write the rule refitted on all four databases (ecgmon/models/weights/pcg-cycles.json); "
+                         "one more pass over the audio unless the cache holds it")
     args = ap.parse_args()
     data = load_pcg(database_folders(Path(args.data)), lambda s: print(s), progress=False)
     if args.cache and Path(args.cache).is_file():
@@ -229,6 +289,15 @@ def main() -> None:
             np.savez(args.cache, X=X, **{f"W_{db}": w for db, w in emission.items()})
     dbs, y = data.databases, data.labels
     names = sorted(set(dbs.tolist()))
+    if args.write_rule:
+        have: dict[str, np.ndarray] = {}
+        if args.cache and Path(args.cache).is_file():
+            with np.load(args.cache) as z:
+                have = {k: z[k] for k in z.files}
+        if "X_all" not in have:
+            have["X_all"], have["W_all"] = all_four(data, lambda s: print(s, flush=True))
+            if args.cache:
+                np.savez(args.cache, **have)
     rule = Rule(X, per_database(X, dbs), y, dbs, args.delta)
     variants = [(p, h) for p in POOLS for h in ("eq", "lr")]
     rows = {v: [] for v in variants}
@@ -253,17 +322,22 @@ def main() -> None:
         print(f"| {name} | mean | {m[0]:.3f} | {m[1]:.3f} | **{m[2]:.3f}** | {m[4]:.3f} | {m[3]:.2f} | |")
     if args.fold_rule:
         write_fold_rule(rule, names, emission, *args.fold_rule, args.delta)
-    # the rule refitted on all four databases (what a shipped model would hold)
-    best = None
-    for p in POOLS:
-        inner = [rule.score([u for u in names if u != t], t, POOLS[p], "eq")[:2] for t in names]
-        thr, margin, inner_macc = choose(inner)
-        if best is None or inner_macc > best[0]:
-            best = (inner_macc, p, thr, margin)
-    cols, sign = rule.kept(names, POOLS[best[1]])
+    # the rule refitted on all four databases (what a shipped model would hold): on the
+    # features segmented with each fold's emission, or, for --write-rule, with the emission
+    # fitted on all four (what the daemon will segment with)
+    final = Rule(have["X_all"], per_database(have["X_all"], dbs), y, dbs, args.delta) if args.write_rule else rule
+    best = choose_rule(final, names)
+    cols, sign = final.kept(names, POOLS[best[1]])
     print(f"\nall four databases: pool {best[1]}, z-threshold {best[2]:g} ± {best[3]:g} "
           f"(mean MAcc {best[0]:.3f} leaving each out); {len(cols)} features kept:")
     print(", ".join(f"{'+' if s > 0 else '-'}{P.FEATURE_NAMES[c]}" for c, s in zip(cols, sign)))
+    if args.write_rule:
+        held_out = {held: figures(r) for held, (_, r, _) in zip(names, chosen)}
+        card = rule_card("attempt I's rule refitted on all four pcg2016 databases (bench/pcg_cycles.py --write-rule); "
+                         "held_out_figures: the outer folds' (each fold's own rule, nothing chosen on its held-out "
+                         "database)", "pcg-cycles", names, have["W_all"], cols, sign, best, args.delta, held_out)
+        Path(args.write_rule).write_text(json.dumps(card, indent=1) + "\n")
+        print(f"wrote {args.write_rule}")
 
 
 if __name__ == "__main__":

@@ -197,6 +197,10 @@ class ModelsConfig(_Section):
     beat: str = "beat-cnn-bilstm.pt"
     segment: str = "segment-attention-cnn.pt"
     pcg: str = "pcg-mel-cnn.pt"
+    # The heart-sound verdict from the segmented cardiac cycle (a rule file, e.g. the shipped
+    # "pcg-cycles.json"; monitor/dsp/pcg_cycles.py): when set, it gives pcg_class instead of
+    # the pcg model, which is then not run. Empty: the pcg model's verdict.
+    pcg_cycles: str = ""
     # Pool the beat model's P(V) over the stream's beats of one QRS shape
     # (monitor/dsp/beat_clusters.py): off gives the model's call of each beat alone.
     vote: bool = True

@@ -139,18 +139,22 @@ class PcgClassMessage(Message):
     )
     calibrated: bool = Field(
         False, description="the verdict is on the device's calibrated score ([audio] calibration); threshold "
-                           "is then the card's z_threshold carried to this device's P(abnormal) scale, and "
-                           "probability is none (a raw P(abnormal) is no probability on that device)"
+                           "is then the card's z_threshold carried to this device's P(abnormal) scale (or cycle "
+                           "score scale), and probability is none (a raw P(abnormal) is no probability on that "
+                           "device)"
     )
     probability: float | None = Field(
         description="the model's probability of label (mean over the aggregated windows); none when uncertain"
     )
     p_abnormal: float | None = Field(
-        None, description="mean P(abnormal) of the aggregated windows; none while no window is aggregated"
+        None, description="mean P(abnormal) of the aggregated windows; none while no window is aggregated; with "
+                          "[models] pcg_cycles the cycle score (no probability), none without cycles or calibration"
     )
     threshold: float = Field(0.5, description="the model card's threshold on p_abnormal")
-    window_probability: float = Field(description="probability of abnormal in the latest window")
-    windows: int = Field(description="windows aggregated: those of quality >= [audio] min_quality")
+    window_probability: float = Field(description="probability of abnormal in the latest window (with [models] "
+                                                  "pcg_cycles: the cycle score again, 0 when there is none)")
+    windows: int = Field(description="windows aggregated: those of quality >= [audio] min_quality (with [models] "
+                                     "pcg_cycles: the complete heart cycles in the audio judged)")
     window_quality: float | None = Field(None, description="signal-quality index of the latest window")
     rejected: int = Field(0, description="windows below [audio] min_quality, left out of the verdict")
 

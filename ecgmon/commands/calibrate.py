@@ -35,6 +35,9 @@ def add_calibrate(sub: argparse._SubParsersAction, common: argparse.ArgumentPars
     c.add_argument("--model", help="a .pt/.pt2 heart-sound model (default: [models] pcg of the config)")
     c.add_argument("--name", default="", help="the device's name, kept in the file")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (where the model runs)")
+    c.add_argument("--cycles", metavar="RULE.json",
+                   help="also calibrate the cycle rule (per-feature and score median/IQR; default: [models] "
+                        "pcg_cycles of the config, if set); 'none': not")
     c.set_defaults(func=cmd_calibrate_pcg)
 
 
@@ -46,13 +49,17 @@ def cmd_calibrate_pcg(args: argparse.Namespace, config: Config) -> int:
     if not (args.model or config.models.pcg):
         raise CommandError("no heart-sound model: give --model FILE or set [models] pcg in the config")
     model = Path(args.model) if args.model else model_path(config.models.pcg)
+    cycles = args.cycles or config.models.pcg_cycles or None
     try:
         cal = calibrate_pcg(args.paths, model, args.out, print_warning, device=args.device,
                             progress=sys.stderr.isatty(), min_quality=config.audio.min_quality,
-                            envelope_fs=config.audio.envelope_fs, name=args.name)
+                            envelope_fs=config.audio.envelope_fs, name=args.name,
+                            cycles=None if cycles in (None, "none") else model_path(cycles))
     except PcgDataError as err:
         raise CommandError(str(err)) from None
     log.info("wrote %s: %d recordings, median %.4g, IQR %.4g (model %s); use it with [audio] calibration "
              "or ecgmon run --pcg-calibration", args.out, cal.recordings, cal.median, cal.iqr, cal.model_name)
-    print(f"wrote {args.out}: {cal.recordings} recordings, median score {cal.median:.4g}, IQR {cal.iqr:.4g}")
+    print(f"wrote {args.out}: {cal.recordings} recordings, median score {cal.median:.4g}, IQR {cal.iqr:.4g}"
+          + ("" if cal.cycles is None else f"; cycle rule {cal.cycles['rule_name']}: {cal.cycles['recordings']} "
+             f"recordings with enough cycles, score median {cal.cycles['score_median']:.4g}"))
     return 0

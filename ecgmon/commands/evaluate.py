@@ -311,6 +311,9 @@ def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.Argumen
     )
     e.add_argument("dir", metavar="DIR", help="recordings with REFERENCE.csv (1 abnormal, -1 normal)")
     e.add_argument("--model", help="a .pt/.pt2 heart-sound model (default: [models] pcg of the config)")
+    e.add_argument("--cycles", metavar="RULE.json",
+                   help="score the cycle rule (a rule file, e.g. pcg-cycles.json or a fold's) instead of the model: "
+                        "the daemon's verdict with [models] pcg_cycles; the model is not run")
     e.add_argument("--device", default="auto", help="auto, cpu or cuda")
     e.add_argument("--calibration", metavar="CAL.json|none",
                    help="for a card ruling on the calibrated score: one device's calibration for every "
@@ -324,9 +327,17 @@ def add_evaluate_pcg(kinds: argparse._SubParsersAction, common: argparse.Argumen
 
 def cmd_evaluate_pcg(args: argparse.Namespace, config: Config) -> int:
     from ecgmon.models.pcg_data import PcgDataError
-    from ecgmon.evaluate.pcg import evaluate_pcg, render
+    from ecgmon.evaluate.pcg import evaluate_cycles, evaluate_pcg, render
     from ecgmon.monitor.model_set import model_path
 
+    if args.cycles:
+        try:
+            result = evaluate_cycles(args.dir, model_path(args.cycles), args.out, print_warning,
+                                     progress=sys.stderr.isatty(), calibration=args.calibration)
+        except PcgDataError as err:
+            raise CommandError(str(err)) from None
+        _report(result, render, args.json)
+        return 0
     if not (args.model or config.models.pcg):
         raise CommandError("no heart-sound model: give --model FILE or set [models] pcg in the config")
     model = Path(args.model) if args.model else model_path(config.models.pcg)

@@ -40,6 +40,9 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
     p.add_argument("--pcg-calibration", metavar="CAL.json",
                    help="the stethoscope's calibration for the heart-sound model (`ecgmon calibrate pcg`; "
                         "default: [audio] calibration)")
+    p.add_argument("--pcg-cycles", metavar="RULE.json",
+                   help="the heart-sound verdict from the segmented cardiac cycle (e.g. pcg-cycles.json, shipped) "
+                        "instead of the model; needs a calibration made with it (default: [models] pcg_cycles)")
     p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
     p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
     p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
@@ -80,6 +83,7 @@ def cmd_run(args: argparse.Namespace, config: Config) -> int:
         ("--allowed-keys", "security", "allowed_keys", args.allowed_keys),
         ("--insecure", "security", "insecure", args.insecure),
         ("--pcg-calibration", "audio", "calibration", args.pcg_calibration),
+        ("--pcg-cycles", "models", "pcg_cycles", args.pcg_cycles),
         *http_overrides(args),
     ])
     pc, sc = config.publisher, config.security
@@ -161,12 +165,20 @@ async def _serve_with_http(face, args, config: Config, sources, publisher, keys,
 
 def _check_calibration(config: Config, models) -> None:
     """A calibration that cannot serve the loaded heart-sound model is refused now, not when
-    the first heart-sound stream starts."""
-    if not config.audio.calibration or models.get("pcg") is None:
+    the first heart-sound stream starts. With a cycle rule only its part of the file counts
+    (the heart-sound model is not run)."""
+    if not config.audio.calibration or (models.get("pcg") is None and models.get("pcg_cycles") is None):
         return
     from ecgmon.commands.common import CommandError
-    from ecgmon.monitor.dsp.pcg_decision import Calibration, CalibrationError, device_rule
+    from ecgmon.monitor.dsp.pcg_decision import Calibration, CalibrationError, CycleCalibration, device_rule
 
+    if models.get("pcg_cycles") is not None:
+        try:
+            CycleCalibration.from_calibration(Calibration.load(config.audio.calibration), config.audio.calibration,
+                                              models["pcg_cycles"].rule.sha256)
+        except CalibrationError as err:
+            raise CommandError(f"[audio] calibration: {err}") from None
+        return
     model = models.get("pcg")
     try:
         device_rule(model.card.get("decision", {}),

@@ -323,9 +323,10 @@ def analyze_pcg(req: PcgRequest, ctx: Context | None = None) -> bytes:
     audio = read_audio(req.part, req.max_duration_s)
     config = ctx.config
     model = ctx.models.get("pcg")
+    cycles = ctx.models.get("pcg_cycles")
     try:
         chunker = AudioChunker("upload", audio.fs, audio.samples.shape[1], config.audio, req.part.name)
-        pipeline = PcgPipeline("upload", PCG_FS, config, model)
+        pipeline = PcgPipeline("upload", PCG_FS, config, model, cycles)
     except SourceError as err:  # a rate too low for heart sounds
         raise UploadError(422, str(err)) from None
     except ValueError as err:  # a calibration that does not fit the model
@@ -348,7 +349,8 @@ def analyze_pcg(req: PcgRequest, ctx: Context | None = None) -> bytes:
     for pos in range(0, audio.samples.shape[0], step):
         take(chunker.process(audio.samples[pos : pos + step]))
     take(chunker.process(np.zeros((0, audio.samples.shape[1]), dtype=np.float32), last=True))
-    msgs.extend(run_jobs(jobs + pipeline.finish(), {"pcg": model} if model is not None else {}))
+    msgs.extend(run_jobs(jobs + pipeline.finish(), {k: m for k, m in (("pcg", model), ("pcg_cycles", cycles))
+                                                    if m is not None}))
     updates = [m for m in msgs if isinstance(m, PcgMessage)]
     verdicts = [m for m in msgs if isinstance(m, PcgClassMessage)]
     env = np.concatenate([np.asarray(m.envelope, dtype=np.float64) for m in updates]) if updates else np.zeros(0)
@@ -359,7 +361,7 @@ def analyze_pcg(req: PcgRequest, ctx: Context | None = None) -> bytes:
         verdict = PcgVerdict(label=v.label, reason=v.reason, probability=v.probability, p_abnormal=v.p_abnormal,
                              threshold=v.threshold, calibrated=v.calibrated, windows=v.windows, rejected=v.rejected)
     else:
-        why = "no model" if model is None else "too short"
+        why = "no model" if model is None and cycles is None else "too short"
         verdict = PcgVerdict(label="uncertain", reason=why, probability=None, p_abnormal=None, threshold=None,
                              calibrated=False, windows=0, rejected=0)
     answer = PcgAnalysis(

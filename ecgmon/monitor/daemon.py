@@ -177,7 +177,8 @@ class Daemon:
         if st.pipeline is None and st.state != "failed":
             try:
                 if _modality(source) == "pcg":
-                    st.pipeline = PcgPipeline(chunk.stream, chunk.fs, self.config, self.models.get("pcg"))
+                    st.pipeline = PcgPipeline(chunk.stream, chunk.fs, self.config, self.models.get("pcg"),
+                                              self.models.get("pcg_cycles"))
                 else:
                     st.pipeline = StreamPipeline(
                         chunk.stream, chunk.fs, chunk.channels[0], self.config,

@@ -48,4 +48,13 @@ def load_models(config: ModelsConfig) -> tuple[dict[str, LoadedModel], list[str]
             errors.append(f"[models] {key} = {setting!r} not used: {err}")
             continue
         models[key] = model
+    if config.pcg_cycles:
+        # A rule file, not a network: loaded and checked here, run by the batcher like a model.
+        from ecgmon.monitor.dsp.pcg_cycles import CycleRuleError
+        from ecgmon.monitor.pcg_cycle_model import CycleModel
+
+        try:
+            models["pcg_cycles"] = CycleModel.load(model_path(config.pcg_cycles))
+        except CycleRuleError as err:
+            errors.append(f"[models] pcg_cycles = {config.pcg_cycles!r} not used: {err}")
     return models, errors

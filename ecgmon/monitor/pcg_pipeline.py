@@ -5,6 +5,13 @@ heart-sound model (InferenceJobs) and turns the window probabilities into a verd
 recording so far (PcgClassMessage): normal, abnormal, or uncertain when the quality is low,
 the windows disagree or the probability is near the threshold. It never blocks and never sleeps.
 
+With a cycle rule (``[models] pcg_cycles``, monitor/pcg_cycle_model.py) the verdict is the
+rule's instead, and the CNN's windows are not cut: every ``update_s`` of signal (and once more
+when the stream ends) the last ``span_s`` seconds of audio go to the rule's batcher as one job,
+which segments the cardiac cycle and returns the cycle features off the event loop; the
+device's calibration standardises them and ``pcg_decision.decide_cycles`` says normal,
+abnormal or uncertain (too few cycles, device not calibrated, near the threshold).
+
 Every output is placed on the signal clock (sample indices), so the messages do not depend
 on how the audio was chunked.
 """
@@ -18,7 +25,8 @@ import numpy as np
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import softmax_label
-from ecgmon.monitor.dsp.pcg_decision import Calibration, decide, device_rule
+from ecgmon.monitor.dsp.pcg_decision import Calibration, CycleCalibration, decide, decide_cycles, device_rule
+from ecgmon.monitor.dsp.pcg_segment import FEATURE_NAMES, MIN_SECONDS
 from ecgmon.monitor.dsp.pcg_envelope import PCG_FS, HomomorphicEnvelope, PcgBandpass, envelope_delay_s
 from ecgmon.monitor.dsp.pcg_quality import QUALITY_WINDOW_S, quality_index
 from ecgmon.monitor.dsp.pcg_rate import RATE_SPAN_S, envelope_rate_bpm
@@ -29,6 +37,7 @@ from ecgmon.schema import EventMessage, Message, PcgClassMessage, PcgMessage, St
 
 if TYPE_CHECKING:
     from ecgmon.monitor.model_loader import LoadedModel
+    from ecgmon.monitor.pcg_cycle_model import CycleModel
 
 # Without a model, windows are still cut for their quality at the model's usual size.
 DEFAULT_WINDOW_S, DEFAULT_HOP_S = 5.0, 2.5
@@ -43,7 +52,8 @@ class PcgPipeline:
     """All per-stream state of one heart-sound stream; ``feed`` returns messages to publish,
     ``take_jobs`` the model windows cut since the last call."""
 
-    def __init__(self, stream: str, fs: float, config: Config, model: LoadedModel | None = None) -> None:
+    def __init__(self, stream: str, fs: float, config: Config, model: LoadedModel | None = None,
+                 cycles: CycleModel | None = None) -> None:
         if fs != PCG_FS:
             raise ValueError(f"heart-sound audio must arrive at {PCG_FS:g} Hz (sources resample it), got {fs:g}")
         self.stream = stream
@@ -56,6 +66,9 @@ class PcgPipeline:
         self.env_fs = self._envelope.fs
         self._dec = self._envelope.decimation
         self._detector = HeartSoundDetector(self.env_fs, envelope_delay_s())
+        # The cycle rule, when there is one, gives the verdict: the CNN is then not run at all.
+        self.cycles = cycles
+        model = None if cycles is not None else model
         self.model = model
         if model is not None and model.fs != self.fs:
             raise ValueError(f"heart-sound model {model.name} expects {model.fs:g} Hz audio, the stream is {self.fs:g} Hz")
@@ -71,8 +84,19 @@ class PcgPipeline:
                             if model is not None and audio.calibration else None)
         self.rule = device_rule(decision, self.calibration, self.min_quality)
         self.threshold = self.rule.threshold
+        # The cycle rule's part of the device's calibration (refused if fitted for another rule
+        # file; a file without one leaves every cycle verdict "uncertain: device not calibrated").
+        self.cycle_calibration: CycleCalibration | None = None
+        cycle_n, self._cycle_step = 0, 0
+        if cycles is not None:
+            cal = Calibration.load(audio.calibration) if audio.calibration else None
+            self.cycle_calibration = CycleCalibration.from_calibration(cal, audio.calibration, cycles.rule.sha256)
+            cycle_n = cycles.span
+            self._cycle_step = int(round(cycles.rule.update_s * self.fs))
+        self._next_cycles = self._cycle_step if cycles is not None else None
+        self._cycles_done = 0  # the stream position of the last cycle job
         quality_n = int(QUALITY_WINDOW_S * self.fs)
-        self._audio = RingBuffer(max(self.window, quality_n) + self.hop + int(self.fs), np.float32)
+        self._audio = RingBuffer(max(self.window, quality_n, cycle_n) + self.hop + int(self.fs), np.float32)
         env_n = max(self.window + self.hop, quality_n, int(RATE_SPAN_S * self.fs)) // self._dec
         self._env = RingBuffer(env_n + 2 * int(self.env_fs), np.float64)
         self._update_n = max(self._dec, int(round(audio.update_s * self.fs)) // self._dec * self._dec)
@@ -113,7 +137,7 @@ class PcgPipeline:
             out.append(self._gap_event(chunk, "filled with silence"))
         while x.size:
             # Split at the next update or window boundary, so each is computed exactly there.
-            due = min(self._next_update, self._next_window) - self.samples
+            due = min(self._next_update, self._next_window, self._next_cycles or self._next_window) - self.samples
             take = x[: max(1, due)]
             x = x[take.size :]
             out.extend(self._process(take))
@@ -130,6 +154,9 @@ class PcgPipeline:
         if self.samples >= self._next_window:
             self._cut_window(self._next_window)
             self._next_window += self.hop
+        if self._next_cycles is not None and self.samples >= self._next_cycles:
+            self._cut_cycles(self._next_cycles)
+            self._next_cycles += self._cycle_step
         if self.samples >= self._next_update:
             out.append(self._update_message(self._next_update))
             self._next_update += self._update_n
@@ -210,12 +237,52 @@ class PcgPipeline:
             window_quality=round(quality, 3), rejected=v.rejected,
         )]
 
+    # -- the cycle rule -----------------------------------------------------------------
+
+    def _cut_cycles(self, end: int) -> None:
+        """One cycle job on the audio up to ``end`` (its last ``span_s`` seconds)."""
+        assert self.cycles is not None
+        self._cycles_done = end
+        if end < MIN_SECONDS * self.fs:
+            return  # too short to find a heart cycle in: no verdict yet
+        audio = self._audio.get(max(0, end - self.cycles.span), end)
+        end_s = (end + (self._offset or 0)) / self.fs
+        self._jobs.append(InferenceJob(
+            "pcg_cycles", None if audio is None else self.cycles.item(audio),
+            lambda output, t=end_s: self._cycle_verdict(output, t),
+        ))
+
+    def _cycle_verdict(self, output: Any, end_s: float) -> list[Message]:
+        """The cycle rule's verdict on the last ``span_s`` seconds (``pcg_decision.decide_cycles``).
+        The message keeps the CNN's fields: p_abnormal and window_probability carry the cycle
+        score (no probability), threshold the z-threshold on this device's score scale, windows
+        the complete cycles analysed."""
+        if output is None:
+            return []
+        assert self.cycles is not None
+        row = np.asarray(output, dtype=np.float64)
+        rule = self.cycles.rule
+        n = len(FEATURE_NAMES)
+        v = decide_cycles(row[:n], int(row[n]), rule.columns, rule.signs, rule.z_threshold, rule.z_margin,
+                          self.cycle_calibration)
+        score = None if v.score is None else round(v.score, 4)
+        return [PcgClassMessage(
+            stream=self.stream, time_s=round(end_s, 3), label=v.label, reason=v.reason,  # type: ignore[arg-type]
+            probability=None, p_abnormal=score,
+            threshold=round(rule.z_threshold if v.threshold is None else v.threshold, 6),
+            calibrated=self.cycle_calibration is not None, window_probability=0.0 if score is None else score,
+            windows=v.cycles, window_quality=None, rejected=0,
+        )]
+
     def take_jobs(self) -> list[InferenceJob]:
         jobs, self._jobs = self._jobs, []
         return jobs
 
     def finish(self) -> list[InferenceJob]:
-        """The jobs still to run when the stream ends (windows are only cut whole)."""
+        """The jobs still to run when the stream ends (windows are only cut whole; the cycle
+        rule judges the audio up to the end once more, as evaluate pcg --cycles does)."""
+        if self.cycles is not None and self.samples > self._cycles_done:
+            self._cut_cycles(self.samples)
         return self.take_jobs()
 
     # -- status -------------------------------------------------------------------------

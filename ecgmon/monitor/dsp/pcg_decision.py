@@ -91,6 +91,8 @@ class Calibration:
     model_name: str = ""
     device: str = ""
     min_quality: float = 0.0  # the quality floor the recording scores were computed with
+    # The same device's calibration for the cycle rule (CycleCalibration.to_json), if fitted.
+    cycles: dict[str, Any] | None = None
 
     def z(self, score: float) -> float:
         return (score - self.median) / self.iqr
@@ -104,7 +106,10 @@ class Calibration:
         return self
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": CALIBRATION_FORMAT, **self.__dict__}
+        out = {"format": CALIBRATION_FORMAT, **self.__dict__}
+        if out["cycles"] is None:
+            del out["cycles"]  # a file without the cycle rule's part reads as before
+        return out
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
@@ -243,3 +248,117 @@ def window_qualities(audio: np.ndarray, fs: float, window: int, hop: int, envelo
         e = env[lo // dec : end // dec]
         out[k] = quality_index(audio[lo:end], e, envelope.fs) if e.size >= 2 else 0.0
     return out
+
+
+# -- the cycle rule (monitor/dsp/pcg_cycles.py): the verdict from the segmented cardiac cycle -----
+
+# A device's standardised feature is clipped here: one recording's odd value (a cough in a
+# cell of the cycle) must not carry the mean of all the kept features by itself.
+FEATURE_CLIP = 5.0
+
+
+@dataclass(frozen=True)
+class CycleCalibration:
+    """Where one device puts the cycle features and the cycle score, from its own unlabelled
+    recordings: each feature's median and IQR over them (the standardisation that makes a
+    feature mean the same on every stethoscope), then the median and IQR of the resulting
+    scores, for the rule file whose SHA-256 is ``rule_sha256`` (its emission and kept features
+    decide what the numbers are)."""
+
+    feature_median: tuple[float, ...]
+    feature_iqr: tuple[float, ...]
+    score_median: float
+    score_iqr: float
+    recordings: int
+    rule_sha256: str
+    rule_name: str = ""
+
+    def standardised(self, features: np.ndarray) -> np.ndarray:
+        med, iqr = np.asarray(self.feature_median), np.asarray(self.feature_iqr)
+        return np.clip((np.asarray(features, dtype=np.float64) - med) / np.maximum(iqr, 1e-9), -FEATURE_CLIP, FEATURE_CLIP)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "feature_median": list(self.feature_median), "feature_iqr": list(self.feature_iqr)}
+
+    @classmethod
+    def from_calibration(cls, cal: Calibration | None, path: str | Path, rule_sha256: str) -> CycleCalibration | None:
+        """The cycle part of a device's calibration; None when the file has none (the verdict
+        is then 'device not calibrated'); refused when fitted for another rule file."""
+        if cal is None or cal.cycles is None:
+            return None
+        data = cal.cycles
+        try:
+            out = cls(tuple(float(v) for v in data["feature_median"]), tuple(float(v) for v in data["feature_iqr"]),
+                      float(data["score_median"]), float(data["score_iqr"]), int(data["recordings"]),
+                      str(data["rule_sha256"]), str(data.get("rule_name", "")))
+        except (KeyError, TypeError, ValueError) as err:
+            raise CalibrationError(f"{path}: malformed cycle calibration ({type(err).__name__}: {err})") from None
+        if len(out.feature_median) != len(out.feature_iqr) or not out.feature_median:
+            raise CalibrationError(f"{path}: cycle calibration has {len(out.feature_median)} medians and "
+                                   f"{len(out.feature_iqr)} IQRs")
+        if out.rule_sha256.lower() != rule_sha256.lower():
+            raise CalibrationError(
+                f"{path}: cycle part fitted for rule {out.rule_name or '?'} sha256 {out.rule_sha256[:12]}, not this "
+                f"rule (sha256 {rule_sha256[:12]}): run ecgmon calibrate pcg again with this rule")
+        if not (out.score_iqr > 0 and np.isfinite(out.score_median)) or out.recordings < 2:
+            raise CalibrationError(f"{path}: cycle calibration unusable (score iqr {out.score_iqr}, "
+                                   f"{out.recordings} recordings)")
+        return out
+
+
+def _signed_mean(z: np.ndarray, columns: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """Attempt I's score: the mean of the kept standardised features, each with its sign."""
+    return (np.atleast_2d(z)[:, columns] * signs).mean(1)
+
+
+def fit_cycle_calibration(features: np.ndarray, columns: np.ndarray, signs: np.ndarray, rule_sha256: str,
+                          rule_name: str = "", min_recordings: int = MIN_CALIBRATION_RECORDINGS) -> CycleCalibration:
+    """A device's cycle calibration from its recordings' features ([recordings, 116], NaN where a
+    recording had too few cycles; no label is read): per-feature median/IQR over the recordings,
+    then the median/IQR of their scores (recordings with every kept feature)."""
+    X = np.atleast_2d(np.asarray(features, dtype=np.float64))
+    ok = np.isfinite(X[:, columns]).all(1)
+    if ok.sum() < max(2, min_recordings):
+        raise CalibrationError(f"{int(ok.sum())} recordings with enough heart cycles; a calibration needs at least "
+                               f"{max(2, min_recordings)}")
+    med = np.nanmedian(X, 0)
+    q75, q25 = np.nanpercentile(X, [75, 25], 0)
+    # a feature no recording had (NaN everywhere) gets 0 / 1: never kept by a rule that works
+    med, iqr = np.where(np.isfinite(med), med, 0.0), np.where(np.isfinite(q75 - q25), q75 - q25, 1.0)
+    part = CycleCalibration(tuple(med.tolist()), tuple(iqr.tolist()), 0.0, 1.0, int(ok.sum()), rule_sha256.lower(),
+                            rule_name)
+    s = _signed_mean(part.standardised(X[ok]), columns, signs)
+    s25, s50, s75 = np.percentile(s, [25, 50, 75])
+    if not s75 - s25 > 1e-9:
+        raise CalibrationError("every recording got the same cycle score: nothing to calibrate on")
+    return CycleCalibration(part.feature_median, part.feature_iqr, float(s50), float(s75 - s25), int(ok.sum()),
+                            rule_sha256.lower(), rule_name)
+
+
+@dataclass(frozen=True)
+class CycleVerdict:
+    label: str  # one of LABELS
+    reason: str | None  # why uncertain: "quality" (too few cycles), "device not calibrated", "near threshold"
+    score: float | None  # the signed mean of the device-standardised kept features; None without one
+    threshold: float | None  # z_threshold on the score's scale for this device (median + z * IQR)
+    z: float | None  # (score - median) / IQR of this device's recordings
+    cycles: int  # complete cycles in the audio analysed
+
+
+def decide_cycles(features: np.ndarray, cycles: int, columns: np.ndarray, signs: np.ndarray, z_threshold: float,
+                  z_margin: float, calibration: CycleCalibration | None) -> CycleVerdict:
+    """The cycle rule's verdict (the daemon after each update, ``evaluate pcg --cycles`` after a
+    recording's end): uncertain when a kept feature is missing (fewer than 3 cycles, no
+    contrast between the sounds and the gaps), when the device is not calibrated, or when z is
+    within ``z_margin`` of ``z_threshold``; else abnormal at or above it, normal below."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.shape[-1] <= int(np.max(columns)) or not np.isfinite(f[columns]).all():
+        return CycleVerdict("uncertain", "quality", None, None, None, int(cycles))
+    if calibration is None:
+        return CycleVerdict("uncertain", UNCALIBRATED, None, None, None, int(cycles))
+    score = float(_signed_mean(calibration.standardised(f), columns, signs)[0])
+    z = (score - calibration.score_median) / calibration.score_iqr
+    threshold = calibration.score_median + z_threshold * calibration.score_iqr
+    if abs(z - z_threshold) < z_margin:
+        return CycleVerdict("uncertain", "near threshold", score, threshold, z, int(cycles))
+    return CycleVerdict("abnormal" if z >= z_threshold else "normal", None, score, threshold, z, int(cycles))

@@ -222,3 +222,17 @@ def test_held_out_training_d_through_the_daemons_path(data_dir: Path, tmp_path: 
     assert d["coverage"] >= 0.7
     assert d["sp"] >= 0.6 and d["macc"] >= 0.56
     assert d["auc"] >= 0.62
+
+
+def test_the_shipped_rule_loads_by_name_and_says_how_it_was_made() -> None:
+    config = Config().models.model_copy(update={"pcg_cycles": "pcg-cycles.json", "beat": "", "segment": "", "pcg": ""})
+    models, errors = load_models(config)
+    assert errors == [] and isinstance(models["pcg_cycles"], CycleModel)
+    card = models["pcg_cycles"].rule.card
+    assert card["trained_on"] == ["training-a", "training-b", "training-d", "training-e"]
+    assert "--write-rule" in card["command"]
+    # the outer folds' figures it carries: what README's I-live table shows
+    figures = card["held_out_figures"]
+    assert sorted(figures) == card["trained_on"]
+    assert np.mean([f["macc"] for f in figures.values()]) == pytest.approx(0.635, abs=0.001)
+    assert min(f["sp"] for f in figures.values()) >= 0.5 and min(f["coverage"] for f in figures.values()) >= 0.7

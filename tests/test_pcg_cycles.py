@@ -146,6 +146,7 @@ def test_no_calibration_or_none_for_the_rule_is_uncertain(model: CycleModel, tmp
     assert "cycles" not in json.loads(old.read_text())
     _, verdicts = _run(PcgPipeline("bed1", FS, calibrated(old), None, model), x, 1000, model)
     assert {(m.label, m.reason) for m in verdicts} == {("uncertain", "device not calibrated")}
+    _check_calibration(calibrated(old), {"pcg_cycles": model})  # a warning at the start, no error
     # silence: no cycles, 'uncertain: quality'
     _, verdicts = _run(PcgPipeline("bed1", FS, calibrated(old), None, model), np.zeros(6 * FS, np.float32), 1000,
                        model)

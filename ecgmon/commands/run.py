@@ -174,10 +174,14 @@ def _check_calibration(config: Config, models) -> None:
 
     if models.get("pcg_cycles") is not None:
         try:
-            CycleCalibration.from_calibration(Calibration.load(config.audio.calibration), config.audio.calibration,
-                                              models["pcg_cycles"].rule.sha256)
+            part = CycleCalibration.from_calibration(Calibration.load(config.audio.calibration),
+                                                     config.audio.calibration, models["pcg_cycles"].rule.sha256)
         except CalibrationError as err:
             raise CommandError(f"[audio] calibration: {err}") from None
+        if part is None:  # not an error (the verdict says so), but the user should know now
+            log.warning("[audio] calibration %s has no part for the cycle rule: every heart-sound verdict will be "
+                        "'uncertain: device not calibrated'; run ecgmon calibrate pcg --cycles RULE",
+                        config.audio.calibration)
         return
     model = models.get("pcg")
     try:

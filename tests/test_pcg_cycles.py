@@ -135,6 +135,24 @@ async def test_the_daemon_publishes_the_offline_verdict(model: CycleModel, devic
     assert v.score is not None and last.p_abnormal == pytest.approx(v.score, abs=1e-4)
 
 
+def test_an_http_upload_gets_the_cycle_verdict(model: CycleModel, device_cal: Path, data_dir: Path) -> None:
+    """POST /v1/analyze/pcg's worker with the daemon's models: the cycle rule's verdict at the end."""
+    from ecgmon.http.analyze import Context, PcgRequest, analyze_pcg
+    from ecgmon.http.uploads import Part
+
+    path = data_dir / "pcg2016" / "training-a" / "a0007.flac"
+    answer = json.loads(analyze_pcg(PcgRequest(Part(path.name, path.read_bytes())),
+                                    Context(calibrated(device_cal), {"pcg_cycles": model})))
+    rule = model.rule
+    cal = CycleCalibration.from_calibration(Calibration.load(device_cal), device_cal, rule.sha256)
+    values, cycles = rule.features(_audio(data_dir, "training-a/a0007"))
+    v = decide_cycles(values, cycles, rule.columns, rule.signs, rule.z_threshold, rule.z_margin, cal)
+    verdict = answer["verdict"]
+    assert (verdict["label"], verdict["reason"], verdict["windows"], verdict["calibrated"]) == \
+        (v.label, v.reason, cycles, True)
+    assert v.score is not None and verdict["p_abnormal"] == pytest.approx(v.score, abs=1e-4)
+
+
 def test_no_calibration_or_none_for_the_rule_is_uncertain(model: CycleModel, tmp_path: Path, data_dir: Path) -> None:
     x = _audio(data_dir, "training-a/a0007")[: 11 * FS]
     _, verdicts = _run(PcgPipeline("bed1", FS, Config(), None, model), x, 1000, model)

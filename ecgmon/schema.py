@@ -130,6 +130,11 @@ class PcgClassMessage(Message):
     """The heart-sound model's verdict: one window, and the recording so far."""
 
     kind: Literal["pcg_class"] = "pcg_class"
+    method: Literal["model", "cycles"] = Field(
+        "model", description="what gave the verdict: model, the heart-sound model ([models] pcg) on 5 s windows; "
+                             "cycles, the cycle rule ([models] pcg_cycles, the default) on the segmented heart cycles "
+                             "(then p_abnormal is a score, windows counts cycles)"
+    )
     time_s: float = Field(description="signal time of the window's end")
     label: Literal["normal", "abnormal", "uncertain"] = Field(
         description="the verdict on the recording so far; uncertain: neither, the model cannot tell (see reason)"

@@ -216,6 +216,19 @@ def test_heart_sound_area():
                                             windows=4)), now, wall)
     text = "\n".join(render(st, 80, 24))
     assert "uncertain: near threshold (4 windows)" in text and "abnormal" not in text and "52%" not in text
+    # The cycle rule's verdict (the default): a score against the device's threshold and the heart
+    # cycles judged, never a percentage or windows (a real daemon's: test_pcg_cycles).
+    for label, reason, score, shown in (("abnormal", None, 0.71, "abnormal score +0.71 ≥ +0.32 (23 cycles)"),
+                                        ("normal", None, -0.2, "normal score -0.20 < +0.32 (23 cycles)"),
+                                        ("uncertain", "near threshold", 0.3, "uncertain: near threshold (23 cycles)"),
+                                        ("uncertain", "device not calibrated", None,
+                                         "uncertain: device not calibrated (23 cycles)")):
+        st.receive(0, frames_of(PcgClassMessage(stream="bed1", method="cycles", time_s=10.0, label=label,
+                                                reason=reason, probability=None, p_abnormal=score, threshold=0.32,
+                                                calibrated=score is not None, window_probability=score or 0.0,
+                                                windows=23, window_quality=None)), now, wall)
+        text = "\n".join(render(st, 100, 24))
+        assert shown in text and "%" not in text.split("PCG")[1].splitlines()[0], text
 
 
 def test_silent_stream_shows_no_data_with_its_age():

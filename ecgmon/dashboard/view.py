@@ -159,14 +159,23 @@ VERDICT_STYLE = {"abnormal": "bold red", "normal": "bold green", "uncertain": "b
 
 def verdict_text(verdict: PcgClassMessage) -> Text:
     """The heart-sound verdict: 'abnormal 83%', 'normal 71%', or 'uncertain: near threshold'
-    (no percentage: the model cannot tell, and a number would read as a measurement)."""
+    (no percentage: the model cannot tell, and a number would read as a measurement). The
+    cycle rule's gives its score against the threshold on this device's scale instead (a score,
+    not a probability: it says where the recording lies among the stethoscope's own), and the
+    heart cycles it judged rather than windows."""
     text = Text(no_wrap=True)
     style = VERDICT_STYLE.get(verdict.label, "bold")
     if verdict.label == "uncertain" or verdict.probability is None:
         text.append(f"{verdict.label}" + (f": {verdict.reason}" if verdict.reason else ""), style)
     else:
         text.append(f"{verdict.label} {verdict.probability * 100:.0f}%", style)
-    text.append(f" ({verdict.windows} windows)", "dim")
+    if verdict.method == "cycles":
+        if verdict.label != "uncertain" and verdict.p_abnormal is not None:
+            text.append(f" score {verdict.p_abnormal:+.2f} {'≥' if verdict.label == 'abnormal' else '<'} "
+                        f"{verdict.threshold:+.2f}", "dim")
+        text.append(f" ({verdict.windows} cycles)", "dim")
+    else:
+        text.append(f" ({verdict.windows} windows)", "dim")
     return text
 
 

@@ -358,7 +358,8 @@ def analyze_pcg(req: PcgRequest, ctx: Context | None = None) -> bytes:
     qualities = [m.quality for m in updates if m.quality is not None]
     if verdicts:
         v = verdicts[-1]
-        verdict = PcgVerdict(label=v.label, reason=v.reason, probability=v.probability, p_abnormal=v.p_abnormal,
+        verdict = PcgVerdict(label=v.label, method=v.method, reason=v.reason, probability=v.probability,
+                             p_abnormal=v.p_abnormal,
                              threshold=v.threshold, calibrated=v.calibrated, windows=v.windows, rejected=v.rejected)
     else:
         why = "no model" if model is None and cycles is None else "too short"
@@ -376,6 +377,6 @@ def analyze_pcg(req: PcgRequest, ctx: Context | None = None) -> bytes:
         verdict=verdict,
         events=events + [EventOut(level=m.level, code=m.code, text=m.text) for m in msgs
                          if isinstance(m, EventMessage)],
-        model=getattr(model, "name", None),
+        model=getattr(cycles or model, "name", None),  # the pipeline's verdict is the rule's when there is one
     )
     return answer.model_dump_json().encode()

@@ -105,13 +105,16 @@ class EcgAnalysis(BaseModel):
 
 class PcgVerdict(BaseModel):
     label: Literal["normal", "abnormal", "uncertain"]
+    method: Literal["model", "cycles"] | None = Field(
+        None, description="what gave the verdict, as pcg_class.method: model (windows) or cycles (the cycle rule: "
+                          "p_abnormal is its score, windows the heart cycles); none when there was no verdict")
     reason: str | None = Field(description="why uncertain (quality, device not calibrated, near threshold, windows "
                                            "disagree, too short, no model)")
     probability: float | None
     p_abnormal: float | None
     threshold: float | None
     calibrated: bool
-    windows: int = Field(description="windows of acceptable quality in the verdict")
+    windows: int = Field(description="windows of acceptable quality in the verdict (cycles: the heart cycles judged)")
     rejected: int = Field(description="windows below [audio] min_quality")
 
 
@@ -135,7 +138,7 @@ class PcgAnalysis(BaseModel):
     quality: float | None = Field(description="median quality index of the updates, 0 (unusable) to 1")
     verdict: PcgVerdict
     events: list[EventOut]
-    model: str | None
+    model: str | None = Field(description="the heart-sound model or cycle rule that gave the verdict")
 
 
 class ErrorOut(BaseModel):

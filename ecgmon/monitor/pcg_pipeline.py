@@ -267,7 +267,8 @@ class PcgPipeline:
                           self.cycle_calibration)
         score = None if v.score is None else round(v.score, 4)
         return [PcgClassMessage(
-            stream=self.stream, time_s=round(end_s, 3), label=v.label, reason=v.reason,  # type: ignore[arg-type]
+            stream=self.stream, method="cycles", time_s=round(end_s, 3), label=v.label,
+            reason=v.reason,  # type: ignore[arg-type]
             probability=None, p_abnormal=score,
             threshold=round(rule.z_threshold if v.threshold is None else v.threshold, 6),
             calibrated=self.cycle_calibration is not None, window_probability=0.0 if score is None else score,

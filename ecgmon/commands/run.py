@@ -41,8 +41,9 @@ def add_run(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) ->
                    help="the stethoscope's calibration for the heart-sound model (`ecgmon calibrate pcg`; "
                         "default: [audio] calibration)")
     p.add_argument("--pcg-cycles", metavar="RULE.json",
-                   help="the heart-sound verdict from the segmented cardiac cycle (e.g. pcg-cycles.json, shipped) "
-                        "instead of the model; needs a calibration made with it (default: [models] pcg_cycles)")
+                   help="the heart-sound verdict from the segmented cardiac cycle instead of the model; needs a "
+                        "calibration made with it (default: [models] pcg_cycles, the shipped pcg-cycles.json; "
+                        "'' for the model's verdict)")
     p.add_argument("--speed", type=float, help="replay speed: 1 real time, N faster, 0 as fast as possible")
     p.add_argument("--chunk-s", type=float, help="chunk length in seconds")
     p.add_argument("--loop", action="store_true", default=None, help="replay records in a loop")
@@ -122,7 +123,7 @@ def _assemble(args, config: Config, sources, publisher, keys, models, model_erro
     from ecgmon.monitor.daemon import Daemon
 
     pc, sc = config.publisher, config.security
-    _check_calibration(config, models)
+    _check_calibration(config, models, any(getattr(s, "modality", "ecg") == "pcg" for s in sources))
     daemon = Daemon(config, sources, publisher, models, model_errors, _archive(args, config, sources))
     names = ", ".join(f"{s.stream} ({s.spec})" for s in sources)
     log.info("publishing %s on %s; watch with: ecgmon subscribe --endpoint %s%s",
@@ -163,25 +164,39 @@ async def _serve_with_http(face, args, config: Config, sources, publisher, keys,
         await face.stop()
 
 
-def _check_calibration(config: Config, models) -> None:
+UNCALIBRATED_HINT = ("every heart-sound verdict will be 'uncertain: device not calibrated' (heart rate, quality "
+                     "and envelope are published as usual); calibrate the stethoscope once on >= 20 of its "
+                     "recordings: ecgmon calibrate pcg RECORDINGS --out CAL.json, then ecgmon run "
+                     "--pcg-calibration CAL.json or [audio] calibration (README: Heart sounds)")
+
+
+def _check_calibration(config: Config, models, pcg_sources: bool = True) -> None:
     """A calibration that cannot serve the loaded heart-sound model is refused now, not when
     the first heart-sound stream starts. With a cycle rule only its part of the file counts
-    (the heart-sound model is not run)."""
-    if not config.audio.calibration or (models.get("pcg") is None and models.get("pcg_cycles") is None):
+    (the heart-sound model is not run). A heart-sound stream whose every verdict would be
+    'uncertain: device not calibrated' (no calibration, or none for the rule) is a warning."""
+    from ecgmon.monitor.dsp.pcg_decision import Calibration, CalibrationError, CycleCalibration, DeviceRule, device_rule
+
+    cycles, model = models.get("pcg_cycles"), models.get("pcg")
+    if cycles is None and model is None:
+        return
+    if not config.audio.calibration:
+        # Not an error (the verdict says so), but whoever plays --pcg FILE should know at once.
+        needs = cycles is not None or DeviceRule.from_card(model.card.get("decision", {})) is not None
+        if pcg_sources and needs:
+            log.warning("no [audio] calibration: %s", UNCALIBRATED_HINT)
         return
     from ecgmon.commands.common import CommandError
-    from ecgmon.monitor.dsp.pcg_decision import Calibration, CalibrationError, CycleCalibration, device_rule
 
-    if models.get("pcg_cycles") is not None:
+    if cycles is not None:
         try:
             part = CycleCalibration.from_calibration(Calibration.load(config.audio.calibration),
-                                                     config.audio.calibration, models["pcg_cycles"].rule.sha256)
+                                                     config.audio.calibration, cycles.rule.sha256)
         except CalibrationError as err:
             raise CommandError(f"[audio] calibration: {err}") from None
-        if part is None:  # not an error (the verdict says so), but the user should know now
-            log.warning("[audio] calibration %s has no part for the cycle rule: every heart-sound verdict will be "
-                        "'uncertain: device not calibrated'; run ecgmon calibrate pcg --cycles RULE",
-                        config.audio.calibration)
+        if part is None:
+            log.warning("[audio] calibration %s has no part for the cycle rule %s: %s", config.audio.calibration,
+                        cycles.name, UNCALIBRATED_HINT)
         return
     model = models.get("pcg")
     try:

@@ -416,21 +416,25 @@ def render(result: dict[str, Any]) -> list[RenderableType]:
     return parts + [Text(f"wrote {result['out']}: metrics.json {' '.join(result['plots'])}")]
 
 
-def calibrate_pcg(paths: list[str | Path], model_path: str | Path, out: str | Path, warn: Warn,
+def calibrate_pcg(paths: list[str | Path], model_path: str | Path | None, out: str | Path, warn: Warn,
                   device: str = "auto", progress: bool = True, min_quality: float | None = None,
                   envelope_fs: float | None = None, name: str = "", cycles: str | Path | None = None) -> Calibration:
     """``ecgmon calibrate pcg``: score the recordings of one device (files, or folders of
     *.wav/*.flac; no label is read) with the model and write the location and scale of their
     scores to ``out``. Refused for a model whose card has no rule on the calibrated score.
     With ``cycles`` (a cycle rule file) the file also holds the device's cycle calibration:
-    each feature's median/IQR over the recordings and the median/IQR of their cycle scores."""
+    each feature's median/IQR over the recordings and the median/IQR of their cycle scores.
+    Without a model (``model_path`` None) the file holds the cycle part alone."""
+    if model_path is None and cycles is None:
+        raise PcgDataError("nothing to calibrate: neither a heart-sound model nor a cycle rule")
     defaults = AudioConfig()
     min_quality = defaults.min_quality if min_quality is None else min_quality
     envelope_fs = defaults.envelope_fs if envelope_fs is None else envelope_fs
-    model = _model(Path(model_path), device)
-    if DeviceRule.from_card(model.card["decision"]) is None:
+    model = None if model_path is None else _model(Path(model_path), device)
+    if model is not None and DeviceRule.from_card(model.card["decision"]) is None:
         raise PcgDataError(f"{model_path}: its card has no rule on the calibrated score (z_threshold): "
                            "a calibration would not be used")
+    rule = None if cycles is None else _cycle_rule(cycles)  # a broken rule file fails before any scoring
     files: list[Path] = []
     for item in map(Path, paths):
         if item.is_dir():
@@ -442,11 +446,14 @@ def calibrate_pcg(paths: list[str | Path], model_path: str | Path, out: str | Pa
     if not files:
         raise PcgDataError("no *.wav or *.flac recording to calibrate on")
     recordings = [("device", f.stem, f, -1) for f in files]
-    scored = score_windows(recordings, model, warn, progress, float(envelope_fs))
+    device_name = name or ",".join(str(p) for p in paths)
     try:
-        cal = fit_device(scored, model, float(min_quality), name or ",".join(str(p) for p in paths))
-        if cycles is not None:
-            rule = _cycle_rule(cycles)
+        if model is not None:
+            scored = score_windows(recordings, model, warn, progress, float(envelope_fs))
+            cal = fit_device(scored, model, float(min_quality), device_name)
+        else:  # the cycle rule alone: no model part (see Calibration)
+            cal = Calibration(None, None, 0, "", "", device_name, float(min_quality))
+        if rule is not None:
             feats = cycle_features(recordings, rule, warn, progress)
             cal = replace(cal, cycles=fit_cycle_device(feats, rule).to_json())
     except CalibrationError as err:

@@ -82,10 +82,12 @@ class CalibrationError(ValueError):
 class Calibration:
     """Where one device puts the model's recording scores: their median and interquartile
     range over ``recordings`` unlabelled recordings (no label is read), for the model file
-    whose SHA-256 is ``model_sha256`` (another model's scores lie elsewhere)."""
+    whose SHA-256 is ``model_sha256`` (another model's scores lie elsewhere). A device
+    calibrated for the cycle rule alone (no heart-sound model configured) has no model part:
+    ``median`` and ``iqr`` None, ``model_sha256`` empty."""
 
-    median: float
-    iqr: float
+    median: float | None
+    iqr: float | None
     recordings: int
     model_sha256: str
     model_name: str = ""
@@ -94,8 +96,20 @@ class Calibration:
     # The same device's calibration for the cycle rule (CycleCalibration.to_json), if fitted.
     cycles: dict[str, Any] | None = None
 
+    @property
+    def has_model_part(self) -> bool:
+        return bool(self.model_sha256)
+
+    def model_scale(self) -> tuple[float, float]:
+        """(median, IQR) of the model's recording scores; Calibration.load with the model's
+        SHA-256 has refused a file without them."""
+        if self.median is None or self.iqr is None:
+            raise CalibrationError("this calibration has no part for the heart-sound model")
+        return self.median, self.iqr
+
     def z(self, score: float) -> float:
-        return (score - self.median) / self.iqr
+        median, iqr = self.model_scale()
+        return (score - median) / iqr
 
     def check_quality(self, min_quality: float) -> Calibration:
         """Refuse to serve a quality floor other than the one the scores were computed with
@@ -127,12 +141,18 @@ class Calibration:
             cal = cls(**{k: v for k, v in data.items() if k != "format"})
         except TypeError as err:
             raise CalibrationError(f"{path}: {err}") from None
+        if model_sha256 is not None and not cal.has_model_part:
+            raise CalibrationError(f"{path}: fitted for the cycle rule only, it has no part for the heart-sound model: "
+                                   "run ecgmon calibrate pcg again with [models] pcg set")
         if model_sha256 is not None and cal.model_sha256.lower() != model_sha256.lower():
             raise CalibrationError(
                 f"{path}: fitted for model {cal.model_name or '?'} sha256 {cal.model_sha256[:12]}, not this model "
                 f"(sha256 {model_sha256[:12]}): run ecgmon calibrate pcg again with this model")
-        if not (cal.iqr > 0 and np.isfinite(cal.median)) or cal.recordings < 2:
+        if cal.has_model_part and not (cal.iqr is not None and cal.iqr > 0 and cal.median is not None
+                                       and np.isfinite(cal.median) and cal.recordings >= 2):
             raise CalibrationError(f"{path}: unusable (iqr {cal.iqr}, {cal.recordings} recordings)")
+        if not cal.has_model_part and cal.cycles is None:
+            raise CalibrationError(f"{path}: holds neither a model part nor a cycle rule part")
         return cal
 
 
@@ -182,7 +202,8 @@ class DeviceRule:
 
     def rule(self, calibration: Calibration, min_quality: float) -> Rule:
         """The same rule on this device's P(abnormal) scale."""
-        return Rule(calibration.median + self.z_threshold * calibration.iqr, self.z_margin * calibration.iqr,
+        median, iqr = calibration.model_scale()
+        return Rule(median + self.z_threshold * iqr, self.z_margin * iqr,
                     self.min_agreement, float(min_quality))
 
 

@@ -142,7 +142,8 @@ async def test_heart_sounds_from_the_alsa_device_beside_ecg(
     raw.write_bytes(_raw_pcm(data_dir, silence_s=3.0))
     (tmp_path / ".asoundrc").write_text(_asoundrc(raw))
     config = tmp_path / "config.toml"
-    config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\n[audio]\ncalibration = "{tiny_calibration}"\n')
+    # The heart-sound model's verdict (not the default cycle rule's): pcg_cycles = "".
+    config.write_text(f'[models]\npcg = "{tiny_pcg_model}"\npcg_cycles = ""\n[audio]\ncalibration = "{tiny_calibration}"\n')
     duration = len(_raw_pcm(data_dir)) / 2 / DEVICE_RATE
     # One verdict per 5 s window with 2.5 s hop over the recording. The device has no clock:
     # the zeros after the recording (and the signal_lost event) can come before the batcher

@@ -206,12 +206,19 @@ def test_the_beats_given_a_grad_cam_are_bounded_and_the_answer_says_so(client, e
     assert "at most 25" in answer["explain"]["beats.spectrogram"]
 
 
-async def test_a_heart_sound_recording_gets_what_the_daemon_publishes_for_it(client, models, data_dir, endpoint):
+async def test_a_heart_sound_recording_gets_what_the_daemon_publishes_for_it(models, data_dir, endpoint):
+    """The heart-sound model's path (``[models] pcg_cycles = ""``; the cycle rule's is in
+    test_pcg_cycles): the upload gets what the daemon publishes."""
     path = data_dir / "pcg2016" / "training-a" / "a0001.flac"
     config = Config()
     config.replay.speed = 0
+    config.models.pcg_cycles = ""
+    cnn = ({k: m for k, m in models[0].items() if k != "pcg_cycles"}, models[1])  # what load_models gives it
     live = await daemon_messages(endpoint, lambda pub: Daemon(config, [AudioFileSource(str(path), config)], pub,
-                                                                *models), PREFIXES + ("pcg.", "pcg_class."), 60)
+                                                                *cnn), PREFIXES + ("pcg.", "pcg_class."), 60)
+    http_config = _config()
+    http_config.models.pcg_cycles = ""
+    client = await asyncio.to_thread(_client, cnn, http_config)  # it warms the pool up in its own loop
     answer = await asyncio.to_thread(client.post, "/v1/analyze/pcg", files=_files(path))
     body = answer.json()
     assert body["duration_s"] == pytest.approx(35.67, abs=0.01)
@@ -226,6 +233,7 @@ async def test_a_heart_sound_recording_gets_what_the_daemon_publishes_for_it(cli
     assert verdict["p_abnormal"] == pytest.approx(last.p_abnormal, abs=1e-3)
     # The shipped card rules on the device's calibration: without one the daemon says so too.
     assert verdict["label"] == "uncertain" and verdict["reason"] == "device not calibrated"
+    assert verdict["method"] == last.method == "model" and body["model"] == "pcg-mel-cnn"
 
 
 def _truncated(excerpt: Path) -> list:
@@ -407,7 +415,7 @@ def test_a_bug_is_a_500_with_one_line_and_no_traceback(models, monkeypatch):
 
 async def test_a_worker_process_that_dies_is_a_422_and_the_pool_starts_again():
     config = Config()
-    config.models.beat = config.models.segment = config.models.pcg = ""  # a quick start
+    config.models.beat = config.models.segment = config.models.pcg = config.models.pcg_cycles = ""  # a quick start
     pool = AnalysisPool(config)
     pool.start()
     await pool.warm_up()

@@ -7,7 +7,9 @@ on d through ``evaluate pcg --cycles`` (the daemon's features and decision)."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +257,104 @@ def test_the_shipped_rule_loads_by_name_and_says_how_it_was_made() -> None:
     assert sorted(figures) == card["trained_on"]
     assert np.mean([f["macc"] for f in figures.values()]) == pytest.approx(0.635, abs=0.001)
     assert min(f["sp"] for f in figures.values()) >= 0.5 and min(f["coverage"] for f in figures.values()) >= 0.7
+
+
+# -- the cycle rule as the daemon's default verdict ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_device(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """training-d as one stethoscope, calibrated as a user calibrates for the default verdict:
+    ``ecgmon calibrate pcg FOLDER --out CAL.json --model none`` on 30 of its recordings (their
+    REFERENCE.csv beside them, not read; no --cycles: the configured rule); and one d recording
+    that is not among them."""
+    from ecgmon.cli import main
+    from pcg_model_helpers import make_database
+
+    root = tmp_path_factory.mktemp("default-device")
+    d = data_dir / "pcg2016" / "training-d"
+    used = set(make_database(root / "d", d, 30))
+    out = root / "cal.json"
+    assert main(["calibrate", "pcg", str(root / "d"), "--out", str(out), "--model", "none"]) == 0
+    other = next(line.split(",")[0] for line in (d / "REFERENCE.csv").read_text().split()
+                 if line.split(",")[0] not in used)
+    return out, d / f"{other}.flac"
+
+
+async def test_the_default_config_gives_the_cycle_verdict(default_device: tuple[Path, Path], endpoint: str) -> None:
+    """The default config's daemon on a real pcg2016 recording its stethoscope's calibration never
+    saw: every pcg_class is the shipped cycle rule's (one every 5 s and at the end, the last one
+    the offline decision on the whole recording), the CNN is loaded but gives none, the heart
+    rate and quality go on, and the dashboard shows it as cycles and a score."""
+    from test_dashboard import frames_of, render
+    from ecgmon.dashboard.state import DashboardState
+    from ecgmon.schema import PcgMessage
+
+    cal_path, path = default_device
+    assert Config().models.pcg_cycles == "pcg-cycles.json"
+    cal = json.loads(cal_path.read_text())
+    assert cal["model_sha256"] == "" and cal["median"] is None  # the rule alone needs no model part
+    config = calibrated(cal_path)
+    config.replay.speed = 0
+    models, errors = load_models(config.models)
+    assert errors == [] and models["pcg_cycles"].name == "pcg-cycles" and "pcg" in models
+    assert cal["cycles"]["rule_sha256"] == models["pcg_cycles"].rule.sha256 and cal["cycles"]["recordings"] >= 20
+    with pytest.raises(CalibrationError, match="cycle rule only"):  # with pcg_cycles = "" it is refused, not misread
+        Calibration.load(cal_path, models["pcg"].card["sha256"])
+    live = await daemon_messages(endpoint, lambda pub: Daemon(config, [AudioFileSource(str(path), config)], pub,
+                                                              models), ("pcg.", "pcg_class."), 120)
+    verdicts = [m for m in live if isinstance(m, PcgClassMessage)]
+    x, _ = sf.read(path, dtype="float32")
+    assert [m.time_s for m in verdicts] == [5.0 * k for k in range(1, int(len(x) / FS / 5) + 1)] + \
+        [round(len(x) / FS, 3)]
+    assert {m.method for m in verdicts} == {"cycles"} and all(m.probability is None for m in verdicts)
+    rule = models["pcg_cycles"].rule
+    part = CycleCalibration.from_calibration(Calibration.load(cal_path), cal_path, rule.sha256)
+    values, cycles = rule.features(x)
+    v = decide_cycles(values, cycles, rule.columns, rule.signs, rule.z_threshold, rule.z_margin, part)
+    last = verdicts[-1]
+    assert (last.label, last.reason, last.windows, last.calibrated) == (v.label, v.reason, cycles, True)
+    assert cycles >= 3 and v.score is not None and last.p_abnormal == pytest.approx(v.score, abs=1e-4)
+    updates = [m for m in live if isinstance(m, PcgMessage)]
+    assert all(m.quality is not None for m in updates)
+    assert all(m.hr_bpm is not None for m in updates if m.time_s >= 5.0)  # the rate needs its first 5 s
+    # The dashboard, rendered as a terminal shows it: cycles and a score, no windows, no percentage.
+    st = DashboardState([("tcp://127.0.0.1:1", None)])
+    now, wall, seq = time.monotonic(), time.time(), Counter[str]()
+    for m in live:
+        st.receive(0, frames_of(m, seq[m.topic]), now, wall)
+        seq[m.topic] += 1
+    text = "\n".join(render(st, 100, 24))
+    line = next(t for t in text.splitlines() if "PCG" in t)
+    assert f"({last.windows} cycles)" in line and "windows" not in line and "%" not in line, line
+    if last.label == "uncertain":
+        assert f"uncertain: {last.reason}" in line
+    else:
+        sign = "≥" if last.label == "abnormal" else "<"
+        assert f"{last.label} score {last.p_abnormal:+.2f} {sign} {last.threshold:+.2f}" in line, line
+
+
+def test_run_warns_when_the_stethoscope_is_not_calibrated_for_the_rule(data_dir: Path, tmp_path: Path,
+                                                                        free_port: int) -> None:
+    """``ecgmon run --pcg FILE`` with the default config and no calibration says at the start, in
+    one warning, that every verdict will be 'uncertain: device not calibrated' and how to
+    calibrate; with a calibration holding only the model's part it says so too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "ECGMON_CONFIG"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    wav = data_dir / "pcg2016" / "training-d" / "d0001.flac"
+    cnn_only = tmp_path / "cnn-only.json"
+    Calibration(0.5, 0.1, 24, "0" * 64).save(cnn_only)
+    for extra, needle in (([], "no [audio] calibration"), (["--pcg-calibration", str(cnn_only)],
+                                                            "has no part for the cycle rule pcg-cycles")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--no-archive", "--pcg", str(wav),
+             "--speed", "0", "--endpoint", f"tcp://127.0.0.1:{free_port}", "--control", "", *extra],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=180,
+        )
+        assert proc.returncode == 0, proc.stderr
+        warnings = [line for line in proc.stderr.splitlines() if "device not calibrated" in line]
+        assert len(warnings) == 1 and needle in warnings[0] and "ecgmon calibrate pcg" in warnings[0], proc.stderr

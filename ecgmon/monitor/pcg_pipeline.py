@@ -5,12 +5,13 @@ heart-sound model (InferenceJobs) and turns the window probabilities into a verd
 recording so far (PcgClassMessage): normal, abnormal, or uncertain when the quality is low,
 the windows disagree or the probability is near the threshold. It never blocks and never sleeps.
 
-With a cycle rule (``[models] pcg_cycles``, monitor/pcg_cycle_model.py) the verdict is the
-rule's instead, and the CNN's windows are not cut: every ``update_s`` of signal (and once more
-when the stream ends) the last ``span_s`` seconds of audio go to the rule's batcher as one job,
-which segments the cardiac cycle and returns the cycle features off the event loop; the
-device's calibration standardises them and ``pcg_decision.decide_cycles`` says normal,
-abnormal or uncertain (too few cycles, device not calibrated, near the threshold).
+With a cycle rule (``[models] pcg_cycles``, the default; monitor/pcg_cycle_model.py) the
+verdict is the rule's instead, and the CNN's windows are not cut (the rate and quality above do
+not depend on them): every ``update_s`` of signal (and once more when the stream ends) the last
+``span_s`` seconds of audio go to the rule's batcher as one job, which segments the cardiac
+cycle and returns the cycle features off the event loop; the device's calibration standardises
+them and ``pcg_decision.decide_cycles`` says normal, abnormal or uncertain (too few cycles,
+device not calibrated, near the threshold).
 
 Every output is placed on the signal clock (sample indices), so the messages do not depend
 on how the audio was chunked.

@@ -32,6 +32,7 @@ from ecgmon.monitor.pcg_cycle_model import CycleModel
 from ecgmon.monitor.pcg_pipeline import PcgPipeline
 from ecgmon.monitor.sources.audio_file import AudioFileSource
 from ecgmon.schema import PcgClassMessage
+from pcg_model_helpers import make_database
 from test_pcg_pipeline import calibrated, feed
 from zmq_helpers import daemon_messages
 
@@ -269,7 +270,6 @@ def default_device(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     REFERENCE.csv beside them, not read; no --cycles: the configured rule); and one d recording
     that is not among them."""
     from ecgmon.cli import main
-    from pcg_model_helpers import make_database
 
     root = tmp_path_factory.mktemp("default-device")
     d = data_dir / "pcg2016" / "training-d"
@@ -358,3 +358,25 @@ def test_run_warns_when_the_stethoscope_is_not_calibrated_for_the_rule(data_dir:
         assert proc.returncode == 0, proc.stderr
         warnings = [line for line in proc.stderr.splitlines() if "device not calibrated" in line]
         assert len(warnings) == 1 and needle in warnings[0] and "ecgmon calibrate pcg" in warnings[0], proc.stderr
+
+
+def test_calibrate_writes_the_rules_part_when_the_models_cannot_be_fitted(data_dir: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """With the default config a device whose recordings give the CNN no window (4.8 s cuts of
+    30 real d recordings: its windows are 5 s) still gets the default verdict's calibration, with
+    a warning that the model has no part."""
+    from ecgmon.cli import main
+
+    folder = tmp_path / "short"
+    make_database(folder, data_dir / "pcg2016" / "training-d", 30)
+    for f in folder.glob("*.flac"):
+        x, fs = sf.read(f, dtype="float32")
+        f.unlink()
+        sf.write(f, x[: int(4.8 * fs)], fs)
+    out = tmp_path / "cal.json"
+    code = main(["calibrate", "pcg", str(folder), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "no part for the heart-sound model pcg-mel-cnn" in err
+    cal = json.loads(out.read_text())
+    assert cal["model_sha256"] == "" and cal["cycles"]["recordings"] >= 20

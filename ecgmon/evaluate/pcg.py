@@ -447,12 +447,18 @@ def calibrate_pcg(paths: list[str | Path], model_path: str | Path | None, out: s
         raise PcgDataError("no *.wav or *.flac recording to calibrate on")
     recordings = [("device", f.stem, f, -1) for f in files]
     device_name = name or ",".join(str(p) for p in paths)
+    # The cycle rule alone: no model part (see Calibration).
+    cal = Calibration(None, None, 0, "", "", device_name, float(min_quality))
     try:
         if model is not None:
             scored = score_windows(recordings, model, warn, progress, float(envelope_fs))
-            cal = fit_device(scored, model, float(min_quality), device_name)
-        else:  # the cycle rule alone: no model part (see Calibration)
-            cal = Calibration(None, None, 0, "", "", device_name, float(min_quality))
+            try:
+                cal = fit_device(scored, model, float(min_quality), device_name)
+            except CalibrationError as err:
+                if rule is None:
+                    raise
+                # The rule (the default verdict) may still be calibrated: a file for it alone.
+                warn(f"no part for the heart-sound model {model.name} ({err}); the file serves the cycle rule only")
         if rule is not None:
             feats = cycle_features(recordings, rule, warn, progress)
             cal = replace(cal, cycles=fit_cycle_device(feats, rule).to_json())

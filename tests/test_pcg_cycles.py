@@ -194,6 +194,13 @@ def test_calibration_with_the_cycle_part_round_trips(device_cal: Path, model: Cy
     broken.write_text(json.dumps(data))
     with pytest.raises(CalibrationError, match="malformed cycle calibration"):
         CycleCalibration.from_calibration(Calibration.load(broken), broken, model.rule.sha256)
+    # one median short, or a NaN (a NaN score would compare as "normal"): refused, not misread
+    for field, value in (("feature_median", cal.cycles["feature_median"][:-1]),
+                         ("feature_iqr", [float("nan")] + cal.cycles["feature_iqr"][1:])):
+        odd = tmp_path / f"odd-{field}.json"
+        odd.write_text(json.dumps({**data, "cycles": {**cal.cycles, field: value}}))
+        with pytest.raises(CalibrationError, match="not one per cycle feature|not a number"):
+            CycleCalibration.from_calibration(Calibration.load(odd), odd, model.rule.sha256)
     config = calibrated(broken)
     with pytest.raises(CommandError, match=r"\[audio\] calibration: .*malformed"):
         _check_calibration(config, {"pcg_cycles": model})

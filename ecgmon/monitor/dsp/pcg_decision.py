@@ -38,6 +38,7 @@ import numpy as np
 
 from ecgmon.monitor.dsp.pcg_envelope import HomomorphicEnvelope, PcgBandpass
 from ecgmon.monitor.dsp.pcg_quality import QUALITY_WINDOW_S, quality_index
+from ecgmon.monitor.dsp.pcg_segment import FEATURE_NAMES
 
 LABELS = ("normal", "abnormal", "uncertain")
 # Card "decision" keys and their values for a card written before abstention existed: no
@@ -314,9 +315,13 @@ class CycleCalibration:
                       str(data["rule_sha256"]), str(data.get("rule_name", "")))
         except (KeyError, TypeError, ValueError) as err:
             raise CalibrationError(f"{path}: malformed cycle calibration ({type(err).__name__}: {err})") from None
-        if len(out.feature_median) != len(out.feature_iqr) or not out.feature_median:
+        n = len(FEATURE_NAMES)
+        if len(out.feature_median) != n or len(out.feature_iqr) != n:
             raise CalibrationError(f"{path}: cycle calibration has {len(out.feature_median)} medians and "
-                                   f"{len(out.feature_iqr)} IQRs")
+                                   f"{len(out.feature_iqr)} IQRs, not one per cycle feature ({n})")
+        # A NaN here would make every score NaN, and a NaN score compares as "normal".
+        if not (np.isfinite(out.feature_median).all() and np.isfinite(out.feature_iqr).all()):
+            raise CalibrationError(f"{path}: cycle calibration holds a feature median or IQR that is not a number")
         if out.rule_sha256.lower() != rule_sha256.lower():
             raise CalibrationError(
                 f"{path}: cycle part fitted for rule {out.rule_name or '?'} sha256 {out.rule_sha256[:12]}, not this "

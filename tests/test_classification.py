@@ -146,7 +146,9 @@ def test_record_run_classifies_beats_and_segments(shipped):
 
 def test_model_settings_resolve_and_refuse_the_wrong_kind(tmp_path):
     assert model_path("beat-cnn-bilstm.pt").is_file()
-    config = Config().models.model_copy(update={"beat": "segment-attention-cnn.pt", "segment": "", "pcg": ""})
+    config = Config().models.model_copy(
+        update={"beat": "segment-attention-cnn.pt", "segment": "", "pcg": "", "pcg_cycles": ""}
+    )
     models, errors = load_models(config)
     assert models == {} and len(errors) == 1
     assert "segment model, not a beat model" in errors[0]

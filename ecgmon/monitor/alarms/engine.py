@@ -177,16 +177,15 @@ class AlarmEngine:
         run_start = t - fibrillation.WINDOW_S - (self._vf.run_windows - 1) * STEP_S
         obs.append(Observation("vfib", t, vf, run_start, "V-fib/flutter", None, self.cfg.vfib_s))
         if self._last_beat_s is not None:
-            gap = t - self._last_beat_s
-            obs.append(Observation("asystole", t, gap >= self.cfg.asystole_s, self._last_beat_s, f"Asystole {gap:.0f} s", round(gap, 1)))
+            pause_from, limit = self._last_beat_s, self.cfg.asystole_s
         else:
             # No beat since the signal began (a patient connected in asystole, or a pipeline
             # started again during one): the pause is dated from the signal's start, and the
             # detector is given its learning period, within which it names no beat however
             # many there are. Flat lines and noise are suppressed as for any pause.
-            gap = t - self._since / self.fs
-            present = gap >= self.cfg.asystole_s + LEARN_S
-            obs.append(Observation("asystole", t, present, self._since / self.fs, f"Asystole {gap:.0f} s", round(gap, 1)))
+            pause_from, limit = self._since / self.fs, self.cfg.asystole_s + LEARN_S
+        gap = t - pause_from
+        obs.append(Observation("asystole", t, gap >= limit, pause_from, f"Asystole {gap:.0f} s", round(gap, 1)))
         out = self._apply(obs)
         out += self.book.tick(t, SIGNAL_KINDS)
         # Beat kinds clear on the signal clock too (no beats: nothing else would end them),

@@ -19,11 +19,18 @@ Two latencies, because they answer different questions:
   the lag's growth over the measured window (``behind_s``) shows it. A stream is *behind*
   when it slipped by more than one second.
 
+``--via mqtt`` is the ward as deployed with MQTT telemetry (issue 16's ward benchmark): a real
+mosquitto on loopback, N simulated bedside devices in a process of their own publishing live
+0.1 s binary payloads (QoS 1, 360 Hz MIT-BIH records, MLII, each bed from its own offset,
+looping) on ``ward/bed<i>/ecg``, and the daemon subscribed to ``mqtt://.../ward/+/ecg``. The
+daemon's CPU is reported apart from the broker's and the devices'; the devices start once the
+daemon is up (its first status), so that nothing queues while the models load.
+
 bench/daemon.py measures the whole daemon at one N as a CPU extrapolation; this measures whether
 N streams actually keep up in one process.
 
     ECGMON_DATA=../shared/data nice -n 10 .venv/bin/python bench/ward.py --beds 32 100 200
-        [--warmup 30] [--seconds 30] [--source sim|RECORD...] [--profile SECONDS]
+        [--via sim|mqtt] [--warmup 30] [--seconds 30] [--source sim|RECORD...] [--profile SECONDS]
         [--out bench/results/ward]
 
 ``--profile S`` runs the daemon under ``py-spy record`` (``pip install -e '.[bench]'``) for S
@@ -34,6 +41,7 @@ to the JSON, plus the raw collapsed stacks.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import re
@@ -42,6 +50,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -52,6 +61,9 @@ import zmq
 
 DEADLINE_MS = 200.0  # issue 16: chunk-arrival-to-publication p99 at most 200 ms
 BEHIND_S = 1.0  # a stream that slipped more than this over the measured window is behind
+REPO = Path(__file__).resolve().parents[1]
+CHUNK_S = 0.1
+DEVICE_RECORDS = ["100", "101", "106", "119", "201", "208", "223", "230"]
 
 
 def free_port() -> int:
@@ -71,6 +83,7 @@ class Subscriber:
         self.gaps = 0
         self.beats: list[tuple[str, float, float, float]] = []  # stream, time_s, pub wall, latency_ms
         self.last_status: dict | None = None
+        self.faults: Counter[str] = Counter()  # warning and error events, by code
         self._seq: dict[tuple[str, str | None], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -82,6 +95,14 @@ class Subscriber:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+    def wait_status(self, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+        """Until the daemon's first status (models loaded, sources started)."""
+        deadline = time.monotonic() + timeout
+        while self.last_status is None:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the daemon did not come up")
+            time.sleep(0.2)
 
     def _run(self) -> None:
         ctx = zmq.Context()
@@ -108,8 +129,100 @@ class Subscriber:
                 self.beats.append((msg["stream"], msg["time_s"], msg["wall"], msg["latency_ms"]))
             elif msg["kind"] == "status":
                 self.last_status = msg
+            elif msg["kind"] == "event" and msg.get("level") != "info":
+                self.faults[msg.get("code", "?")] += 1
         sub.close(linger=0)
         ctx.term()
+
+
+class MqttWard:
+    """A real mosquitto on loopback and N simulated bedside devices publishing through it, in
+    a scratch folder, for a daemon subscribed to ``ward/+/ecg``."""
+
+    def __init__(self, beds: int, data: Path, env: dict) -> None:
+        self.beds, self.env = beds, env
+        self.work = Path(tempfile.mkdtemp(prefix="ward-mqtt-"))
+        self.port = free_port()
+        conf = self.work / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            # A ward's broker queues what a slow daemon has not taken yet rather than drop it
+            # (mosquitto's default keeps 1000 messages per client).
+            "max_queued_messages 0\n"
+            f"log_dest file {self.work / 'mosquitto.log'}\nuser {getpass.getuser()}\n")
+        mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    break
+            except OSError:
+                if self.broker.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"mosquitto did not start (log in {self.work})") from None
+                time.sleep(0.1)
+        # The repository's config with room for every bed as a stream of the one MQTT source.
+        text = (REPO / "config.toml").read_text()
+        self.config = self.work / "config.toml"
+        self.config.write_text(re.sub(r"(?m)^max_streams = \d+$", f"max_streams = {beds}", text))
+        self._devices_cmd = [sys.executable, __file__, "--devices-only", str(self.port), str(beds),
+                             "--data", str(data)]
+        self.devices: subprocess.Popen | None = None
+
+    def daemon_args(self) -> list[str]:
+        return ["--config", str(self.config), "--source", f"mqtt://127.0.0.1:{self.port}/ward/+/ecg"]
+
+    def start_devices(self) -> None:
+        self.devices = subprocess.Popen(self._devices_cmd, env=self.env, stdout=subprocess.DEVNULL,
+                                        stderr=open(self.work / "devices.log", "w"))
+
+    def cpu(self) -> dict[str, float]:
+        out = {"broker": process_cpu(self.broker.pid)}
+        if self.devices is not None:
+            out["devices"] = process_cpu(self.devices.pid)
+        return out
+
+    def stop(self) -> None:
+        for proc in [self.devices, self.broker]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def run_devices(port: int, beds: int, data: Path) -> None:
+    """N beds publishing live 0.1 s binary payloads (QoS 1) on ``ward/bed<i>/ecg`` until SIGTERM;
+    each bed a record of ``DEVICE_RECORDS`` from its own offset."""
+    import paho.mqtt.client as mqtt
+    import wfdb
+
+    from ecgmon.payloads.mqtt import encode_binary
+
+    signals = [wfdb.rdrecord(str(data / "mitdb" / r), channels=[0]).p_signal[:, 0].astype(np.float32)
+               for r in DEVICE_RECORDS]
+    n = int(360 * CHUNK_S)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"ward-devices-{os.getpid()}")
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    t0, k = time.monotonic(), 0
+    while not stop.is_set():
+        for bed in range(beds):
+            x = signals[bed % len(signals)]
+            offset = (bed * 7919 * n) % (len(x) - n)  # beds of one record at different places
+            i = (offset + k * n) % (len(x) - n)
+            client.publish(f"ward/bed{bed}/ecg", encode_binary(k, k * n, 360.0, "MLII", x[i:i + n]), qos=1)
+        k += 1
+        stop.wait(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
+    client.loop_stop()
+    client.disconnect()
 
 
 def process_cpu(pid: int) -> float:
@@ -134,23 +247,39 @@ def specs(beds: int, source: list[str]) -> list[str]:
 
 
 def run_ward(data: Path, beds: int, source: list[str], warmup: float, seconds: float, archive: bool,
-             profile: float | None, out: Path) -> dict:
+             profile: float | None, out: Path, via: str = "sim") -> dict:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     sub = Subscriber(endpoint)
     sub.start()
-    cmd = [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--chunk-s", "0.1", "--speed", "1", "--loop",
-           "--endpoint", endpoint, "--control", "", *([] if archive else ["--no-archive"]),
-           *[a for s in specs(beds, source) for a in ("--source", s)]]
     env = {**os.environ, "ECGMON_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    ward = MqttWard(beds, data, env) if via == "mqtt" else None
+    sources = ward.daemon_args() if ward else [a for s in specs(beds, source) for a in ("--source", s)]
+    cmd = [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--chunk-s", str(CHUNK_S), "--speed", "1",
+           "--loop", "--endpoint", endpoint, "--control", "", *([] if archive else ["--no-archive"]), *sources]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # The daemon's stderr is drained on a thread: a full pipe would block its logging.
     err: list[str] = []
     drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     drain.start()
-    time.sleep(warmup)
-    if proc.poll() is not None:
-        drain.join()
-        raise SystemExit(f"ecgmon run ended early:\n{''.join(err)}")
+    try:
+        if ward:
+            sub.wait_status(proc)
+            ward.start_devices()
+        time.sleep(warmup)
+        if proc.poll() is not None:
+            drain.join()
+            raise SystemExit(f"ecgmon run ended early:\n{''.join(err)}")
+        result = _measure(beds, proc, sub, seconds, profile, out, err, drain, ward)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if ward:
+            ward.stop()
+    return result
+
+
+def _measure(beds: int, proc: subprocess.Popen, sub: "Subscriber", seconds: float, profile: float | None,
+             out: Path, err: list[str], drain: threading.Thread, ward: "MqttWard | None") -> dict:
     spy = None
     if profile:
         raw = out / f"profile-{beds}.txt"
@@ -161,8 +290,10 @@ def run_ward(data: Path, beds: int, source: list[str], warmup: float, seconds: f
                                 "--nonblocking", "--format", "raw", "--output", str(raw)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     c0, w0, t0 = process_cpu(proc.pid), time.monotonic(), time.time()
+    o0 = ward.cpu() if ward else {}
     time.sleep(seconds)
     cpu, wall, t1 = process_cpu(proc.pid) - c0, time.monotonic() - w0, time.time()
+    others = {k: round((v - o0[k]) / wall, 2) for k, v in ward.cpu().items()} if ward else {}
     rss = rss_mb(proc.pid)
     proc.send_signal(signal.SIGINT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -175,7 +306,13 @@ def run_ward(data: Path, beds: int, source: list[str], warmup: float, seconds: f
     if spy is not None:
         _, spy_err = spy.communicate()
         top = top_functions(out / f"profile-{beds}.txt") if spy.returncode == 0 else f"py-spy failed: {spy_err.strip()}"
-    return summarise(beds, sub, cpu, wall, t0, t1, rss, usage.ru_maxrss / 1024, top)
+    result = summarise(beds, sub, cpu, wall, t0, t1, rss, usage.ru_maxrss / 1024, top)
+    if ward:
+        result["other_cores"] = others
+        result["broker_rss_mb"] = round(rss_mb(ward.broker.pid), 1)
+        print(f"  cores outside the daemon: {others}; the daemon's source faults: {sub.faults or 'none'}",
+              flush=True)
+    return result
 
 
 def summarise(beds: int, sub: Subscriber, cpu: float, wall: float, t0: float, t1: float, rss: float,
@@ -272,10 +409,20 @@ def top_functions(raw: Path, n: int = 25) -> dict:
 
 
 def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--devices-only":  # the devices' own process
+        ap = argparse.ArgumentParser()
+        ap.add_argument("port", type=int)
+        ap.add_argument("beds", type=int)
+        ap.add_argument("--data", type=Path)
+        a = ap.parse_args(sys.argv[2:])
+        run_devices(a.port, a.beds, a.data)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("ECGMON_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
     ap.add_argument("--data", type=Path, default=default)
     ap.add_argument("--beds", type=int, nargs="+", default=[32, 100, 200])
+    ap.add_argument("--via", choices=["sim", "mqtt"], default="sim",
+                    help="sim: the beds are sources inside the daemon; mqtt: devices publish through mosquitto")
     ap.add_argument("--source", nargs="+", default=["sim"], help="sim, or MIT-BIH record names replayed in turn")
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds left out: start-up, models, first beats")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds measured after the warm-up")
@@ -284,11 +431,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("bench/results/ward"))
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    runs = [run_ward(args.data, n, args.source, args.warmup, args.seconds, args.archive, args.profile, args.out)
-            for n in args.beds]
+    runs = [run_ward(args.data, n, args.source, args.warmup, args.seconds, args.archive, args.profile, args.out,
+                     args.via) for n in args.beds]
     result = {"command": "nice -n 10 .venv/bin/python bench/ward.py " + " ".join(sys.argv[1:]),
               "cores": os.cpu_count(), "deadline_ms": DEADLINE_MS, "runs": runs}
-    path = args.out / "ward.json"
+    path = args.out / ("ward-mqtt.json" if args.via == "mqtt" else "ward.json")
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}")
     return 0

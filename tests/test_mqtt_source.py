@@ -10,6 +10,7 @@ from pathlib import Path
 import subprocess
 import sys
 import threading
+import time
 
 import aiomqtt
 import numpy as np
@@ -223,6 +224,28 @@ def test_stream_limit_frees_the_places_of_idle_streams() -> None:
     assert chunks("bed3") == ["bed3"]
     assert sorted(source._streams) == ["bed2", "bed3"]
     assert chunks("bed1") == []  # now bed1 is the one refused
+
+
+def test_held_events_fall_due_in_order_whatever_streams_hold_them() -> None:
+    """The next held event is looked for among the throttles that hold one (a ward of a
+    thousand streams must not scan them all on every message): a corrupt payload on bed2 then
+    bed1 and one on a topic that never sent a valid payload (the source's own), each the second
+    within a second, come out in the source's order (its own, then its streams') once due, and
+    nothing is held after."""
+    cfg = Config()
+    source = MqttSource("mqtt://h/ward1/+/ecg", cfg, stream="ward1-ecg")
+    for bed in ("bed1", "bed2"):
+        source._handle(f"ward1/{bed}/ecg", encode_json(0, 0, 360.0, "II", np.zeros(3)))
+    assert source._next_flush() is None
+    for _ in range(2):
+        for topic in ("ward1/bed2/ecg", "ward1/bed1/ecg", "ward1/bed9/ecg"):
+            source._handle(topic, b"junk")
+    due = source._next_flush()
+    assert due is not None and due > time.monotonic()
+    assert source._flush(due - 0.5) == []
+    flushed = source._flush(due + EVENT_PERIOD_S)
+    assert [ev.stream for ev in flushed] == ["ward1-ecg", "bed1", "bed2"]
+    assert source._next_flush() is None and source._holding == set()
 
 
 # --------------------------------------------------------------------------- specs

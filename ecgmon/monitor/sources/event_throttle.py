@@ -18,18 +18,24 @@ class EventThrottle:
     wins) and comes out of ``flush`` once due. ``counts`` gives the stream's cumulative fault
     counters, read when an event goes out, so a held event is never stale."""
 
-    def __init__(self, stream: str, counts: Callable[[], dict[str, int]], period: float = EVENT_PERIOD_S) -> None:
+    def __init__(self, stream: str, counts: Callable[[], dict[str, int]], period: float = EVENT_PERIOD_S,
+                 holding: set[EventThrottle] | None = None) -> None:
         self.stream = stream
         self.period = period
         self._counts = counts
         self._last_emit: dict[str, float] = {}
         self._pending: dict[str, tuple[Level, str]] = {}
+        # Where a source with many streams keeps the throttles that hold an event, so that it
+        # looks for the next one due among those, not among all its streams on every message.
+        self._holding = holding
 
     def event(self, code: str, level: Level, text: str, now: float) -> SourceEvent | None:
         """The event now, or None if one of this code went out less than ``period`` ago
         (then it is held and sent by ``flush``)."""
         if now - self._last_emit.get(code, -float("inf")) < self.period:
             self._pending[code] = (level, text)
+            if self._holding is not None:
+                self._holding.add(self)
             return None
         self._last_emit[code] = now
         self._pending.pop(code, None)

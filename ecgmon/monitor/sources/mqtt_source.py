@@ -47,9 +47,9 @@ class StreamState(EventThrottle):
     """Continuity of one stream: which payloads are new, repeated, late or after a gap, its
     fault counters, and its rate-limited events."""
 
-    def __init__(self, stream: str) -> None:
+    def __init__(self, stream: str, holding: set[EventThrottle] | None = None) -> None:
         self.counts: dict[str, int] = {}
-        super().__init__(stream, lambda: self.counts)
+        super().__init__(stream, lambda: self.counts, holding=holding)
         self.next_start: int | None = None
         self.last_seq: int | None = None
         self.offset = 0
@@ -162,18 +162,19 @@ class MqttSource:
         except TlsSetupError as err:
             raise SourceError(f"'{self.spec}': {err}; set [mqtt] ca_file to a PEM certificate") from None
         self._streams: dict[str, StreamState] = {}
+        self._holding: set[EventThrottle] = set()  # the throttles (own, streams') holding an event
         self._foreign: set[str] = set()
         # The source's own counters (connection, and messages that belong to no stream), with
         # their events on the source's own id: a junk topic never names a stream.
         self.counts: dict[str, int] = {}
-        self._events = EventThrottle(stream, lambda: self.counts)
+        self._events = EventThrottle(stream, lambda: self.counts, holding=self._holding)
         # A stream silent this long has left the daemon's status: its place here is free too.
         self._idle_s = config.publisher.idle_stream_s
 
     def stream_state(self, stream: str) -> StreamState:
         st = self._streams.get(stream)
         if st is None:
-            st = self._streams[stream] = StreamState(stream)
+            st = self._streams[stream] = StreamState(stream, self._holding)
         return st
 
     def _forget_idle(self, now: float) -> None:
@@ -183,6 +184,7 @@ class MqttSource:
         for sid, st in list(self._streams.items()):
             if now - st.last_valid >= self._idle_s and st.next_flush() is None:
                 del self._streams[sid]
+                self._holding.discard(st)
 
     def _count(self, key: str) -> int:
         self.counts[key] = self.counts.get(key, 0) + 1
@@ -251,16 +253,20 @@ class MqttSource:
         pending: asyncio.Future[aiomqtt.Message] | None = None
         try:
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(messages.__anext__())
                 due = self._next_flush()
-                timeout = None if due is None else max(0.0, due - time.monotonic())
-                done, _ = await asyncio.wait({pending}, timeout=timeout)
-                if not done:
-                    for ev in self._flush(time.monotonic()):
-                        yield ev
-                    continue
-                message, pending = pending.result(), None
+                if due is None and pending is None:
+                    # Nothing held: the next message itself, without a task and a timer each.
+                    message = await messages.__anext__()
+                else:
+                    if pending is None:
+                        pending = asyncio.ensure_future(messages.__anext__())
+                    timeout = None if due is None else max(0.0, due - time.monotonic())
+                    done, _ = await asyncio.wait({pending}, timeout=timeout)
+                    if not done:
+                        for ev in self._flush(time.monotonic()):
+                            yield ev
+                        continue
+                    message, pending = pending.result(), None
                 for item in self._handle_safely(message):
                     yield item
                 # Consumed: the daemon has fed its chunk by the time we are resumed. A payload
@@ -275,11 +281,19 @@ class MqttSource:
                 pending.exception()  # retrieved: no "never retrieved" warning
 
     def _next_flush(self) -> float | None:
-        throttles = [self._events, *self._streams.values()]
-        return min((t for th in throttles if (t := th.next_flush()) is not None), default=None)
+        due = []
+        for th in list(self._holding):
+            t = th.next_flush()
+            if t is None:
+                self._holding.discard(th)
+            else:
+                due.append(t)
+        return min(due, default=None)
 
     def _flush(self, now: float) -> list[SourceEvent]:
-        return [ev for th in (self._events, *self._streams.values()) for ev in th.flush(now)]
+        # In a fixed order (the source's own, then its streams'), whatever order they were held in.
+        held = [th for th in (self._events, *self._streams.values()) if th in self._holding]
+        return [ev for th in held for ev in th.flush(now)]
 
     def _handle_safely(self, message: aiomqtt.Message) -> list[Chunk | SourceEvent]:
         """``_handle``, with any unforeseen failure costing this one message only: counted and

@@ -16,8 +16,9 @@ Two latencies, because they answer different questions:
 * *lag*: publication wall time minus the beat's signal time, per stream, less that stream's
   smallest value. A source paced by the event loop stamps its chunks late when the loop is
   late, so ``latency_ms`` alone can look fine while a stream slips further behind real time;
-  the lag's growth over the measured window (``behind_s``) shows it. A stream is *behind*
-  when it slipped by more than one second.
+  the lag's growth over the measured window (``behind_s``: the least lag of its last third
+  against that of its first) shows it. A stream is *behind* when it slipped by more than one
+  second.
 
 ``--via mqtt`` is the ward as deployed with MQTT telemetry (issue 16's ward benchmark): a real
 mosquitto on loopback, N simulated bedside devices in a process of their own publishing live
@@ -337,12 +338,16 @@ def summarise(beds: int, sub: Subscriber, cpu: float, wall: float, t0: float, t1
             if released <= wall_i:
                 latency.append((wall_i - released) * 1000.0)
     behind = []
+    third = (t1 - t0) / 3
     for rows in by_stream.values():
-        lags = [(wall, wall - time_s) for time_s, wall, _ in rows]
-        base = min(lag for _, lag in lags)
-        inside = [lag - base for w, lag in lags if t0 <= w <= t1]
-        if inside:
-            behind.append(inside[-1] - inside[0] if len(inside) > 1 else 0.0)
+        # How much later the stream's beats come out at the end of the window than at its start:
+        # the least lag of the last third against that of the first. The least, because one
+        # beat may wait up to the classifier's longest wait for a successor that a pause holds
+        # back (published late once, not a stream falling behind).
+        first = [wall - time_s for time_s, wall, _ in rows if t0 <= wall < t0 + third]
+        last = [wall - time_s for time_s, wall, _ in rows if t1 - third < wall <= t1]
+        if first and last:
+            behind.append(min(last) - min(first))
     lat, raw_lat = np.asarray(latency), np.asarray(raw)
     # Signal actually processed: a stream that slipped by b seconds processed wall - b of it, so
     # an overloaded daemon's CPU is not spread over signal it never handled.

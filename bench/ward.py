@@ -97,13 +97,15 @@ class Subscriber:
         self._stop.set()
         self._thread.join()
 
-    def wait_status(self, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-        """Until the daemon's first status (models loaded, sources started)."""
+    def wait_status(self, proc: subprocess.Popen, timeout: float = 180.0) -> bool:
+        """Until the daemon's first status (models loaded, sources started); False if it ended
+        or did not come up in time."""
         deadline = time.monotonic() + timeout
         while self.last_status is None:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the daemon did not come up")
+                return False
             time.sleep(0.2)
+        return True
 
     def _run(self) -> None:
         ctx = zmq.Context()
@@ -195,16 +197,31 @@ class MqttWard:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def device_signals(data: Path, records: list[str]) -> list[np.ndarray]:
+    """MLII of each MIT-BIH record, float32 mV: what the simulated devices send."""
+    import wfdb
+
+    return [wfdb.rdrecord(str(data / "mitdb" / r), channels=[0]).p_signal[:, 0].astype(np.float32)
+            for r in records]
+
+
+def bed_chunk(signals: list[np.ndarray], bed: int, k: int, n: int) -> np.ndarray:
+    """The ``k``-th chunk of ``n`` samples of a bed: a record of ``signals`` in turn, from an
+    offset of its own (beds of one record at different places), looping."""
+    x = signals[bed % len(signals)]
+    offset = (bed * 7919 * n) % (len(x) - n)
+    i = (offset + k * n) % (len(x) - n)
+    return x[i:i + n]
+
+
 def run_devices(port: int, beds: int, data: Path) -> None:
     """N beds publishing live 0.1 s binary payloads (QoS 1) on ``ward/bed<i>/ecg`` until SIGTERM;
     each bed a record of ``DEVICE_RECORDS`` from its own offset."""
     import paho.mqtt.client as mqtt
-    import wfdb
 
     from ecgmon.payloads.mqtt import encode_binary
 
-    signals = [wfdb.rdrecord(str(data / "mitdb" / r), channels=[0]).p_signal[:, 0].astype(np.float32)
-               for r in DEVICE_RECORDS]
+    signals = device_signals(data, DEVICE_RECORDS)
     n = int(360 * CHUNK_S)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -216,10 +233,8 @@ def run_devices(port: int, beds: int, data: Path) -> None:
     t0, k = time.monotonic(), 0
     while not stop.is_set():
         for bed in range(beds):
-            x = signals[bed % len(signals)]
-            offset = (bed * 7919 * n) % (len(x) - n)  # beds of one record at different places
-            i = (offset + k * n) % (len(x) - n)
-            client.publish(f"ward/bed{bed}/ecg", encode_binary(k, k * n, 360.0, "MLII", x[i:i + n]), qos=1)
+            payload = encode_binary(k, k * n, 360.0, "MLII", bed_chunk(signals, bed, k, n))
+            client.publish(f"ward/bed{bed}/ecg", payload, qos=1)
         k += 1
         stop.wait(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
     client.loop_stop()
@@ -263,13 +278,14 @@ def run_ward(data: Path, beds: int, source: list[str], warmup: float, seconds: f
     drain = threading.Thread(target=lambda: err.extend(proc.stderr), daemon=True)
     drain.start()
     try:
-        if ward:
-            sub.wait_status(proc)
+        up = sub.wait_status(proc) if ward else True
+        if ward and up:
             ward.start_devices()
-        time.sleep(warmup)
-        if proc.poll() is not None:
+        time.sleep(warmup if up else 0)
+        if proc.poll() is not None or not up:
+            proc.kill()
             drain.join()
-            raise SystemExit(f"ecgmon run ended early:\n{''.join(err)}")
+            raise SystemExit(f"ecgmon run ended early or did not come up:\n{''.join(err)}")
         result = _measure(beds, proc, sub, seconds, profile, out, err, drain, ward)
     finally:
         if proc.poll() is None:

@@ -38,11 +38,12 @@ import time
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ward import Subscriber, free_port, process_cpu, rss_mb, summarise  # noqa: E402
+from ward import (  # noqa: E402
+    CHUNK_S, DEVICE_RECORDS, Subscriber, bed_chunk, device_signals, free_port, process_cpu, rss_mb, summarise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "ward"
-CHUNK_S = 0.1
 
 
 # -- the devices (run as a process of their own: --devices-only) ------------------------------
@@ -50,12 +51,10 @@ CHUNK_S = 0.1
 def run_devices(url: str, beds: int, data: Path, records: list[str]) -> None:
     """N beds publishing live until SIGTERM; each bed a record from its own offset."""
     import nats
-    import numpy as np
-    import wfdb
 
     from ecgmon.payloads.mqtt import encode_binary
 
-    signals = [wfdb.rdrecord(str(data / "mitdb" / r), channels=[0]).p_signal[:, 0].astype(np.float32) for r in records]
+    signals = device_signals(data, records)
     n = int(360 * CHUNK_S)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -66,10 +65,7 @@ def run_devices(url: str, beds: int, data: Path, records: list[str]) -> None:
         k = 0
         while not stop.is_set():
             for bed in range(beds):
-                x = signals[bed % len(signals)]
-                offset = (bed * 7919 * n) % (len(x) - n)  # beds of one record at different places
-                i = (offset + k * n) % (len(x) - n)
-                await nc.publish(f"{PREFIX}.bed{bed}", encode_binary(k, k * n, 360.0, "MLII", x[i:i + n]))
+                await nc.publish(f"{PREFIX}.bed{bed}", encode_binary(k, k * n, 360.0, "MLII", bed_chunk(signals, bed, k, n)))
             k += 1
             await asyncio.sleep(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
         await nc.flush()
@@ -303,7 +299,7 @@ def main() -> int:
     ap.add_argument("--beds", type=int, nargs="+", default=[100, 200])
     ap.add_argument("--daemons", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=32)
-    ap.add_argument("--records", nargs="+", default=["100", "101", "106", "119", "201", "208", "223", "230"])
+    ap.add_argument("--records", nargs="+", default=DEVICE_RECORDS)
     ap.add_argument("--warmup", type=float, default=40.0)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--failover", action="store_true", help="then kill one daemon and time the move")

@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import math
 import os
 import re
 import shutil
@@ -85,6 +86,7 @@ class Subscriber:
         self.beats: list[tuple[str, float, float, float]] = []  # stream, time_s, pub wall, latency_ms
         self.last_status: dict | None = None
         self.faults: Counter[str] = Counter()  # warning and error events, by code
+        self.waves: list[tuple[float, float]] = []  # signal time at a wave frame's end, reception wall
         self._seq: dict[tuple[str, str | None], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -130,6 +132,9 @@ class Subscriber:
             self._seq[key] = msg["seq"]
             if msg["kind"] == "beat" and msg.get("latency_ms") is not None:
                 self.beats.append((msg["stream"], msg["time_s"], msg["wall"], msg["latency_ms"]))
+            elif msg["kind"] == "wave":
+                # Signal time at the frame's end, and when it got here.
+                self.waves.append((msg["time_s"] + len(msg["samples_mv"]) / msg["fs"], time.time()))
             elif msg["kind"] == "status":
                 self.last_status = msg
             elif msg["kind"] == "event" and msg.get("level") != "info":
@@ -169,8 +174,9 @@ class MqttWard:
         text = (REPO / "config.toml").read_text()
         self.config = self.work / "config.toml"
         self.config.write_text(re.sub(r"(?m)^max_streams = \d+$", f"max_streams = {beds}", text))
+        self.t0_file = self.work / "devices-t0"
         self._devices_cmd = [sys.executable, __file__, "--devices-only", str(self.port), str(beds),
-                             "--data", str(data)]
+                             "--data", str(data), "--t0-file", str(self.t0_file)]
         self.devices: subprocess.Popen | None = None
 
     def daemon_args(self) -> list[str]:
@@ -179,6 +185,13 @@ class MqttWard:
     def start_devices(self) -> None:
         self.devices = subprocess.Popen(self._devices_cmd, env=self.env, stdout=subprocess.DEVNULL,
                                         stderr=open(self.work / "devices.log", "w"))
+
+    def devices_t0(self) -> float | None:
+        """Wall time at which the devices sent their first chunk (chunk k goes out k * CHUNK_S later)."""
+        try:
+            return float(self.t0_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     def cpu(self) -> dict[str, float]:
         out = {"broker": process_cpu(self.broker.pid)}
@@ -214,7 +227,7 @@ def bed_chunk(signals: list[np.ndarray], bed: int, k: int, n: int) -> np.ndarray
     return x[i:i + n]
 
 
-def run_devices(port: int, beds: int, data: Path) -> None:
+def run_devices(port: int, beds: int, data: Path, t0_file: Path) -> None:
     """N beds publishing live 0.1 s binary payloads (QoS 1) on ``ward/bed<i>/ecg`` until SIGTERM;
     each bed a record of ``DEVICE_RECORDS`` from its own offset."""
     import paho.mqtt.client as mqtt
@@ -231,6 +244,7 @@ def run_devices(port: int, beds: int, data: Path) -> None:
     client.connect("127.0.0.1", port)
     client.loop_start()
     t0, k = time.monotonic(), 0
+    t0_file.write_text(repr(time.time()))
     while not stop.is_set():
         for bed in range(beds):
             payload = encode_binary(k, k * n, 360.0, "MLII", bed_chunk(signals, bed, k, n))
@@ -324,12 +338,32 @@ def _measure(beds: int, proc: subprocess.Popen, sub: "Subscriber", seconds: floa
         _, spy_err = spy.communicate()
         top = top_functions(out / f"profile-{beds}.txt") if spy.returncode == 0 else f"py-spy failed: {spy_err.strip()}"
     result = summarise(beds, sub, cpu, wall, t0, t1, rss, usage.ru_maxrss / 1024, top)
+    if ward and (device_t0 := ward.devices_t0()) is not None:
+        result.update(device_latency(sub.waves, device_t0, t0, t1))
     if ward:
         result["other_cores"] = others
         result["broker_rss_mb"] = round(rss_mb(ward.broker.pid), 1)
         print(f"  cores outside the daemon: {others}; the daemon's source faults: {sub.faults or 'none'}",
               flush=True)
     return result
+
+
+def device_latency(waves: list[tuple[float, float]], device_t0: float, t0: float, t1: float) -> dict:
+    """From a device's send to a subscriber's reception, for the wave frames received in the
+    window: a frame is complete with the device chunk holding its last sample, which the devices
+    sent CHUNK_S x its index after ``device_t0``. Unlike the beats' latency this counts the time
+    a message waited at the broker and in the daemon's client before the source took it."""
+    lat = np.array([(recv - (device_t0 + (math.ceil(end / CHUNK_S - 1e-6) - 1) * CHUNK_S)) * 1000.0
+                    for end, recv in waves if t0 <= recv <= t1])
+    if not lat.size:
+        return {}
+    out = {"device_to_subscriber_ms_p50": round(float(np.percentile(lat, 50)), 1),
+           "device_to_subscriber_ms_p99": round(float(np.percentile(lat, 99)), 1),
+           "device_to_subscriber_in_time_share": round(float((lat <= DEADLINE_MS).mean()), 3)}
+    print(f"  wave frames, device send to subscriber: p50 {out['device_to_subscriber_ms_p50']} ms, p99 "
+          f"{out['device_to_subscriber_ms_p99']} ms, {out['device_to_subscriber_in_time_share']:.1%} within "
+          f"{DEADLINE_MS:.0f} ms", flush=True)
+    return out
 
 
 def summarise(beds: int, sub: Subscriber, cpu: float, wall: float, t0: float, t1: float, rss: float,
@@ -435,8 +469,9 @@ def main() -> int:
         ap.add_argument("port", type=int)
         ap.add_argument("beds", type=int)
         ap.add_argument("--data", type=Path)
+        ap.add_argument("--t0-file", type=Path)
         a = ap.parse_args(sys.argv[2:])
-        run_devices(a.port, a.beds, a.data)
+        run_devices(a.port, a.beds, a.data, a.t0_file)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("ECGMON_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")

@@ -31,7 +31,7 @@ bench/daemon.py measures the whole daemon at one N as a CPU extrapolation; this 
 N streams actually keep up in one process.
 
     ECGMON_DATA=../shared/data nice -n 10 .venv/bin/python bench/ward.py --beds 32 100 200
-        [--via sim|mqtt] [--warmup 30] [--seconds 30] [--source sim|RECORD...] [--profile SECONDS]
+        [--via sim|mqtt [--stagger SLOTS]] [--warmup 30] [--seconds 30] [--source sim|RECORD...] [--profile SECONDS]
         [--out bench/results/ward]
 
 ``--profile S`` runs the daemon under ``py-spy record`` (``pip install -e '.[bench]'``) for S
@@ -86,7 +86,7 @@ class Subscriber:
         self.beats: list[tuple[str, float, float, float]] = []  # stream, time_s, pub wall, latency_ms
         self.last_status: dict | None = None
         self.faults: Counter[str] = Counter()  # warning and error events, by code
-        self.waves: list[tuple[float, float]] = []  # signal time at a wave frame's end, reception wall
+        self.waves: list[tuple[str, float, float]] = []  # stream, signal time at a frame's end, reception wall
         self._seq: dict[tuple[str, str | None], int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -134,7 +134,7 @@ class Subscriber:
                 self.beats.append((msg["stream"], msg["time_s"], msg["wall"], msg["latency_ms"]))
             elif msg["kind"] == "wave":
                 # Signal time at the frame's end, and when it got here.
-                self.waves.append((msg["time_s"] + len(msg["samples_mv"]) / msg["fs"], time.time()))
+                self.waves.append((msg["stream"], msg["time_s"] + len(msg["samples_mv"]) / msg["fs"], time.time()))
             elif msg["kind"] == "status":
                 self.last_status = msg
             elif msg["kind"] == "event" and msg.get("level") != "info":
@@ -147,8 +147,8 @@ class MqttWard:
     """A real mosquitto on loopback and N simulated bedside devices publishing through it, in
     a scratch folder, for a daemon subscribed to ``ward/+/ecg``."""
 
-    def __init__(self, beds: int, data: Path, env: dict) -> None:
-        self.beds, self.env = beds, env
+    def __init__(self, beds: int, data: Path, env: dict, slots: int = 1) -> None:
+        self.beds, self.env, self.slots = beds, env, slots
         self.work = Path(tempfile.mkdtemp(prefix="ward-mqtt-"))
         self.port = free_port()
         conf = self.work / "mosquitto.conf"
@@ -176,7 +176,7 @@ class MqttWard:
         self.config.write_text(re.sub(r"(?m)^max_streams = \d+$", f"max_streams = {beds}", text))
         self.t0_file = self.work / "devices-t0"
         self._devices_cmd = [sys.executable, __file__, "--devices-only", str(self.port), str(beds),
-                             "--data", str(data), "--t0-file", str(self.t0_file)]
+                             "--data", str(data), "--t0-file", str(self.t0_file), "--slots", str(slots)]
         self.devices: subprocess.Popen | None = None
 
     def daemon_args(self) -> list[str]:
@@ -227,9 +227,14 @@ def bed_chunk(signals: list[np.ndarray], bed: int, k: int, n: int) -> np.ndarray
     return x[i:i + n]
 
 
-def run_devices(port: int, beds: int, data: Path, t0_file: Path) -> None:
+def phase_s(bed: int, slots: int) -> float:
+    """When in each chunk period a bed sends: beds spread over ``slots`` equal steps (1: all at once)."""
+    return (bed % slots) * CHUNK_S / slots
+
+
+def run_devices(port: int, beds: int, data: Path, t0_file: Path, slots: int) -> None:
     """N beds publishing live 0.1 s binary payloads (QoS 1) on ``ward/bed<i>/ecg`` until SIGTERM;
-    each bed a record of ``DEVICE_RECORDS`` from its own offset."""
+    each bed a record of ``DEVICE_RECORDS`` from its own offset, sending at its ``phase_s``."""
     import paho.mqtt.client as mqtt
 
     from ecgmon.payloads.mqtt import encode_binary
@@ -246,11 +251,12 @@ def run_devices(port: int, beds: int, data: Path, t0_file: Path) -> None:
     t0, k = time.monotonic(), 0
     t0_file.write_text(repr(time.time()))
     while not stop.is_set():
-        for bed in range(beds):
-            payload = encode_binary(k, k * n, 360.0, "MLII", bed_chunk(signals, bed, k, n))
-            client.publish(f"ward/bed{bed}/ecg", payload, qos=1)
+        for j in range(slots):
+            stop.wait(max(0.0, t0 + k * CHUNK_S + phase_s(j, slots) - time.monotonic()))
+            for bed in range(j, beds, slots):
+                payload = encode_binary(k, k * n, 360.0, "MLII", bed_chunk(signals, bed, k, n))
+                client.publish(f"ward/bed{bed}/ecg", payload, qos=1)
         k += 1
-        stop.wait(max(0.0, t0 + k * CHUNK_S - time.monotonic()))
     client.loop_stop()
     client.disconnect()
 
@@ -277,12 +283,12 @@ def specs(beds: int, source: list[str]) -> list[str]:
 
 
 def run_ward(data: Path, beds: int, source: list[str], warmup: float, seconds: float, archive: bool,
-             profile: float | None, out: Path, via: str = "sim") -> dict:
+             profile: float | None, out: Path, via: str = "sim", slots: int = 1) -> dict:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     sub = Subscriber(endpoint)
     sub.start()
     env = {**os.environ, "ECGMON_DATA": str(data), "OMP_NUM_THREADS": "1"}
-    ward = MqttWard(beds, data, env) if via == "mqtt" else None
+    ward = MqttWard(beds, data, env, slots) if via == "mqtt" else None
     sources = ward.daemon_args() if ward else [a for s in specs(beds, source) for a in ("--source", s)]
     cmd = [sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--chunk-s", str(CHUNK_S), "--speed", "1",
            "--loop", "--endpoint", endpoint, "--control", "", *([] if archive else ["--no-archive"]), *sources]
@@ -339,7 +345,7 @@ def _measure(beds: int, proc: subprocess.Popen, sub: "Subscriber", seconds: floa
         top = top_functions(out / f"profile-{beds}.txt") if spy.returncode == 0 else f"py-spy failed: {spy_err.strip()}"
     result = summarise(beds, sub, cpu, wall, t0, t1, rss, usage.ru_maxrss / 1024, top)
     if ward and (device_t0 := ward.devices_t0()) is not None:
-        result.update(device_latency(sub.waves, device_t0, t0, t1))
+        result.update(device_latency(sub.waves, device_t0, ward.slots, t0, t1))
     if ward:
         result["other_cores"] = others
         result["broker_rss_mb"] = round(rss_mb(ward.broker.pid), 1)
@@ -348,13 +354,16 @@ def _measure(beds: int, proc: subprocess.Popen, sub: "Subscriber", seconds: floa
     return result
 
 
-def device_latency(waves: list[tuple[float, float]], device_t0: float, t0: float, t1: float) -> dict:
+def device_latency(waves: list[tuple[str, float, float]], device_t0: float, slots: int, t0: float,
+                   t1: float) -> dict:
     """From a device's send to a subscriber's reception, for the wave frames received in the
-    window: a frame is complete with the device chunk holding its last sample, which the devices
-    sent CHUNK_S x its index after ``device_t0``. Unlike the beats' latency this counts the time
-    a message waited at the broker and in the daemon's client before the source took it."""
-    lat = np.array([(recv - (device_t0 + (math.ceil(end / CHUNK_S - 1e-6) - 1) * CHUNK_S)) * 1000.0
-                    for end, recv in waves if t0 <= recv <= t1])
+    window: a frame is complete with the device chunk holding its last sample, which the bed
+    sent CHUNK_S x its index plus its phase after ``device_t0``. Unlike the beats' latency this
+    counts the time a message waited at the broker and in the daemon's client."""
+    def sent(stream: str, end: float) -> float:
+        return device_t0 + (math.ceil(end / CHUNK_S - 1e-6) - 1) * CHUNK_S + phase_s(int(stream[3:]), slots)
+
+    lat = np.array([(recv - sent(stream, end)) * 1000.0 for stream, end, recv in waves if t0 <= recv <= t1])
     if not lat.size:
         return {}
     out = {"device_to_subscriber_ms_p50": round(float(np.percentile(lat, 50)), 1),
@@ -470,8 +479,9 @@ def main() -> int:
         ap.add_argument("beds", type=int)
         ap.add_argument("--data", type=Path)
         ap.add_argument("--t0-file", type=Path)
+        ap.add_argument("--slots", type=int, default=1)
         a = ap.parse_args(sys.argv[2:])
-        run_devices(a.port, a.beds, a.data, a.t0_file)
+        run_devices(a.port, a.beds, a.data, a.t0_file, a.slots)
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("ECGMON_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -479,6 +489,9 @@ def main() -> int:
     ap.add_argument("--beds", type=int, nargs="+", default=[32, 100, 200])
     ap.add_argument("--via", choices=["sim", "mqtt"], default="sim",
                     help="sim: the beds are sources inside the daemon; mqtt: devices publish through mosquitto")
+    ap.add_argument("--stagger", type=int, default=1, metavar="SLOTS",
+                    help="mqtt: the devices send in SLOTS steps spread over each 0.1 s, as unsynchronised "
+                         "devices do (default 1: every device at the same instant, the worst case)")
     ap.add_argument("--source", nargs="+", default=["sim"], help="sim, or MIT-BIH record names replayed in turn")
     ap.add_argument("--warmup", type=float, default=30.0, help="seconds left out: start-up, models, first beats")
     ap.add_argument("--seconds", type=float, default=30.0, help="seconds measured after the warm-up")
@@ -488,7 +501,7 @@ def main() -> int:
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     runs = [run_ward(args.data, n, args.source, args.warmup, args.seconds, args.archive, args.profile, args.out,
-                     args.via) for n in args.beds]
+                     args.via, args.stagger) for n in args.beds]
     result = {"command": "nice -n 10 .venv/bin/python bench/ward.py " + " ".join(sys.argv[1:]),
               "cores": os.cpu_count(), "deadline_ms": DEADLINE_MS, "runs": runs}
     path = args.out / ("ward-mqtt.json" if args.via == "mqtt" else "ward.json")

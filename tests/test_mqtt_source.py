@@ -88,11 +88,14 @@ class Collector:
         self.chunks: dict[str, list[Chunk]] = {}
         self.events: list[SourceEvent] = []
         self.beats: dict[str, list[int]] = {}
+        self.waits: dict[str, list[float]] = {}  # per stream: when each chunk was taken less its arrival
         self._pipes: dict[str, StreamPipeline] = {}
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
         async for item in self.source.chunks():
+            if isinstance(item, Chunk):
+                self.waits.setdefault(item.stream, []).append(time.time() - item.received)
             if self.slow_s:  # a busy daemon: stopped here, it has not consumed the item
                 await asyncio.sleep(self.slow_s)
             if isinstance(item, SourceEvent):
@@ -438,6 +441,27 @@ async def test_daemon_away_gets_what_was_published_meanwhile(mosquitto: Broker) 
     # Nothing lost, nothing twice: every message was acknowledged only once consumed.
     assert_contiguous(first.chunks["bed3"] + second.chunks["bed3"])
     assert second.codes() == []
+
+
+async def test_a_chunk_arrives_when_its_message_comes_not_when_it_is_taken(mosquitto: Broker) -> None:
+    """Messages waiting in the client for a busy daemon have arrived all the same: a chunk's
+    ``received`` (the start of every latency the daemon reports) is when paho read its message,
+    so the wait shows in the beats' latency instead of vanishing from it."""
+    cfg = config()
+    col = await subscribed(mosquitto, cfg, slow_s=0.05)
+    n = 30
+    try:
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port) as device:
+            for seq in range(n):
+                await device.publish("ward1/bed3/ecg", encode_json(seq, 3 * seq, 360.0, "II", np.zeros(3)), qos=1)
+        await col.until(lambda: len(col.chunks.get("bed3", [])) == n)
+    finally:
+        await col.stop()
+    waits = col.waits["bed3"]
+    # mosquitto has up to 20 messages in flight to the client: the last of them waited for the
+    # ~19 before it, 0.05 s each.
+    assert min(waits) >= 0 and max(waits) > 0.5
+    assert [c.start for c in col.chunks["bed3"]] == [3 * seq for seq in range(n)]
 
 
 async def test_malformed_payloads_are_counted_and_harmless(mosquitto: Broker, endpoint: str) -> None:

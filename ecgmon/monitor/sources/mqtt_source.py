@@ -162,6 +162,7 @@ class MqttSource:
         except TlsSetupError as err:
             raise SourceError(f"'{self.spec}': {err}; set [mqtt] ca_file to a PEM certificate") from None
         self._streams: dict[str, StreamState] = {}
+        self._arrived: dict[int, float] = {}  # wall time each queued message came off the socket
         self._holding: set[EventThrottle] = set()  # the throttles (own, streams') holding an event
         self._foreign: set[str] = set()
         # The source's own counters (connection, and messages that belong to no stream), with
@@ -196,7 +197,21 @@ class MqttSource:
         # daemon stops would be lost to the persistent session. We acknowledge each one only
         # after its chunk was consumed; aiomqtt 2 has no API for it yet (aiomqtt issue #345,
         # PR #346), hence its paho client.
-        client._client.manual_ack_set(True)  # noqa: SLF001
+        paho = client._client  # noqa: SLF001
+        paho.manual_ack_set(True)
+        # A chunk arrives when paho reads its message off the socket, not when this source takes
+        # it from aiomqtt's queue (which drops paho's timestamp): under load messages wait there,
+        # and that wait belongs in the beats' latency. Keyed by message id, unique among the
+        # messages not yet acknowledged (all of QoS 1 and 2); QoS 0 ones are stamped when taken.
+        deliver, arrived = paho.on_message, self._arrived
+        arrived.clear()
+
+        def on_message(paho_client: object, userdata: object, message: object) -> None:
+            if getattr(message, "qos", 0):
+                arrived[message.mid] = time.time()  # type: ignore[attr-defined]
+            deliver(paho_client, userdata, message)
+
+        paho.on_message = on_message
         return client
 
     async def chunks(self) -> AsyncIterator[Chunk | SourceEvent]:
@@ -298,8 +313,9 @@ class MqttSource:
     def _handle_safely(self, message: aiomqtt.Message) -> list[Chunk | SourceEvent]:
         """``_handle``, with any unforeseen failure costing this one message only: counted and
         reported on the source's id, never an end of the source's other streams."""
+        received = self._arrived.pop(message.mid, None) if message.qos else None
         try:
-            return self._handle(message.topic.value, message.payload)
+            return self._handle(message.topic.value, message.payload, received)
         except Exception as err:  # a bug, not bad input: that is PayloadError inside _handle
             n = self._count("internal_errors")
             log.debug("%s: traceback of the failure on a message", self.stream, exc_info=True)
@@ -308,9 +324,10 @@ class MqttSource:
             ev = self._events.event("internal_error", "error", text, time.monotonic())
             return [ev] if ev else []
 
-    def _handle(self, topic: str, payload: object) -> list[Chunk | SourceEvent]:
-        """The chunk and events one message gives; malformed or repeated input never raises."""
-        received = time.time()
+    def _handle(self, topic: str, payload: object, received: float | None = None) -> list[Chunk | SourceEvent]:
+        """The chunk and events one message gives (``received``: when it arrived, else now);
+        malformed or repeated input never raises."""
+        received = time.time() if received is None else received
         levels = wildcard_levels(self.topic, topic)
         if levels is None:
             # A subscription left in this client id's session by an earlier run with another filter.

@@ -68,6 +68,19 @@ CHUNK_S = 0.1
 DEVICE_RECORDS = ["100", "101", "106", "119", "201", "208", "223", "230"]
 
 
+def wait_listening(port: int, proc: subprocess.Popen, name: str, timeout: float = 15.0) -> None:
+    """Until the server ``proc`` just started accepts connections on loopback ``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{name} did not listen on {port}") from None
+            time.sleep(0.1)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -161,15 +174,7 @@ class MqttWard:
         mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.broker = subprocess.Popen([mosquitto, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    break
-            except OSError:
-                if self.broker.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"mosquitto did not start (log in {self.work})") from None
-                time.sleep(0.1)
+        wait_listening(self.port, self.broker, f"mosquitto (log in {self.work})")
         # The repository's config with room for every bed as a stream of the one MQTT source.
         text = (REPO / "config.toml").read_text()
         self.config = self.work / "config.toml"
@@ -183,8 +188,8 @@ class MqttWard:
         return ["--config", str(self.config), "--source", f"mqtt://127.0.0.1:{self.port}/ward/+/ecg"]
 
     def start_devices(self) -> None:
-        self.devices = subprocess.Popen(self._devices_cmd, env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=open(self.work / "devices.log", "w"))
+        with open(self.work / "devices.log", "w") as log:  # the child keeps its own copy
+            self.devices = subprocess.Popen(self._devices_cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=log)
 
     def devices_t0(self) -> float | None:
         """Wall time at which the devices sent their first chunk (chunk k goes out k * CHUNK_S later)."""

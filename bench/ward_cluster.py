@@ -40,6 +40,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ward import (  # noqa: E402
     CHUNK_S, DEVICE_RECORDS, Subscriber, bed_chunk, device_signals, free_port, process_cpu, rss_mb, summarise,
+    wait_listening,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ class Ward:
         env = {**os.environ, "ECGMON_DATA": str(data), "OMP_NUM_THREADS": "1"}
         self.logs = []
         self.broker = self._start(["nats-server", "-c", str(conf)], "nats", env)
-        self._wait_port(nats_port)
+        wait_listening(nats_port, self.broker, "nats-server")
         self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(daemons)]
         self.daemons = [self._start([sys.executable, "-m", "ecgmon.cli", "run", "--headless", "--no-archive",
                                      "--control", "", "--endpoint", ep, "--source",
@@ -135,18 +136,6 @@ class Ward:
         log = open(self.work / f"{name}.log", "w")
         self.logs.append(log)
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-
-    @staticmethod
-    def _wait_port(port: int) -> None:
-        import socket
-
-        for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit(f"nats-server did not listen on {port}")
 
     def cpu(self) -> dict[str, float]:
         alive = [d for d in self.daemons if d.poll() is None]

@@ -483,12 +483,14 @@ class Rule:
         return self.y[k], calibrate(s), len(cols)
 
 
-def choose_rule(rule: Rule, train: list[str]) -> tuple[float, str, float, float]:
+def choose_rule(rule: Rule, train: list[str], family_mean: bool = False) -> tuple[float, str, float, float]:
     """(inner mean MAcc, pool, z-threshold, z-margin) for a rule learnt on ``train``, each of
-    its databases left out in turn (the held-out database, if any, is not among them)."""
+    its databases left out in turn (the held-out database, if any, is not among them);
+    ``family_mean``: the pool 'both' scored as the families' mean (P8f), no pool chosen."""
     best = None
-    for p in POOLS:
-        inner = [rule.score([u for u in train if u != t], t, POOLS[p], "eq")[:2] for t in train]
+    for p in (["both"] if family_mean else POOLS):
+        inner = [rule.score([u for u in train if u != t], t, POOLS[p], "fam" if family_mean else "eq")[:2]
+                 for t in train]
         thr, margin, inner_macc = choose(inner)
         if best is None or inner_macc > best[0]:
             best = (inner_macc, p, thr, margin)
@@ -496,21 +498,35 @@ def choose_rule(rule: Rule, train: list[str]) -> tuple[float, str, float, float]
     return best
 
 
+def family_weights(cols: list[int]) -> np.ndarray:
+    """Each kept feature's weight in the families' mean (P8f), scaled to mean 1: the signed
+    mean weighted by them is the mean over the families of each family's signed mean."""
+    fam = [next(f for f, js in FAMILIES.items() if c in js) for c in cols]
+    count = {f: fam.count(f) for f in set(fam)}
+    w = np.array([1.0 / (len(count) * count[f]) for f in fam])
+    return w * len(w) / w.sum()
+
+
 def rule_card(what: str, name: str, trained_on: list[str], emission: np.ndarray, cols: list[int], sign: np.ndarray,
-              chosen: tuple[float, str, float, float], delta: float, held_out: dict) -> dict:
+              chosen: tuple[float, str, float, float], delta: float, held_out: dict, family_mean: bool = False) -> dict:
     """A rule file for monitor/dsp/pcg_cycles.py (format RULE_FORMAT), card-like: what it is,
     the command that wrote it, what it trained on and its held-out figures."""
-    return {
+    card = {
         "format": RULE_FORMAT, "name": name, "kind": "pcg_cycles", "what": what,
         "command": "ECGMON_DATA=... OMP_NUM_THREADS=1 python " + " ".join(["bench/pcg_cycles.py", *sys.argv[1:]]),
         "created": time.strftime("%Y-%m-%d", time.gmtime()),
         "trained_on": trained_on, "delta": delta, "pool": chosen[1], "inner_mean_macc": round(float(chosen[0]), 4),
         "span_s": SPAN_S, "update_s": UPDATE_S,
         "emission": np.asarray(emission).tolist(),
+        "score": "family_mean" if family_mean else "signed_mean",
         "features": [{"name": P.FEATURE_NAMES[c], "index": int(c), "sign": int(sg)} for c, sg in zip(cols, sign)],
         "z_threshold": chosen[2], "z_margin": chosen[3],
         "held_out_figures": held_out,
     }
+    if family_mean:  # the daemon's signed mean weighted by them is the families' mean
+        for f, c, w in zip(card["features"], cols, family_weights(cols)):
+            f.update(family=next(n for n, js in FAMILIES.items() if c in js), weight=round(float(w), 6))
+    return card
 
 
 def figures(r) -> dict:
@@ -518,18 +534,20 @@ def figures(r) -> dict:
 
 
 def write_fold_rule(rule: Rule, names: list[str], emission: dict[str, np.ndarray], held: str, path: str,
-                    delta: float) -> None:
+                    delta: float, family_mean: bool = False) -> None:
     """The rule of one outer fold, as the table above used it, for ``ecgmon evaluate pcg
     --cycles`` and a test to hold the segmenter and features to that fold's figures on its
     held-out database."""
     train = [n for n in names if n != held]
-    best = choose_rule(rule, train)
+    best = choose_rule(rule, train, family_mean)
     cols, sign = rule.kept(train, POOLS[best[1]])
-    lab, z, _ = rule.score(train, held, POOLS[best[1]], "eq")
+    lab, z, _ = rule.score(train, held, POOLS[best[1]], "fam" if family_mean else "eq")
     ok = np.isfinite(z)
     r = report(lab, z, best[2], best[3]) + (auc(lab[ok], z[ok]),)
-    card = rule_card("attempt I's rule learnt without the held-out database (bench/pcg_cycles.py --fold-rule)",
-                     f"pcg-cycles-without-{held}", train, emission[held], cols, sign, best, delta, {held: figures(r)})
+    what = "P8f (families' mean)" if family_mean else "attempt I's"
+    card = rule_card(f"{what} rule learnt without the held-out database (bench/pcg_cycles.py --fold-rule)",
+                     f"pcg-cycles-without-{held}", train, emission[held], cols, sign, best, delta, {held: figures(r)},
+                     family_mean)
     Path(path).write_text(json.dumps({"held_out": held, **card}, indent=1) + "\n")
     print(f"wrote {path}")
 
@@ -558,9 +576,10 @@ def main() -> None:
     ap.add_argument("--extra-features", action="store_true",
                     help="add EXTRA_NAMES (pcg8) and the pools 'extra' and 'all'; computed once into --cache")
     args = ap.parse_args()
-    variant = args.calibration != "median" or args.zero_threshold or args.extra_features or args.family_mean
+    variant = args.calibration != "median" or args.zero_threshold or args.extra_features
     if variant and (args.fold_rule or args.write_rule):
-        ap.error("--fold-rule / --write-rule write the daemon's rule: median calibration, chosen threshold only")
+        ap.error("--fold-rule / --write-rule write the daemon's rule: median calibration, chosen threshold, "
+                 "I's features (with or without --family-mean) only")
     data = load_pcg(database_folders(Path(args.data)), lambda s: print(s), progress=False)
     if args.cache and Path(args.cache).is_file():
         with np.load(args.cache) as z:
@@ -644,21 +663,24 @@ def main() -> None:
     if variant:  # the daemon's rule (below) has the median calibration and a chosen threshold only
         return
     if args.fold_rule:
-        write_fold_rule(rule, names, emission, *args.fold_rule, args.delta)
+        write_fold_rule(rule, names, emission, *args.fold_rule, args.delta, args.family_mean)
     # the rule refitted on all four databases (what a shipped model would hold): on the
     # features segmented with each fold's emission, or, for --write-rule, with the emission
     # fitted on all four (what the daemon will segment with)
     final = Rule(have["X_all"], per_database(have["X_all"], dbs), y, dbs, args.delta) if args.write_rule else rule
-    best = choose_rule(final, names)
+    best = choose_rule(final, names, args.family_mean)
     cols, sign = final.kept(names, POOLS[best[1]])
     print(f"\nall four databases: pool {best[1]}, z-threshold {best[2]:g} ± {best[3]:g} "
           f"(mean MAcc {best[0]:.3f} leaving each out); {len(cols)} features kept:")
     print(", ".join(f"{'+' if s > 0 else '-'}{P.FEATURE_NAMES[c]}" for c, s in zip(cols, sign)))
     if args.write_rule:
         held_out = {held: figures(r) for held, (_, r, _) in zip(names, chosen)}
-        card = rule_card("attempt I's rule refitted on all four pcg2016 databases (bench/pcg_cycles.py --write-rule); "
+        what = ("attempt I with the families' mean (pcg8 P8f: no pool chosen, each feature family weighs the same)"
+                if args.family_mean else "attempt I's")
+        card = rule_card(f"{what} rule refitted on all four pcg2016 databases (bench/pcg_cycles.py --write-rule); "
                          "held_out_figures: the outer folds' (each fold's own rule, nothing chosen on its held-out "
-                         "database)", "pcg-cycles", names, have["W_all"], cols, sign, best, args.delta, held_out)
+                         "database)", "pcg-cycles", names, have["W_all"], cols, sign, best, args.delta, held_out,
+                         args.family_mean)
         Path(args.write_rule).write_text(json.dumps(card, indent=1) + "\n")
         print(f"wrote {args.write_rule}")
 

@@ -3,9 +3,11 @@
 A rule file (``ecgmon/models/weights/pcg-cycles.json``, written by ``bench/pcg_cycles.py
 --write-rule``; a fold's by ``--fold-rule``) holds the HSMM emission weights the segmenter
 uses (``pcg_segment.Emission``), the features of ``pcg_segment.FEATURE_NAMES`` it keeps with
-their signs, and the decision constants (z-threshold and margin on the device-calibrated
-score, chosen on the training databases only), beside the command that wrote it and its
-held-out figures, as a model card does.
+their signs (and weights, when the score is the mean over the feature families of each
+family's signed mean: ``--family-mean``, docs/pcg-attempts.md pcg8, the shipped rule's), and
+the decision constants (z-threshold and margin on the device-calibrated score, chosen on the
+training databases only), beside the command that wrote it and its held-out figures, as a
+model card does.
 
 ``CycleRule.features`` is what the daemon computes on the stream's last ``span_s`` seconds
 every ``update_s`` (in the batcher's thread), what ``ecgmon evaluate pcg --cycles`` computes on
@@ -48,7 +50,9 @@ class CycleRule:
     sha256: str
     emission: P.Emission
     columns: np.ndarray  # indices into FEATURE_NAMES
-    signs: np.ndarray  # +1: higher means abnormal, -1: lower does
+    # +1: higher means abnormal, -1: lower does; times the feature's weight in the score (mean 1)
+    # when the rule gives weights (pcg8's families' mean: each family of features weighs the same)
+    signs: np.ndarray
     z_threshold: float
     z_margin: float
     span_s: float = SPAN_S
@@ -72,6 +76,7 @@ class CycleRule:
             columns = np.array([int(f["index"]) for f in feats], dtype=int)
             names = [str(f["name"]) for f in feats]
             signs = np.array([float(f["sign"]) for f in feats])
+            weights_f = np.array([float(f.get("weight", 1.0)) for f in feats])
             z_threshold, z_margin = float(card["z_threshold"]), float(card["z_margin"])
             span_s, update_s = float(card.get("span_s", SPAN_S)), float(card.get("update_s", UPDATE_S))
         except (KeyError, TypeError, ValueError) as err:
@@ -85,6 +90,9 @@ class CycleRule:
             raise CycleRuleError(f"{path}: feature names do not match this segmenter's ({wrong[0]!r} ...)")
         if not set(signs.tolist()) <= {-1.0, 1.0}:
             raise CycleRuleError(f"{path}: feature signs must be +1 or -1")
+        if not (np.isfinite(weights_f).all() and (weights_f > 0).all()):
+            raise CycleRuleError(f"{path}: feature weights must be finite and > 0")
+        signs = signs * weights_f / weights_f.mean()
         if not (np.isfinite([z_threshold, z_margin]).all() and z_margin >= 0):
             raise CycleRuleError(f"{path}: z_threshold must be finite and z_margin >= 0")
         if not (P.MIN_SECONDS <= span_s <= 600 and 0.5 <= update_s <= span_s):

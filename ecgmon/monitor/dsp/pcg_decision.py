@@ -333,7 +333,8 @@ class CycleCalibration:
 
 
 def _signed_mean(z: np.ndarray, columns: np.ndarray, signs: np.ndarray) -> np.ndarray:
-    """Attempt I's score: the mean of the kept standardised features, each with its sign."""
+    """Attempt I's score: the mean of the kept standardised features, each with its sign (times
+    its weight when the rule gives weights: pcg8's families' mean, CycleRule.load)."""
     return (np.atleast_2d(z)[:, columns] * signs).mean(1)
 
 

@@ -200,9 +200,10 @@ class ModelsConfig(_Section):
     pcg: str = "pcg-mel-cnn.pt"
     # The heart-sound verdict from the segmented cardiac cycle (a rule file; monitor/dsp/pcg_cycles.py):
     # when set, it gives pcg_class instead of the pcg model, which is then not run. The default
-    # because, left out database by database, it scored better than the pcg model on three of the
-    # four pcg2016 databases and on the mean (MAcc 0.635 against 0.587), and better than chance on
-    # b, where the model is not (README: Classifiers, heart sounds). Empty: the pcg model's verdict.
+    # because, left out database by database, it scores better than the pcg model on all four
+    # pcg2016 databases and on the mean (MAcc 0.692 against 0.587, the families' mean of
+    # docs/pcg-attempts.md pcg8; I's pool choice before it 0.635), and better than chance on b,
+    # where the model is not (README: Classifiers, heart sounds). Empty: the pcg model's verdict.
     pcg_cycles: str = "pcg-cycles.json"
     # Pool the beat model's P(V) over the stream's beats of one QRS shape
     # (monitor/dsp/beat_clusters.py): off gives the model's call of each beat alone.

@@ -53,6 +53,18 @@ with a pool fixed, extra 0.673 and all 0.677 (AUC 0.706 / 0.728; I's best, cells
 of its kept features. I's 116 alone: 0.692 held out (threshold at 0: 0.690), above I at every
 --delta (0.01-0.05); with the extra families 0.625.
 
+``--choose-method`` (pcg9): the scoring method itself chosen per outer fold on the inner
+databases, from :data:`METHODS` declared up front: {I's pool choice, the families' mean} x
+{z-threshold chosen, 0} x delta {0.01, 0.02, 0.03}. Each candidate is judged as a whole
+procedure: each inner database left out in turn, the candidate learnt on the other two (its
+pool, threshold and margin chosen leaving each of those out, a rule fitted on one database) and
+scored on it with its threshold and margin; the highest mean of those MAcc wins among the
+candidates with Sp >= 0.5 and coverage >= 0.7 on every inner database (among all if none has).
+Then the chosen method is learnt on the three and scored on the held-out database. Prints the
+inner table, the held-out rows and each candidate fixed (looks), and what the protocol picks on
+all four. Result (docs/pcg-attempts.md, pcg9): held-out mean MAcc 0.642 (every fold picks
+delta 0.01); the 0.692 of P8f does not survive the nested choice. About 50 s from --cache.
+
 Prints the markdown rows of docs/pcg-attempts.md (Se, Sp, MAcc on the recordings given a
 verdict; AUC over every recording; coverage), then the rule refitted on all four databases.
 
@@ -498,6 +510,120 @@ def choose_rule(rule: Rule, train: list[str], family_mean: bool = False) -> tupl
     return best
 
 
+# --choose-method (pcg9): the scoring methods the protocol chooses among, declared before the run:
+# how the kept features are scored ('pool': attempt I, signed mean with the pool chosen among
+# state32/cells84/both; 'fam': P8f, families' mean of the union pool), the z-threshold (chosen on
+# the inner databases, or 0 as pcg7's --zero-threshold) and the keeping rule's delta (0.02, I's
+# since attempt I, and its neighbours 0.01, 0.03 that pcg8 also ran).
+METHOD_HOWS = ("pool", "fam")
+METHOD_ZERO = (False, True)
+METHOD_DELTAS = (0.01, 0.02, 0.03)
+METHODS = [(how, zero, d) for how in METHOD_HOWS for zero in METHOD_ZERO for d in METHOD_DELTAS]
+# a candidate is eligible when every inner database's row keeps Sp and coverage this high (issue
+# 14's bar); the highest inner mean MAcc among the eligible wins (among all when none is)
+METHOD_MIN_SP, METHOD_MIN_COVER = 0.5, 0.7
+
+
+def method_name(m: tuple[str, bool, float]) -> str:
+    return f"{'I pool chosen' if m[0] == 'pool' else 'families mean'}, z {'0' if m[1] else 'chosen'}, delta {m[2]:g}"
+
+
+def run_method(rules: dict[float, Rule], m: tuple[str, bool, float], train: list[str], test: str):
+    """Method ``m`` learnt on ``train`` as the bench learns it (pool, z-threshold and margin
+    chosen leaving each of ``train`` out in turn), applied to ``test``:
+    (labels, z, (inner mean MAcc, pool, z-threshold, margin), kept count)."""
+    how, zero, delta = m
+    rule = rules[delta]
+    sc = "eq" if how == "pool" else "fam"
+    best = None
+    for p in (POOLS if how == "pool" else ["both"]):
+        inner = [rule.score([u for u in train if u != t], t, POOLS[p], sc)[:2] for t in train]
+        thr, margin, inner_macc = choose(inner, zero)
+        if best is None or inner_macc > best[0]:
+            best = (inner_macc, p, thr, margin)
+    assert best is not None
+    lab, z, nk = rule.score(train, test, POOLS[best[1]], sc)
+    return lab, z, best, nk
+
+
+def method_rows(rules, m, train: list[str]) -> list[tuple]:
+    """Method ``m`` judged on ``train`` alone: each of its databases left out in turn, the whole
+    method (its own choices included) learnt on the others and scored there with its threshold
+    and margin: [(se, sp, macc, coverage)] per left-out database."""
+    out = []
+    for t in train:
+        lab, z, best, _ = run_method(rules, m, [u for u in train if u != t], t)
+        out.append(report(lab, z, best[2], best[3]))
+    return out
+
+
+def choose_method(rules, train: list[str]) -> tuple[tuple, dict]:
+    """(the method of METHODS chosen on ``train``, {method: its rows from method_rows})."""
+    table = {m: method_rows(rules, m, train) for m in METHODS}
+
+    def key(m):
+        r = np.array(table[m])
+        ok = bool((r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all())
+        return (ok, float(r[:, 2].mean()))
+
+    best = METHODS[0]
+    for m in METHODS[1:]:
+        if key(m) > key(best):
+            best = m
+    return best, table
+
+
+def choose_method_main(X, y, dbs, names: list[str], log_rows: bool = True) -> list[tuple]:
+    """--choose-method: per outer fold, the method chosen on the inner databases (method_rows /
+    choose_method), scored on the held-out database; then each method fixed (looks), and the
+    method the protocol would choose on all four."""
+    Z = per_database(X, dbs)
+    rules = {d: Rule(X, Z, y, dbs, d) for d in METHOD_DELTAS}
+    fixed: dict[tuple, list] = {m: [] for m in METHODS}
+    chosen = []
+    print("| outer fold (held out) | candidate | inner MAcc (each left out) | inner Sp | inner cov | inner mean | "
+          "eligible |")
+    print("|---|---|---|---|---|---|---|")
+    for held in names:
+        train = [n for n in names if n != held]
+        pick, table = choose_method(rules, train)
+        for m in METHODS:
+            r = np.array(table[m])
+            ok = (r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all()
+            star = " **(chosen)**" if m == pick else ""
+            print(f"| {held[-1]} (inner {'/'.join(t[-1] for t in train)}) | {method_name(m)}{star} | "
+                  + "/".join(f"{v:.3f}" for v in r[:, 2]) + " | " + "/".join(f"{v:.2f}" for v in r[:, 1]) + " | "
+                  + "/".join(f"{v:.2f}" for v in r[:, 3]) + f" | {r[:, 2].mean():.3f} | {'yes' if ok else 'no'} |")
+        for m in METHODS:
+            lab, z, best, nk = run_method(rules, m, train, held)
+            ok = np.isfinite(z)
+            r = report(lab, z, best[2], best[3]) + (auc(lab[ok], z[ok]),)
+            note = f"{best[1]}; z {best[2]:g} ± {best[3]:g}; {nk} features"
+            fixed[m].append((held[-1], r, note))
+            if m == pick:
+                chosen.append((held[-1], r, f"{method_name(m)}; {note}"))
+    print()
+    print("| attempt | held-out | Se | Sp | MAcc | AUC | cov | method chosen on the inner databases; pool; z ± margin |")
+    print("|---|---|---|---|---|---|---|---|")
+    what = "pcg9: scoring method chosen per fold on the inner databases (--choose-method)"
+    for name, rr in [(what, chosen)] + [(f"fixed: {method_name(m)}", fixed[m]) for m in METHODS]:
+        for held, r, note in rr:
+            print(row(name, held, r, note))
+        m_ = np.mean([r for _, r, _ in rr], 0)
+        print(f"| {name} | mean | {m_[0]:.3f} | {m_[1]:.3f} | **{m_[2]:.3f}** | {m_[4]:.3f} | {m_[3]:.2f} | "
+              f"min Sp {min(r[1] for _, r, _ in rr):.3f}, min cov {min(r[3] for _, r, _ in rr):.2f} |")
+        if name == what:
+            print("| | | | | | | | |")
+    pick, table = choose_method(rules, names)
+    print(f"\nall four databases (each left out, the method learnt on the other three): chosen {method_name(pick)}")
+    for m in METHODS:
+        r = np.array(table[m])
+        ok = (r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all()
+        print(f"  {method_name(m)}: MAcc {'/'.join(f'{v:.3f}' for v in r[:, 2])}, mean {r[:, 2].mean():.3f}, "
+              f"min Sp {r[:, 1].min():.2f}, min cov {r[:, 3].min():.2f}{'' if ok else ' (not eligible)'}")
+    return chosen
+
+
 def family_weights(cols: list[int]) -> np.ndarray:
     """Each kept feature's weight in the families' mean (P8f), scaled to mean 1: the signed
     mean weighted by them is the mean over the families of each family's signed mean."""
@@ -573,6 +699,9 @@ def main() -> None:
     ap.add_argument("--family-mean", action="store_true",
                     help="no pool choice: every feature of the union pool, score = mean over the families "
                          "(state32, cells84, and the extra ones) of each family's signed mean (pcg8)")
+    ap.add_argument("--choose-method", action="store_true",
+                    help="choose the scoring method (METHODS: I's pool choice or the families' mean, z-threshold "
+                         "chosen or 0, delta 0.01/0.02/0.03) per outer fold on the inner databases (pcg9)")
     ap.add_argument("--extra-features", action="store_true",
                     help="add EXTRA_NAMES (pcg8) and the pools 'extra' and 'all'; computed once into --cache")
     args = ap.parse_args()
@@ -580,6 +709,9 @@ def main() -> None:
     if variant and (args.fold_rule or args.write_rule):
         ap.error("--fold-rule / --write-rule write the daemon's rule: median calibration, chosen threshold, "
                  "I's features (with or without --family-mean) only")
+    if args.choose_method and (variant or args.family_mean or args.fold_rule or args.write_rule):
+        ap.error("--choose-method chooses the threshold, delta and score itself: median calibration, "
+                 "I's features, no --family-mean, --fold-rule or --write-rule")
     data = load_pcg(database_folders(Path(args.data)), lambda s: print(s), progress=False)
     if args.cache and Path(args.cache).is_file():
         with np.load(args.cache) as z:
@@ -591,6 +723,9 @@ def main() -> None:
             np.savez(args.cache, X=X, **{f"W_{db}": w for db, w in emission.items()})
     dbs, y = data.databases, data.labels
     names = sorted(set(dbs.tolist()))
+    if args.choose_method:
+        choose_method_main(X, y, dbs, names)
+        return
     if args.extra_features:
         have8: dict[str, np.ndarray] = {}
         if args.cache and Path(args.cache).is_file():

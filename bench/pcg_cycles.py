@@ -1,5 +1,6 @@
 """Heart-sound verdicts from the segmented cardiac cycle, leave one database out (issue 14,
-attempt I of docs/pcg-attempts.md). Offline: not the daemon's model (yet).
+attempts I, I-f (--family-mean) and pcg9's --choose-method of docs/pcg-attempts.md). It writes
+the rule the daemon's default verdict reads (--write-rule; ecgmon/monitor/dsp/pcg_cycles.py).
 
 1. Every pcg2016 recording is segmented (ecgmon/monitor/dsp/pcg_segment.py) with the round-0
    envelope emission; for each database, a round-1 emission (multinomial logistic regression

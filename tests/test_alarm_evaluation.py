@@ -186,6 +186,26 @@ def test_noise_at_the_asked_snr_in_alternating_segments(data_dir) -> None:
         assert measured == pytest.approx(snr, abs=0.05)
 
 
+def test_noise_taken_from_earlier_in_the_noise_record_never_overlaps_the_test_noise(data_dir) -> None:
+    """bench/vf_detector.py --noise trains on copies whose noise comes from 120 s earlier in the
+    nstdb record: same segments, same SNR, but the noise of the off-segments, which the copies
+    `evaluate alarms --noise` makes (offset 0) never get."""
+    data = DataConfig(folder=str(data_dir), cache="/nonexistent")
+    rec = load_record("mitdb:118", data)
+    n = round(12 * 60 * FS)
+    sig, r = rec.signal[:n], rec.ann_samples[rec.ann_samples < n]
+    noise = load_record("nstdb:ma", data, annotations=False).signal[:, 0].astype(np.float64)
+    shift = round(120 * FS)
+    test, mask = add_noise(sig, r, FS, NoiseStress("ma", 0.0), data)
+    train, mask2 = add_noise(sig, r, FS, NoiseStress("ma", 0.0), data, noise_offset_s=120.0)
+    np.testing.assert_array_equal(mask, mask2)
+    on = np.flatnonzero(mask)
+    for noisy, source in ((test, on), (train, on - shift)):
+        added = (noisy - sig)[on, 0].astype(np.float64)
+        assert np.corrcoef(added, noise[source])[0, 1] > 0.999
+    assert not np.isin(on - shift, on).any()
+
+
 @pytest.fixture(scope="module")
 def models():
     loaded, errors = load_models(Config().models)

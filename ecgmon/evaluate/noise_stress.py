@@ -36,9 +36,13 @@ def noise_mask(n: int, fs: float) -> np.ndarray:
 
 
 def add_noise(
-    signal: np.ndarray, r_samples: np.ndarray, fs: float, stress: NoiseStress, data: DataConfig
+    signal: np.ndarray, r_samples: np.ndarray, fs: float, stress: NoiseStress, data: DataConfig,
+    noise_offset_s: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``signal`` (n, channels) with the noise added per channel, and the noisy-sample mask.
+    ``noise_offset_s``: each sample gets the noise recorded that long before it (cyclically),
+    so that a model can learn from other stretches of the noise than the ones it is tested on
+    (120 s: the off-segments' noise in the on-segments).
 
     Raises RecordError when the nstdb noise record cannot be read.
     """
@@ -49,7 +53,8 @@ def add_noise(
         raise RecordError(f"nstdb:{stress.noise} is sampled at {noise.fs:g} Hz, the record at {fs:g} Hz")
     n = signal.shape[0]
     # A record longer than the noise takes it again from the start.
-    z = np.resize(noise.signal, (n, noise.signal.shape[1])).astype(np.float64)
+    shifted = np.roll(noise.signal, round(noise_offset_s * fs), axis=0)
+    z = np.resize(shifted, (n, noise.signal.shape[1])).astype(np.float64)
     mask = noise_mask(n, fs)
     out = np.asarray(signal, dtype=np.float64).copy()
     half = round(QRS_HALF_S * fs)

@@ -683,6 +683,20 @@ def row(name, held, r, note):
     return f"| {name} | {held} | {r[0]:.3f} | {r[1]:.3f} | {r[2]:.3f} | {r[4]:.3f} | {r[3]:.2f} | {note} |"
 
 
+def cached(path: str | None, key: str, compute) -> dict[str, np.ndarray]:
+    """The arrays of the cache file ``path``, with those of ``compute()`` added (and saved) when
+    ``key`` is not among them yet."""
+    have: dict[str, np.ndarray] = {}
+    if path and Path(path).is_file():
+        with np.load(path) as z:
+            have = {k: z[k] for k in z.files}
+    if key not in have:
+        have.update(compute())
+        if path:
+            np.savez(path, **have)
+    return have
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=os.path.join(os.environ.get("ECGMON_DATA", "../shared/data"), "pcg2016"))
@@ -728,17 +742,10 @@ def main() -> None:
         choose_method_main(X, y, dbs, names)
         return
     if args.extra_features:
-        have8: dict[str, np.ndarray] = {}
-        if args.cache and Path(args.cache).is_file():
-            with np.load(args.cache) as z:
-                have8 = {k: z[k] for k in z.files}
-        if "X_extra" not in have8:
-            have8.setdefault("X", X)
-            have8.update({f"W_{db}": w for db, w in emission.items()})
-            have8["X_extra"] = extra_matrix(data, emission, X, lambda s: print(s, flush=True))
-            if args.cache:
-                np.savez(args.cache, **have8)
-        X8 = have8["X_extra"]
+        X8 = cached(args.cache, "X_extra", lambda: {
+            "X": X, **{f"W_{db}": w for db, w in emission.items()},
+            "X_extra": extra_matrix(data, emission, X, lambda s: print(s, flush=True)),
+        })["X_extra"]
         print("| extra feature | family | " + " | ".join(f"AUC {n[-1]}" for n in names) + " | same way in all |")
         print("|---|---|" + "---|" * (len(names) + 1))
         for j, nm in enumerate(EXTRA_NAMES):
@@ -753,14 +760,8 @@ def main() -> None:
         POOLS.update({"extra": list(range(n0, X.shape[1])), "all": list(range(X.shape[1]))})
         FAMILIES.update({f: [n0 + j for j in js] for f, js in EXTRA_FAMILIES.items()})
     if args.write_rule:
-        have: dict[str, np.ndarray] = {}
-        if args.cache and Path(args.cache).is_file():
-            with np.load(args.cache) as z:
-                have = {k: z[k] for k in z.files}
-        if "X_all" not in have:
-            have["X_all"], have["W_all"] = all_four(data, lambda s: print(s, flush=True))
-            if args.cache:
-                np.savez(args.cache, **have)
+        have = cached(args.cache, "X_all",
+                      lambda: dict(zip(("X_all", "W_all"), all_four(data, lambda s: print(s, flush=True)))))
     rule = Rule(X, per_database(X, dbs), y, dbs, args.delta, args.calibration)
     variants = [(p, h) for p in POOLS for h in ("eq", "lr")]
     if args.family_mean:

@@ -496,15 +496,17 @@ class Rule:
         return self.y[k], calibrate(s), len(cols)
 
 
-def choose_rule(rule: Rule, train: list[str], family_mean: bool = False) -> tuple[float, str, float, float]:
+def choose_rule(rule: Rule, train: list[str], family_mean: bool = False,
+                zero: bool = False) -> tuple[float, str, float, float]:
     """(inner mean MAcc, pool, z-threshold, z-margin) for a rule learnt on ``train``, each of
     its databases left out in turn (the held-out database, if any, is not among them);
-    ``family_mean``: the pool 'both' scored as the families' mean (P8f), no pool chosen."""
+    ``family_mean``: the pool 'both' scored as the families' mean (P8f), no pool chosen;
+    ``zero``: the z-threshold 0, only the margin chosen."""
     best = None
     for p in (["both"] if family_mean else POOLS):
         inner = [rule.score([u for u in train if u != t], t, POOLS[p], "fam" if family_mean else "eq")[:2]
                  for t in train]
-        thr, margin, inner_macc = choose(inner)
+        thr, margin, inner_macc = choose(inner, zero)
         if best is None or inner_macc > best[0]:
             best = (inner_macc, p, thr, margin)
     assert best is not None
@@ -535,15 +537,8 @@ def run_method(rules: dict[float, Rule], m: tuple[str, bool, float], train: list
     (labels, z, (inner mean MAcc, pool, z-threshold, margin), kept count)."""
     how, zero, delta = m
     rule = rules[delta]
-    sc = "eq" if how == "pool" else "fam"
-    best = None
-    for p in (POOLS if how == "pool" else ["both"]):
-        inner = [rule.score([u for u in train if u != t], t, POOLS[p], sc)[:2] for t in train]
-        thr, margin, inner_macc = choose(inner, zero)
-        if best is None or inner_macc > best[0]:
-            best = (inner_macc, p, thr, margin)
-    assert best is not None
-    lab, z, nk = rule.score(train, test, POOLS[best[1]], sc)
+    best = choose_rule(rule, train, how == "fam", zero)
+    lab, z, nk = rule.score(train, test, POOLS[best[1]], "fam" if how == "fam" else "eq")
     return lab, z, best, nk
 
 

@@ -142,7 +142,7 @@ class AlarmEngine:
         agreement = self._agreement.check(e)
         vf = vf_like = False
         if filt.size == self._win and np.isfinite(filt).all() and not (state.leads_off or state.signal_loss):
-            _, vf_like, vf = self._vf.window(filt)
+            _, vf_like, vf = self._vf.window(filt)  # vf_like: VF-like by the network and its noise veto
         else:
             self._vf.skip()
         # Noise: a busy baseline (median slope), or QRS detectors of two kinds that no longer

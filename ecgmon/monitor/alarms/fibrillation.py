@@ -14,7 +14,10 @@ the single-window flutter rule the engine used before the network (``flutter``: 
 of the time, its power around one frequency of 2.5 Hz or more, sine-like) with P(VF) of at
 least ``FLUTTER_P``: the network needs several windows and misses a flutter shorter than
 that (mitdb 207's 4.5 s run at 242.1 s), the rule catches it; alone, it also fired on a
-regular wide-complex tachycardia (cu09, P(VF) 0.3-0.8). The measures:
+regular wide-complex tachycardia (cu09, P(VF) 0.3-0.8). A window the network calls VF is not
+"noise: cannot analyse" however busy it is, unless a second network fitted with muscle noise
+(the noise veto, ``VETO_NETS``) disagrees: the first never met noise and calls much of heavy
+muscle noise VF. The measures:
 
 - threshold-crossing sample counts at 10, 20 and 50 % of the window's peak (TCSC, Arafat
   et al. 2009) and the mean magnitude over the peak (MEA): a QRS complex is a narrow spike
@@ -302,6 +305,11 @@ class Weights:
 
 # The shipped fits (vf_model.py, generated), over their one shared feature normalisation.
 MODELS = tuple(Weights(vf_model.FEATURE_MEAN, vf_model.FEATURE_SCALE, *net) for net in vf_model.NETS)
+# The noise veto (fitted with muscle noise; none: no veto), see VFDetector.window. It takes the
+# exemption only from a window it calls more likely not VF than VF: a veto that hesitates at a
+# VF onset would suppress the VF alarm for clear_s.
+VETO_MODELS = tuple(Weights(vf_model.VETO_MEAN, vf_model.VETO_SCALE, *net) for net in vf_model.VETO_NETS)
+VETO_P = 0.5
 
 
 def probability(feats: np.ndarray, models: tuple[Weights, ...] | None = None) -> np.ndarray:
@@ -367,14 +375,21 @@ class VFDetector:
         self.run_windows = 1
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
-        """One window of the filtered ECG: its P(VF), whether the network calls it VF
-        (``vf_like``), and whether VF holds (the alarm's condition: the mean over this and the
-        ``hold - 1`` windows before it, a missing one counting 0, at the threshold; or this
-        one passing the flutter rule)."""
+        """One window of the filtered ECG: its P(VF), whether it is exempt from the noise
+        alarm as VF-like (the network calls it VF, ``vf_like``, and so does the noise veto),
+        and whether VF holds (the alarm's condition: the mean over this and the ``hold - 1``
+        windows before it, a missing one counting 0, at the threshold; or this one passing
+        the flutter rule).
+
+        The deciding network never met noise, and under heavy muscle noise it calls many
+        windows VF; exempt from the noise suppression, they would raise false VF alarms. The
+        veto, fitted with muscle noise, decides that exemption alone: fitted into the deciding
+        network, the noise cost VF episodes found in time (README, VF under noise)."""
         x = analysis_window(filtered, self.fs)
         feats = features(x[None, :])
         p = float(probability(feats)[0])
         like = bool(vf_like(np.array([p]), feats, self.threshold)[0])
+        exempt = like and (not VETO_MODELS or bool(probability(feats, VETO_MODELS)[0] >= VETO_P))
         busy = feats[0, NAMES.index("high_fraction")] > HIGH_MAX
         self._recent.append(0.0 if busy else p)
         held = sum(self._recent) / self.hold >= self.threshold
@@ -383,7 +398,7 @@ class VFDetector:
         # The mean rests on the last hold windows; a rule alarm on this window (and the
         # VF-like ones just before, up to hold).
         self.run_windows = self.hold if held else max(1, min(self._streak, self.hold))
-        return p, like, held or rule
+        return p, exempt, held or rule
 
     def skip(self) -> None:
         """A window that could not be measured (missing samples, leads off) breaks the run."""

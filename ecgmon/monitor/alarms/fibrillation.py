@@ -156,13 +156,20 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     # Spectrum (Hann window): the dominant frequency and where the power lies around it.
     spec = np.abs(np.fft.rfft(x * g.hann[None, :], axis=1)) ** 2
     f, band, vf_band = g.f, g.band, g.vf_band
-    total = np.maximum(spec[:, band].sum(axis=1), 1e-20)
+
+    def row_sums(cols: np.ndarray) -> np.ndarray:
+        # A boolean column selection comes out Fortran-ordered, which numpy sums in another order
+        # than a single row: made C-ordered, each row sums as it would alone (bit for bit), so
+        # windows of many streams measured together get the features each would get alone.
+        return np.ascontiguousarray(spec[:, cols]).sum(axis=1)
+
+    total = np.maximum(row_sums(band), 1e-20)
     dominant = f[vf_band][np.argmax(spec[:, vf_band], axis=1)]
     near = np.abs(f[None, :] - dominant[:, None]) <= 1.0
     concentration = (spec * near).sum(axis=1) / total
-    high = spec[:, g.high].sum(axis=1) / total
-    low = spec[:, g.low].sum(axis=1) / total
-    in_vf_band = spec[:, vf_band].sum(axis=1) / total
+    high = row_sums(g.high) / total
+    low = row_sums(g.low) / total
+    in_vf_band = row_sums(vf_band) / total
     harmonics = (spec * ((f[None, :] >= 1.5 * dominant[:, None]) & (f[None, :] <= TOTAL_BAND_HZ[1]))).sum(axis=1) / total
     m2 = (x**2).mean(axis=1)
     kurtosis = (x**4).mean(axis=1) / np.maximum(m2**2, 1e-20)

@@ -338,7 +338,8 @@ def vf_like(p: np.ndarray, feats: np.ndarray, threshold: float) -> np.ndarray:
     detector rests on it; 99 % of the VF windows of CUDB and 207 have under 0.3 above 12 Hz)
     while muscle noise spreads it up (nstdb 'ma' at -6 dB: median 0.54); the network, which
     never saw heavy muscle noise, is not asked about it. Such a window is not "noise: cannot
-    analyse" however busy it is (a flutter-rule window is: the rule was never set against noise)."""
+    analyse" however busy it is, unless the noise veto gives it P(VF) < ``VETO_P`` (a
+    flutter-rule window is: the rule was never set against noise)."""
     return (np.asarray(p) >= threshold) & (np.atleast_2d(feats)[:, NAMES.index("high_fraction")] <= HIGH_MAX)
 
 
@@ -383,10 +384,10 @@ class VFDetector:
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
         """One window of the filtered ECG: its P(VF), whether it is exempt from the noise
-        alarm as VF-like (the network calls it VF, ``vf_like``, and so does the noise veto),
-        and whether VF holds (the alarm's condition: the mean over this and the ``hold - 1``
-        windows before it, a missing one counting 0, at the threshold; or this one passing
-        the flutter rule).
+        alarm as VF-like (the network calls it VF, ``vf_like``, and the noise veto gives it
+        P(VF) of at least ``VETO_P``), and whether VF holds (the alarm's condition: the mean
+        over this and the ``hold - 1`` windows before it, a missing one counting 0, at the
+        threshold; or this one passing the flutter rule).
 
         The deciding network never met noise, and under heavy muscle noise it calls many
         windows VF; exempt from the noise suppression, they would raise false VF alarms. The

@@ -527,6 +527,12 @@ METHODS = [(how, zero, d) for how in METHOD_HOWS for zero in METHOD_ZERO for d i
 METHOD_MIN_SP, METHOD_MIN_COVER = 0.5, 0.7
 
 
+def eligible(rows: list[tuple]) -> bool:
+    """Every row (se, sp, macc, coverage) keeps Sp and coverage at the bar."""
+    r = np.array(rows)
+    return bool((r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all())
+
+
 def method_name(m: tuple[str, bool, float]) -> str:
     return f"{'I pool chosen' if m[0] == 'pool' else 'families mean'}, z {'0' if m[1] else 'chosen'}, delta {m[2]:g}"
 
@@ -558,9 +564,7 @@ def choose_method(rules, train: list[str]) -> tuple[tuple, dict]:
     table = {m: method_rows(rules, m, train) for m in METHODS}
 
     def key(m):
-        r = np.array(table[m])
-        ok = bool((r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all())
-        return (ok, float(r[:, 2].mean()))
+        return (eligible(table[m]), float(np.array(table[m])[:, 2].mean()))
 
     best = METHODS[0]
     for m in METHODS[1:]:
@@ -584,8 +588,7 @@ def choose_method_main(X, y, dbs, names: list[str], log_rows: bool = True) -> li
         train = [n for n in names if n != held]
         pick, table = choose_method(rules, train)
         for m in METHODS:
-            r = np.array(table[m])
-            ok = (r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all()
+            r, ok = np.array(table[m]), eligible(table[m])
             star = " **(chosen)**" if m == pick else ""
             print(f"| {held[-1]} (inner {'/'.join(t[-1] for t in train)}) | {method_name(m)}{star} | "
                   + "/".join(f"{v:.3f}" for v in r[:, 2]) + " | " + "/".join(f"{v:.2f}" for v in r[:, 1]) + " | "
@@ -613,8 +616,7 @@ def choose_method_main(X, y, dbs, names: list[str], log_rows: bool = True) -> li
     pick, table = choose_method(rules, names)
     print(f"\nall four databases (each left out, the method learnt on the other three): chosen {method_name(pick)}")
     for m in METHODS:
-        r = np.array(table[m])
-        ok = (r[:, 1] >= METHOD_MIN_SP).all() and (r[:, 3] >= METHOD_MIN_COVER).all()
+        r, ok = np.array(table[m]), eligible(table[m])
         print(f"  {method_name(m)}: MAcc {'/'.join(f'{v:.3f}' for v in r[:, 2])}, mean {r[:, 2].mean():.3f}, "
               f"min Sp {r[:, 1].min():.2f}, min cov {r[:, 3].min():.2f}{'' if ok else ' (not eligible)'}")
     return chosen

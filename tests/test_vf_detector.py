@@ -155,49 +155,34 @@ def test_detector_decides_as_the_bench_fitted_it(data: DataConfig) -> None:
     assert expect.any() and not expect.all()
 
 
-def _vf_like_windows(rec: Record, signal: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """End times (s) of the detector's windows over ``signal``, which of them the network
-    calls VF-like, and which the noise veto leaves exempt from the noise alarm."""
-    from ecgmon.monitor.alarms import vf_model
-    from ecgmon.monitor.dsp.filters import ECGFilter
-
-    x = np.nan_to_num(signal[:, 0].astype(np.float64))
-    filt = ECGFilter.configured(rec.fs, Config().dsp)(x)
-    n = round(fibrillation.WINDOW_S * rec.fs)
-    ends = np.arange(n, x.size + 1, round(rec.fs))
-    feats = fibrillation.features(np.stack([fibrillation.analysis_window(filt[e - n : e], rec.fs) for e in ends]))
-    like = fibrillation.vf_like(fibrillation.probability(feats), feats, vf_model.P_VF)
-    veto = fibrillation.probability(feats, fibrillation.VETO_MODELS) >= fibrillation.VETO_P
-    return ends / rec.fs, like, like & veto
-
-
 def test_noise_veto_keeps_vf_exempt_and_takes_muscle_noise_off(data: DataConfig) -> None:
     """The noise veto (a network fitted with nstdb muscle noise) decides which VF-like windows
     stay exempt from the noise alarm. Inside the VF of cu15-cu17 (never fitted on by either
     network) it keeps all 221; in mitdb 118 with muscle noise at -6 dB added as
     `evaluate alarms --noise ma --snr -6` adds it (the patient trained on, these noise
     stretches never: the veto's copies took theirs 120 s earlier), 267 noisy windows are
-    VF-like to the network and the veto keeps 4."""
-    from ecgmon.evaluate.noise_stress import NoiseStress, add_noise
+    VF-like to the network and the veto keeps 4. Windows measured as the bench fitted them."""
+    from ecgmon.evaluate.noise_stress import NoiseStress
+    from ecgmon.monitor.alarms import vf_model
+
+    def like_and_kept(d: dict) -> tuple[np.ndarray, np.ndarray]:
+        like = fibrillation.vf_like(fibrillation.probability(d["X"]), d["X"], vf_model.P_VF)
+        return like, like & (fibrillation.probability(d["X"], fibrillation.VETO_MODELS) >= fibrillation.VETO_P)
 
     assert fibrillation.VETO_MODELS
+    bench, config = _bench(), Config(data=data)
     inside_like = inside_kept = 0
     for name in HOLDOUT:
-        rec = load_record(f"cudb:{name}", data)
-        t, like, kept = _vf_like_windows(rec, rec.signal)
-        inside = np.zeros(t.size, dtype=bool)
-        for e in reference_episodes(rec, AlarmsConfig()):
-            if e.kind == "vfib":
-                inside |= (t - fibrillation.WINDOW_S >= e.onset_s) & (t <= e.end_s)
+        d = bench.measure(f"cudb:{name}", config)
+        inside = bench.labels(d)[0] == 1  # windows wholly inside a VF episode
+        like, kept = like_and_kept(d)
         inside_like += like[inside].sum()
         inside_kept += kept[inside].sum()
     assert inside_like > 200 and inside_kept >= 0.97 * inside_like
-    rec = load_record("mitdb:118", data)
-    noisy, mask = add_noise(rec.signal, rec.ann_samples, rec.fs, NoiseStress("ma", -6.0), data)
-    t, like, kept = _vf_like_windows(rec, noisy)
-    in_noise = mask[np.round(t * rec.fs).astype(int) - 1]
-    assert like[in_noise].sum() > 100  # the network alone would call them VF, not noise
-    assert kept[in_noise].sum() <= 0.05 * like[in_noise].sum()
+    d = bench.measure("mitdb:118", config, NoiseStress("ma", -6.0))
+    like, kept = like_and_kept(d)
+    assert like[d["noisy"]].sum() > 100  # the network alone would call them VF, not noise
+    assert kept[d["noisy"]].sum() <= 0.05 * like[d["noisy"]].sum()
 
 
 def test_muscle_noise_raises_the_noise_alarm_not_vf(data: DataConfig, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -202,12 +202,12 @@ def decide(p: np.ndarray, hold: int, thr: float) -> np.ndarray:
 
 
 def alarms(d: dict, vf: np.ndarray, vf_like: np.ndarray) -> list[tuple[float, float]]:
-    """Unsuppressed alarm spans as the engine makes them: raised at the first VF decision,
+    """Annunciated alarm spans as the engine makes them: raised at the first VF decision,
     cleared CLEAR_S after the last; suppressed at a window when a technical window (noise
     only when the window is not VF-like) ended within CLEAR_S before it, this one included:
     the engine knows no later one yet (AlarmEngine.suppressed_at); kept if unsuppressed at
-    some time, as the alarm book then publishes it. Windows are STEP_S apart: a VF decision
-    within CLEAR_S of the last one continues its alarm."""
+    some decision, from the first such (its annunciated_s: nobody hears a suppressed alarm).
+    Windows are STEP_S apart: a VF decision within CLEAR_S of the last one continues its alarm."""
     t, tech = d["t"], d["tech"]
     idx = np.flatnonzero(vf)
     if idx.size == 0:
@@ -225,7 +225,7 @@ def alarms(d: dict, vf: np.ndarray, vf_like: np.ndarray) -> list[tuple[float, fl
         if sup[a : b + 1].all():
             continue
         k = np.searchsorted(t, tv[b] + CLEAR_S - 1e-9)
-        spans.append((tv[a], t[k] if k < t.size else t[-1]))
+        spans.append((tv[a + int(np.argmin(sup[a : b + 1]))], t[k] if k < t.size else t[-1]))
     return spans
 
 

@@ -105,6 +105,10 @@ class AlarmMessage(Message):
     suppressed: bool = Field(
         False, description="a technical condition suppresses this physiological alarm"
     )
+    annunciated_s: float | None = Field(
+        None, description="signal time the alarm was first annunciated: raised_s, or for one raised suppressed "
+        "the time the suppression lifted; none while it has only been suppressed"
+    )
     value: float | None = Field(None, description="the measured value behind it (bpm, beats, s)")
 
 

@@ -12,12 +12,13 @@ import pytest
 from ecgmon.cli import main
 from ecgmon.config import AlarmsConfig, Config, DataConfig
 from ecgmon.evaluate.alarms import (
-    AlarmSpan, Episode, acceptance, beat_episodes, evaluate_record, reference_episodes, rhythm_episodes, score,
+    AlarmSpan, Episode, acceptance, alarm_spans, beat_episodes, evaluate_record, reference_episodes, rhythm_episodes, score,
     summary, ventricular_runs,
 )
 from ecgmon.evaluate.alarm_report import plot, render
 from ecgmon.monitor.model_set import load_models
 from ecgmon.evaluate.noise_stress import NoiseStress, add_noise, noise_mask
+from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.replay.records import load_record
 
 FS = 360.0
@@ -101,6 +102,25 @@ def test_score_detection_delay_false_and_suppressed() -> None:
     assert s["vtach"].suppressed == 1 and s["vtach"].alarms == 5
     assert (s["vfib"].detected, s["vfib"].false_alarms, s["vfib"].missed_s) == (0, 1, [500.0])
     assert s["asystole"].sensitivity is None
+
+
+def test_an_alarm_raised_suppressed_counts_from_when_it_was_annunciated() -> None:
+    """A V-tach alarm raised in noise at 102 s and annunciated only at 118 s, once the noise
+    was gone, told nobody before 118 s: its delay is 18 s, and an episode that ended before
+    it (with the tolerance) was missed, not found 2 s after onset."""
+    book = AlarmBook("bed7", clear_s=5.0, latch=[])
+    msgs = book.observe("vtach", 102.0, True, suppressed=True)
+    msgs += book.observe("vtach", 110.0, True, suppressed=True)
+    msgs += book.observe("vtach", 118.0, True)
+    msgs += book.tick(130.0)
+    msgs += book.observe("vfib", 200.0, True, suppressed=True) + book.tick(210.0)  # never annunciated
+    spans = alarm_spans(msgs, 300.0)
+    assert [(s.kind, s.raised_s, s.cleared_s, s.suppressed) for s in spans] == [
+        ("vtach", 118.0, 130.0, False), ("vfib", 200.0, 210.0, True)]
+    found = score([Episode("vtach", 100.0, 125.0, 30)], spans)["vtach"]
+    assert found.detected == 1 and found.delays_s == [18.0]
+    missed = score([Episode("vtach", 100.0, 110.0, 12)], spans)["vtach"]
+    assert missed.detected == 0 and missed.false_alarms == 1 and missed.false_s == [118.0]
 
 
 def test_reference_of_a_slice_starts_in_the_rhythm_in_effect(data_dir) -> None:

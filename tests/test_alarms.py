@@ -247,3 +247,20 @@ def test_silence_does_not_write_acknowledged_by() -> None:
     # Silenced is not acknowledged: a latched alarm stays after its condition ends.
     [ended] = book.tick(10.0)
     assert ended.state == "updated" and "latched" in ended.text
+
+
+def test_an_alarm_raised_suppressed_says_when_it_was_annunciated() -> None:
+    """A physiological alarm raised during a technical condition is visible but silent; the
+    time it was first annunciated (the suppression lifted while the condition went on) is the
+    one a reader of its delay needs, and the messages carry it."""
+    book = AlarmBook("bed7", clear_s=5.0, latch=[])
+    [plain] = book.observe("tachy", 1.0, True)
+    assert not plain.suppressed and plain.annunciated_s == plain.raised_s == 1.0
+    [quiet] = book.observe("vtach", 10.0, True, suppressed=True)
+    assert quiet.suppressed and quiet.annunciated_s is None
+    assert book.observe("vtach", 11.0, True, suppressed=True) == []  # still suppressed: no news
+    [told] = book.observe("vtach", 14.5, True)
+    assert told.state == "updated" and not told.suppressed
+    assert (told.raised_s, told.annunciated_s) == (10.0, 14.5)
+    [cleared] = book.tick(20.0, ("vtach",))
+    assert cleared.state == "cleared" and cleared.annunciated_s == 14.5

@@ -76,7 +76,7 @@ class Episode:
 @dataclass
 class AlarmSpan:
     kind: str
-    raised_s: float
+    raised_s: float  # when it was annunciated (see alarm_spans); a suppressed one's raise
     cleared_s: float | None
     suppressed: bool
 
@@ -198,14 +198,17 @@ def beat_episodes(beat_t: np.ndarray, cfg: AlarmsConfig, rhythms: list[Episode] 
 
 
 def alarm_spans(messages: Iterable[AlarmMessage], end_s: float) -> list[AlarmSpan]:
-    """One span per alarm id: raised (or first unsuppressed) to cleared (or the record's end)."""
+    """One span per alarm id: annunciated (raised, or for one raised suppressed the lifting of
+    its suppression: until then nobody was told) to cleared (or the record's end); an alarm
+    never annunciated keeps its raise time and counts as suppressed."""
     spans: dict[str, AlarmSpan] = {}
     for m in messages:
         span = spans.get(m.id)
         if span is None:
-            span = spans[m.id] = AlarmSpan(m.alarm, m.raised_s, None, m.suppressed)
-        if not m.suppressed:
+            span = spans[m.id] = AlarmSpan(m.alarm, m.raised_s, None, True)
+        if span.suppressed and m.annunciated_s is not None:
             span.suppressed = False
+            span.raised_s = m.annunciated_s
         if m.state == "cleared":
             span.cleared_s = m.cleared_s
     for s in spans.values():

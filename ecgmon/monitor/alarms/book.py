@@ -107,6 +107,7 @@ class AlarmBook:
         out = []
         if cond.alarm.suppressed and not suppressed:
             cond.alarm.suppressed = False
+            cond.alarm.annunciated_s = round(t, 3)
             out.append(self._update(cond, text, value, t))
         elif text != cond.text and t - cond.updated_s >= UPDATE_S:
             # A changing figure (rate, beats, seconds) is republished at most every UPDATE_S.
@@ -192,6 +193,7 @@ class AlarmBook:
             raised_wall=time.time(),
             latched=kind in self.latch,
             suppressed=suppressed,
+            annunciated_s=None if suppressed else round(t, 3),
             value=cond.value,
         )
         return cond.alarm.model_copy()

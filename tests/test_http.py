@@ -109,8 +109,8 @@ async def test_analyze_equals_what_the_daemon_publishes_for_the_record(answer119
     assert {b["label"] for b in body["beats"]} >= {"N", "V"}
     segments = [m for m in live if isinstance(m, SegmentMessage)]
     assert [(s["start"], s["label"]) for s in body["segments"]] == [(s.start, s.label) for s in segments]
-    alarms = [(m.alarm, m.state, m.onset_s) for m in live if isinstance(m, AlarmMessage)]
-    assert [(a["alarm"], a["state"], a["onset_s"]) for a in body["alarms"]] == alarms
+    alarms = [(m.alarm, m.state, m.onset_s, m.suppressed, m.annunciated_s) for m in live if isinstance(m, AlarmMessage)]
+    assert [(a["alarm"], a["state"], a["onset_s"], a["suppressed"], a["annunciated_s"]) for a in body["alarms"]] == alarms
     assert body["record"] == {"name": "r119", "fs": 360.0, "lead": "MLII", "channels": ["MLII", "V1"],
                               "samples": SECONDS * 360, "duration_s": SECONDS}
     rates = [r["hr_bpm"] for r in body["heart_rate"] if r["hr_bpm"] is not None]

@@ -76,6 +76,7 @@ class AlarmOut(BaseModel):
     raised_s: float
     cleared_s: float | None
     suppressed: bool
+    annunciated_s: float | None
     value: float | None
 
 

@@ -115,7 +115,7 @@ def test_an_alarm_raised_suppressed_counts_from_when_it_was_annunciated() -> Non
     msgs += book.tick(130.0)
     msgs += book.observe("vfib", 200.0, True, suppressed=True) + book.tick(210.0)  # never annunciated
     spans = alarm_spans(msgs, 300.0)
-    assert [(s.kind, s.raised_s, s.cleared_s, s.suppressed) for s in spans] == [
+    assert [(s.kind, s.start_s, s.cleared_s, s.suppressed) for s in spans] == [
         ("vtach", 118.0, 130.0, False), ("vfib", 200.0, 210.0, True)]
     found = score([Episode("vtach", 100.0, 125.0, 30)], spans)["vtach"]
     assert found.detected == 1 and found.delays_s == [18.0]

@@ -76,7 +76,7 @@ class Episode:
 @dataclass
 class AlarmSpan:
     kind: str
-    raised_s: float  # when it was annunciated (see alarm_spans); a suppressed one's raise
+    start_s: float  # when it was annunciated (see alarm_spans); one never annunciated: its raise
     cleared_s: float | None
     suppressed: bool
 
@@ -208,7 +208,7 @@ def alarm_spans(messages: Iterable[AlarmMessage], end_s: float) -> list[AlarmSpa
             span = spans[m.id] = AlarmSpan(m.alarm, m.raised_s, None, True)
         if span.suppressed and m.annunciated_s is not None:
             span.suppressed = False
-            span.raised_s = m.annunciated_s
+            span.start_s = m.annunciated_s
         if m.state == "cleared":
             span.cleared_s = m.cleared_s
     for s in spans.values():
@@ -244,17 +244,17 @@ def score(episodes: list[Episode], spans: list[AlarmSpan]) -> dict[str, KindScor
         sc.suppressed = sum(1 for s in spans if s.kind == kind and s.suppressed)
         for ep in (e for e in episodes if e.kind == kind):
             sc.episodes += 1
-            hits = [s for s in mine if s.raised_s <= ep.end_s + TOLERANCE_S and s.cleared_s >= ep.onset_s]
+            hits = [s for s in mine if s.start_s <= ep.end_s + TOLERANCE_S and s.cleared_s >= ep.onset_s]
             if hits:
                 sc.detected += 1
-                sc.delays_s.append(round(max(0.0, min(s.raised_s for s in hits) - ep.onset_s), 3))
+                sc.delays_s.append(round(max(0.0, min(s.start_s for s in hits) - ep.onset_s), 3))
             else:
                 sc.missed_s.append(round(ep.onset_s, 1))
         ok = [e for e in episodes if e.kind in ANSWERS[kind]]
         for s in mine:
-            if not any(s.raised_s <= e.end_s + TOLERANCE_S and s.cleared_s >= e.onset_s - TOLERANCE_S for e in ok):
+            if not any(s.start_s <= e.end_s + TOLERANCE_S and s.cleared_s >= e.onset_s - TOLERANCE_S for e in ok):
                 sc.false_alarms += 1
-                sc.false_s.append(round(s.raised_s, 1))
+                sc.false_s.append(round(s.start_s, 1))
     return out
 
 
@@ -342,7 +342,7 @@ def _coverage(mask: np.ndarray, fs: float, spans: list[AlarmSpan]) -> float | No
         return None
     covered = np.zeros(mask.size, dtype=bool)
     for s in spans:
-        covered[max(0, round(s.raised_s * fs)) : round(s.cleared_s * fs)] = True
+        covered[max(0, round(s.start_s * fs)) : round(s.cleared_s * fs)] = True
     return float((covered & mask).sum() / mask.sum())
 
 

@@ -140,9 +140,9 @@ class AlarmEngine:
         raw, filt = self._window(e, self._win)
         state = self._tech.assess(raw, filt, self._step)
         agreement = self._agreement.check(e)
-        vf = vf_like = False
+        vf = vf_exempt = False
         if filt.size == self._win and np.isfinite(filt).all() and not (state.leads_off or state.signal_loss):
-            _, vf_like, vf = self._vf.window(filt)  # vf_like: VF-like by the network and its noise veto
+            _, vf_exempt, vf = self._vf.window(filt)  # VF-like by the network and its noise veto
         else:
             self._vf.skip()
         # Noise: a busy baseline (median slope), or QRS detectors of two kinds that no longer
@@ -157,7 +157,7 @@ class AlarmEngine:
         # hides them) end the exemption.
         beating = self._last_beat_s is not None and t - self._last_beat_s < self.cfg.asystole_s / 2
         agreed = agreement is not None and agreement >= CLEAN_AGREEMENT and beating
-        noisy = ((busy and not agreed) or disagree) and not vf_like
+        noisy = ((busy and not agreed) or disagree) and not vf_exempt
         why = f"{state.noise_ratio or 0:.1f}x" if busy or not disagree else f"QRS detectors agree on {agreement:.0%}"
         start = t - raw.size / self.fs
         obs = [

@@ -154,14 +154,14 @@ async def test_a_bug_in_one_streams_pipeline_restarts_it_and_spares_the_others(
 ) -> None:
     """bed4's pipeline raises on its chunk at 10 s (once), then on every chunk from 30 s: it
     restarts afresh three times and then stops; bed3, on the same MQTT source, loses nothing."""
-    real_feed = StreamPipeline.feed
+    real_feed = StreamPipeline.feed_steps  # the daemon feeds in steps (its VF windows measured together)
 
     def buggy_feed(self: StreamPipeline, chunk: Chunk):
         if self.stream == "bed4" and (chunk.start == 100 * STEP or chunk.start >= 300 * STEP):
             raise RuntimeError("injected bug")
-        return real_feed(self, chunk)
+        return (yield from real_feed(self, chunk))
 
-    monkeypatch.setattr(StreamPipeline, "feed", buggy_feed)
+    monkeypatch.setattr(StreamPipeline, "feed_steps", buggy_feed)
     watch = await _two_mqtt_streams(mosquitto, endpoint)
     try:
         await watch.until(lambda: watch.events("bed4", "stream_failed"), "bed4 to stop")
@@ -268,16 +268,16 @@ async def test_a_restarted_pipeline_keeps_the_alarms_of_the_one_before(
     """Asystole is raised in the pause; then a bug restarts the stream's pipeline. The alarm
     must not vanish unannounced (a dashboard would show it for ever, nobody could acknowledge
     it) and no later alarm may come under its id: it goes on in the new pipeline."""
-    feed = StreamPipeline.feed
+    feed = StreamPipeline.feed_steps
     failed: list[int] = []
 
     def buggy_feed(self: StreamPipeline, chunk: Chunk):
         if chunk.start >= 20 * 360 and not failed:
             failed.append(chunk.start)
             raise RuntimeError("injected bug")
-        return feed(self, chunk)
+        return (yield from feed(self, chunk))
 
-    monkeypatch.setattr(StreamPipeline, "feed", buggy_feed)
+    monkeypatch.setattr(StreamPipeline, "feed_steps", buggy_feed)
     pub = Publisher(endpoint, 100_000)
     ctx, sub = await subscriber(endpoint, ("alarm.", "event."))
     msgs: list[Message] = []

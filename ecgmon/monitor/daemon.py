@@ -12,8 +12,12 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ecgmon.chunk import Chunk, SourceEvent
 from ecgmon.config import Config
+from ecgmon.monitor.alarms import fibrillation
+from ecgmon.monitor.alarms.fibrillation import Measured, WindowSteps
 from ecgmon.monitor.batcher import BatcherClosedError, InferenceBatcher
 from ecgmon.monitor.classification import MAX_WAIT_S
 from ecgmon.monitor.inference_job import InferenceJob
@@ -56,6 +60,9 @@ class _Stream:
         self.jobs: deque[tuple[InferenceJob, asyncio.Future | None]] = deque()
         self.last_chunk = time.monotonic()  # when a chunk for it last came
         self.failures: deque[float] = deque()  # when its pipeline raised, within RESTART_WINDOW_S
+        # The feed of its last chunk while it waits for its VF windows' measures (see
+        # Daemon._measure_windows); nothing else reaches its pipeline meanwhile.
+        self.steps: WindowSteps[list[Message]] | None = None
         self.had_data = False
 
     def status(self) -> StreamStatus:
@@ -115,6 +122,9 @@ class Daemon:
         # id first. An ECG and a heart-sound stream of one patient share the id.
         self._streams: dict[tuple[str, str], _Stream] = {_key(s.stream, s): _Stream(s.stream, s) for s in sources}
         self._t0 = time.monotonic()
+        # Feeds waiting for their VF windows' measures, and whether _measure_windows is due.
+        self._waiting: list[tuple[_Stream, WindowSteps[list[Message]], np.ndarray]] = []
+        self._measure_soon = False
 
     @property
     def streams(self) -> list[_Stream]:
@@ -194,6 +204,11 @@ class Daemon:
         return st
 
     def _feed(self, chunk: Chunk, source: Source) -> None:
+        before = self._streams.get(_key(chunk.stream, source))
+        if before is not None and before.steps is not None:
+            # Its previous chunk (a source that sent two at once) still waits for its VF
+            # windows: it goes through first, a stream's chunks in order.
+            self._measure_windows()
         # The source's own entry (the only one of a single-stream source) shows it is running.
         own = self._streams[_key(source.stream, source)]
         if own.state == "starting":
@@ -212,6 +227,9 @@ class Daemon:
         if st.pipeline is None:
             return
         st.state = "running"
+        if isinstance(st.pipeline, StreamPipeline):
+            self._step(st, st.pipeline.feed_steps(chunk), None)
+            return
         try:
             msgs = st.pipeline.feed(chunk)
             jobs = st.pipeline.take_jobs()
@@ -222,8 +240,70 @@ class Daemon:
             self.publish(msg)
         self._submit(st, jobs)
 
+    def _step(self, st: _Stream, steps: WindowSteps[list[Message]], measured: Measured | None) -> None:
+        """Move a stream's feed on: to its next VF window, which waits for
+        ``_measure_windows`` (soon, with the windows of the other streams of this turn of the
+        event loop), or to its end, whose messages are published and jobs submitted."""
+        try:
+            window = next(steps) if measured is None else steps.send(measured)
+        except StopIteration as done:
+            st.steps = None
+            try:
+                jobs = st.pipeline.take_jobs()
+            except Exception as err:
+                self._pipeline_failed(st, err, "processing a chunk")
+                return
+            for msg in done.value:
+                self.publish(msg)
+            self._submit(st, jobs)
+            return
+        except Exception as err:
+            self._pipeline_failed(st, err, "processing a chunk")
+            return
+        st.steps = steps
+        self._waiting.append((st, steps, window))
+        if not self._measure_soon:
+            self._measure_soon = True
+            asyncio.get_running_loop().call_soon(self._measure_windows)
+
+    def _measure_windows(self) -> None:
+        """Measure every VF window the streams' feeds wait for in one call (per window
+        length): the measures' fixed cost per call was most of a window's (``bench/ward.py``'s
+        profile), and a batch gives each window what it gets alone. Then each feed goes on,
+        and so on while feeds ask for more windows."""
+        while self._waiting:
+            # A feed dropped meanwhile (its pipeline failed) is no longer the stream's.
+            waiting = [(st, steps, w) for st, steps, w in self._waiting if st.steps is steps]
+            self._waiting = []
+            by_length: dict[int, list[tuple[_Stream, WindowSteps[list[Message]], np.ndarray]]] = {}
+            for item in waiting:
+                by_length.setdefault(item[2].size, []).append(item)
+            for group in by_length.values():
+                for (st, steps, _), measured in zip(group, self._measured(group)):
+                    if measured is not None:
+                        self._step(st, steps, measured)
+        self._measure_soon = False
+
+    def _measured(self, group: list[tuple[_Stream, WindowSteps[list[Message]], np.ndarray]]) -> list[Measured | None]:
+        """The group's windows measured in one call; should that raise, each alone: a window
+        that trips a bug fails its own stream (None), not the others of its batch."""
+        try:
+            return fibrillation.measure(np.stack([w for _, _, w in group]))
+        except Exception:
+            pass
+        out: list[Measured | None] = []
+        for st, _, window in group:
+            try:
+                out.append(fibrillation.measure(window[None, :])[0])
+            except Exception as err:
+                self._pipeline_failed(st, err, "measuring a VF window")
+                out.append(None)
+        return out
+
     def _flush(self, st: _Stream) -> None:
         """Classify the stream's beats still waiting for a successor (its samples stopped)."""
+        if st.steps is not None:
+            self._measure_windows()  # its last chunk first
         if st.pipeline is None:
             return
         try:
@@ -243,6 +323,7 @@ class Daemon:
             st.failures.popleft()
         st.faults["pipeline_errors"] = st.faults.get("pipeline_errors", 0) + 1
         st.pipeline = None
+        st.steps = None
         st.jobs.clear()  # results still on their way finish nothing: their pipeline is gone
         what = f"{st.stream}: internal error {doing}: {type(err).__name__}: {err}"
         if len(st.failures) > RESTART_LIMIT:
@@ -269,8 +350,9 @@ class Daemon:
         self._finish_jobs(st)
 
     def _finish_jobs(self, st: _Stream) -> None:
-        """Finish the stream's jobs whose results are in, stopping at the first still pending."""
-        while st.jobs:
+        """Finish the stream's jobs whose results are in, stopping at the first still pending
+        (or all, while the stream's last chunk waits for its VF windows: they come after)."""
+        while st.jobs and st.steps is None:
             job, fut = st.jobs[0]
             if fut is not None and not fut.done():
                 return
@@ -302,6 +384,7 @@ class Daemon:
 
     async def _drain_jobs(self) -> None:
         """Wait for every submitted job, so the last beats are published before the end."""
+        self._measure_windows()
         pending = [f for st in self._streams.values() for _, f in st.jobs if f is not None]
         if pending:
             await asyncio.wait(pending)

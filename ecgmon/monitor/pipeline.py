@@ -18,6 +18,7 @@ from ecgmon.chunk import Chunk
 from ecgmon.config import Config
 from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification
 from ecgmon.monitor.alarms import AlarmEngine
+from ecgmon.monitor.alarms.fibrillation import WindowSteps, measured_alone
 from ecgmon.monitor.dsp.beat_features import LEAD2_FEATURES
 from ecgmon.monitor.dsp.filters import ECGFilter
 from ecgmon.monitor.dsp.heart_rate import HeartRateMeter
@@ -131,6 +132,7 @@ class StreamPipeline:
 
     def feed(self, chunk: Chunk) -> list[Message]:
         """Process one chunk; the messages come out in signal-time order of when they were known.
+        (``feed_steps`` is the same, its VF windows measured by the caller.)
 
         Indices published are the source's (``chunk.start`` based). A gap of up to
         ``MAX_FILL_S`` is bridged with invalid samples, which the filters hold at the last
@@ -138,6 +140,12 @@ class StreamPipeline:
         the stream starts afresh at the chunk (see ``_splice``). Data that overlaps what was
         already fed (a resend) is dropped. Either way an event says so.
         """
+        return measured_alone(self.feed_steps(chunk))
+
+    def feed_steps(self, chunk: Chunk) -> WindowSteps[list[Message]]:
+        """``feed`` as steps: the alarm engine's VF analysis windows are yielded to the caller,
+        which sends back their measures (``fibrillation.measure``, for the windows of many
+        streams at once); nothing else may feed or finish this pipeline until they end."""
         head: list[Message] = []  # what the stretch before a splice leaves, before all else
         timed: list[tuple[int, int, Message]] = []  # (known at sample, tie order, message)
         if self._offset is None:
@@ -178,7 +186,7 @@ class StreamPipeline:
         # The alarm engine takes the samples and detections first: without a beat model the
         # beats are done at once, and their morphology must be measured by then.
         detected = [(b.sample + self._offset, b.detected_at + self._offset) for b in beats]
-        alarms = self.alarms.feed(start + self._offset, x, filtered, detected, chunk.received)
+        alarms = yield from self.alarms.feed_steps(start + self._offset, x, filtered, detected, chunk.received)
         timed.extend((end, 3, m) for m in alarms)
         timed.extend(self._beats_and_vitals(beats, end, chunk.received))
         timed.extend(self._wave_frames(filtered, start))

@@ -97,6 +97,14 @@ class AlarmEngine:
     ) -> list[AlarmMessage]:
         """Samples ``[start, start + n)`` (stream indices; NaN = missing) and the beats
         detected in them as ``(R sample, detection sample)``."""
+        return fibrillation.measured_alone(self.feed_steps(start, raw, filtered, beats, wall))
+
+    def feed_steps(
+        self, start: int, raw: np.ndarray, filtered: np.ndarray, beats: list[tuple[int, int]], wall: float | None = None
+    ) -> fibrillation.WindowSteps[list[AlarmMessage]]:
+        """``feed`` as steps: it yields each VF analysis window and waits for its measures
+        (``fibrillation.measure``), so that a daemon can measure the windows of all its streams
+        in one call; nothing else may feed this engine until the steps have ended."""
         self._last_wall = time.time() if wall is None else wall
         if not self.cfg.enabled or raw.size == 0:
             return []
@@ -121,7 +129,7 @@ class AlarmEngine:
                 r, _ = beats.pop(0)
                 t_r = r / self.fs
                 self._last_beat_s = t_r if self._last_beat_s is None else max(self._last_beat_s, t_r)
-            out += self._check_window(e)
+            out += yield from self._check_window(e)
             self._next_check += self._step
         for r, _ in beats:
             t_r = r / self.fs
@@ -135,14 +143,15 @@ class AlarmEngine:
         b = e - self._buf_start
         return self._raw[a:b], self._filt[a:b]
 
-    def _check_window(self, e: int) -> list[AlarmMessage]:
+    def _check_window(self, e: int) -> fibrillation.WindowSteps[list[AlarmMessage]]:
         t = e / self.fs
         raw, filt = self._window(e, self._win)
         state = self._tech.assess(raw, filt, self._step)
         agreement = self._agreement.check(e)
         vf = vf_exempt = False
         if filt.size == self._win and np.isfinite(filt).all() and not (state.leads_off or state.signal_loss):
-            _, vf_exempt, vf = self._vf.window(filt)  # VF-like by the network and its noise veto
+            measured = yield fibrillation.analysis_window(filt, self.fs)
+            _, vf_exempt, vf = self._vf.decide(measured)  # VF-like by the network and its noise veto
         else:
             self._vf.skip()
         # Noise: a busy baseline (median slope), or QRS detectors of two kinds that no longer

@@ -45,9 +45,11 @@ CUDB records never used) is ``bench/vf_detector.py``; the README gives the figur
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Generator
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
+from typing import TypeVar
 
 import numpy as np
 from scipy.ndimage import maximum_filter1d
@@ -327,9 +329,50 @@ def probability(feats: np.ndarray, models: tuple[Weights, ...] | None = None) ->
     out = np.zeros(z0.shape[0])
     nets = models or MODELS
     for m in nets:
-        hidden = np.tanh(((z0 - m.mean) / m.scale) @ m.w1 + m.b1)
-        out += 1.0 / (1.0 + np.exp(-np.clip(hidden @ m.w2 + m.b2, -50, 50)))
+        # Products summed along the weights' axis rather than ``@``: BLAS picks its kernel by
+        # the number of rows, so a row's matrix product differed in the last bit between a
+        # batch and the row alone; these sums add each row's terms in the same order however
+        # many rows there are (``measure`` relies on it).
+        z = (z0 - m.mean) / m.scale
+        hidden = np.tanh((z[:, :, None] * m.w1[None, :, :]).sum(axis=1) + m.b1)
+        out += 1.0 / (1.0 + np.exp(-np.clip((hidden * m.w2).sum(axis=1) + m.b2, -50, 50)))
     return out / len(nets)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What ``VFDetector.decide`` needs of one analysis window."""
+
+    features: np.ndarray  # its row of ``features`` (1 x len(NAMES))
+    p: float  # P(VF) by the deciding networks
+    veto_p: float  # P(VF) by the noise veto (1 without one)
+
+
+def measure(windows: np.ndarray) -> list[Measured]:
+    """Each row of ``windows`` (analysis windows of one length, as ``analysis_window`` makes
+    them) measured, all rows in one call: each row gets bit for bit what it gets alone, so a
+    daemon measures the windows of all its streams together (per-call overhead is most of a
+    window's cost) without one stream's alarms depending on the others."""
+    feats = features(windows)
+    p = probability(feats)
+    veto = probability(feats, VETO_MODELS) if VETO_MODELS else np.ones(len(feats))
+    return [Measured(feats[i : i + 1], float(p[i]), float(veto[i])) for i in range(len(feats))]
+
+
+T = TypeVar("T")
+# A feed run as steps: it yields each analysis window it needs measured (``measure``) and is
+# sent back the window's ``Measured``; its return value is the feed's result.
+WindowSteps = Generator[np.ndarray, Measured, T]
+
+
+def measured_alone(steps: WindowSteps[T]) -> T:
+    """Run ``steps`` to its end, measuring each window it asks for on its own."""
+    try:
+        window = next(steps)
+        while True:
+            window = steps.send(measure(window[None, :])[0])
+    except StopIteration as done:
+        return done.value
 
 
 def vf_like(p: np.ndarray, feats: np.ndarray, threshold: float) -> np.ndarray:
@@ -383,21 +426,23 @@ class VFDetector:
         self.run_windows = 1
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
-        """One window of the filtered ECG: its P(VF), whether it is exempt from the noise
-        alarm as VF-like (the network calls it VF, ``vf_like``, and the noise veto gives it
-        P(VF) of at least ``VETO_P``), and whether VF holds (the alarm's condition: the mean
-        over this and the ``hold - 1`` windows before it, a missing one counting 0, at the
-        threshold; or this one passing the flutter rule).
+        """One window of the filtered ECG, measured alone: see ``decide``."""
+        return self.decide(measure(analysis_window(filtered, self.fs)[None, :])[0])
+
+    def decide(self, measured: Measured) -> tuple[float, bool, bool]:
+        """The next window, measured (``measure``): its P(VF), whether it is exempt from the
+        noise alarm as VF-like (the network calls it VF, ``vf_like``, and the noise veto gives
+        it P(VF) of at least ``VETO_P``), and whether VF holds (the alarm's condition: the
+        mean over this and the ``hold - 1`` windows before it, a missing one counting 0, at
+        the threshold; or this one passing the flutter rule).
 
         The deciding network never met noise, and under heavy muscle noise it calls many
         windows VF; exempt from the noise suppression, they would raise false VF alarms. The
         veto, fitted with muscle noise, decides that exemption alone: fitted into the deciding
         network, the noise cost VF episodes found in time (README, VF under noise)."""
-        x = analysis_window(filtered, self.fs)
-        feats = features(x[None, :])
-        p = float(probability(feats)[0])
+        feats, p = measured.features, measured.p
         like = bool(vf_like(np.array([p]), feats, self.threshold)[0])
-        exempt = like and (not VETO_MODELS or bool(probability(feats, VETO_MODELS)[0] >= VETO_P))
+        exempt = like and measured.veto_p >= VETO_P
         busy = feats[0, NAMES.index("high_fraction")] > HIGH_MAX
         self._recent.append(0.0 if busy else p)
         held = sum(self._recent) / self.hold >= self.threshold

@@ -56,7 +56,6 @@ from scipy.ndimage import maximum_filter1d
 from scipy.signal import firwin, resample_poly
 
 from ecgmon.monitor.alarms import vf_model
-from ecgmon.monitor.dsp import max_filter
 from ecgmon.monitor.dsp.order_stats import median, percentile_rows
 
 WINDOW_S = 4.0
@@ -180,6 +179,7 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
     # Autocorrelation (via the FFT, zero-padded): periodicity at VF lags and at beat lags.
     ac = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * n, axis=1)) ** 2, axis=1)[:, :n]
     ac = ac / np.maximum(ac[:, :1], 1e-20)
+    cycles = _cycle_measures(x, spec, ac, fs)
     ac_vf = ac[:, g.ac_vf].max(axis=1)
     ac_beat = ac[:, g.ac_beat].max(axis=1)
     # Peaks: samples that are the largest magnitude within +-0.1 s and above 30 % of the peak.
@@ -202,13 +202,15 @@ def features(windows: np.ndarray, fs: float = ANALYSIS_FS) -> np.ndarray:
         tcsc, leakage, dominant, concentration, high, low, kurtosis, zero_crossings, peaks, ac_vf, ac_beat,
         mea, bcp, in_vf_band, tcsc10, tcsc50, psr, hilb, np.log(np.maximum(std, 1e-4)),
         np.log(np.maximum(p99, 1e-4)), harmonics, np.log(np.maximum(steepness, 1e-3)),
-        np.vstack([_cycle_measures(row, fs) for row in W]),
+        cycles,
     ])
 
 
-def _cycle_measures(w: np.ndarray, fs: float) -> np.ndarray:
-    """Measures of one window that tell an organised fast rhythm (rapid VT, a wide-complex
-    tachycardia) from fibrillation, whose cycles differ in length, height and shape:
+def _cycle_measures(x: np.ndarray, spec: np.ndarray, ac: np.ndarray, fs: float) -> np.ndarray:
+    """Measures of each row of ``x`` (windows less their mean; ``spec`` their Hann power
+    spectra and ``ac`` their autocorrelations over their value at lag 0, as ``features`` has
+    them) that tell an organised fast rhythm (rapid VT, a wide-complex tachycardia) from
+    fibrillation, whose cycles differ in length, height and shape:
 
     - spectral entropy over 0.5-30 Hz (normalised to 0-1: one line 0, white noise 1);
     - the cycles' peaks (on the wave's larger polarity: samples that are the largest within
@@ -220,53 +222,53 @@ def _cycle_measures(w: np.ndarray, fs: float) -> np.ndarray:
       0.15-1 s and near 2L and 3L (a periodic wave keeps it, fibrillation loses it; 0 when
       the lag leaves no room in the window), and L in seconds.
 
-    One row at a time: the peaks differ in number from window to window."""
-    x = w - w.mean()
-    n = x.size
+    What all rows share is computed for all at once; the peaks, which differ in number from
+    row to row, one row at a time."""
+    rows, n = x.shape
     g = _grid(n, fs)
-    spec = np.abs(np.fft.rfft(x * g.hann)) ** 2
-    s = spec[g.band]
-    p = s / max(s.sum(), 1e-20)
-    entropy = -(p * np.log(np.maximum(p, 1e-20))).sum() / np.log(p.size)
-    y = x if x.max() >= -x.min() else -x
+    s = np.ascontiguousarray(spec[:, g.band])  # C-ordered: each row sums as it would alone
+    p = s / np.maximum(s.sum(axis=1, keepdims=True), 1e-20)
+    entropy = -(p * np.log(np.maximum(p, 1e-20))).sum(axis=1) / np.log(p.shape[1])
+    y = np.where((x.max(axis=1) >= -x.min(axis=1))[:, None], x, -x)
     h = int(0.1 * fs)
-    local_max = max_filter.maximum_filter1d(y, 2 * h + 1, mode="nearest")  # 1-D: the cheap call
-    pk = np.flatnonzero((y >= local_max) & (y > 0.3 * y.max()))
-    if pk.size:  # a flat top gives neighbouring samples: keep the first
-        pk = pk[np.concatenate([[True], np.diff(pk) > 1])]
-    if pk.size >= 3:
-        iv = np.diff(pk)
-        interval_cv = iv.std() / iv.mean()
-        amplitude_cv = y[pk].std() / y[pk].mean()
-    else:
-        interval_cv = amplitude_cv = 1.0
-    half = int(0.08 * fs)
-    # Each cycle's segment with its mean removed, once (it pairs with the cycle before and after).
-    cycles = (x[k - half : k + half + 1] for k in pk if k - half >= 0 and k + half + 1 <= n)
-    segs = [seg - seg.mean() for seg in cycles]
-    corr = []
-    for a, b in zip(segs, segs[1:]):
-        d = np.sqrt((a @ a) * (b @ b))
-        corr.append(a @ b / d if d > 0 else 0.0)
-    corr_median = median(np.array(corr)) if corr else 0.0
-    corr_min = float(np.min(corr)) if corr else 0.0
+    local_max = maximum_filter1d(y, 2 * h + 1, axis=1, mode="nearest")
+    is_peak = (y >= local_max) & (y > 0.3 * y.max(axis=1, keepdims=True))
     block = int(0.5 * fs)
-    env = np.abs(x[: n // block * block]).reshape(-1, block).max(axis=1)
-    envelope_cv = env.std() / max(env.mean(), 1e-12)
-    ac = np.fft.irfft(np.abs(np.fft.rfft(x, 2 * n)) ** 2)[:n]
-    ac = ac / max(ac[0], 1e-20) * n / (n - np.arange(n))
+    env = np.abs(x[:, : n // block * block]).reshape(rows, -1, block).max(axis=2)
+    envelope_cv = env.std(axis=1) / np.maximum(env.mean(axis=1), 1e-12)
+    ac = ac * n / (n - np.arange(n))
     lo, hi = int(0.15 * fs), int(1.0 * fs)
-    lag = lo + int(np.argmax(ac[lo:hi]))
-
-    def near(k: int) -> float:
-        c = k * lag
-        r = max(2, int(0.1 * c))
-        return float(ac[max(0, c - r) : min(n - 1, c + r) + 1].max()) if c < n * 0.75 else 0.0
-
-    return np.array([
-        entropy, interval_cv, amplitude_cv, corr_median, corr_min, envelope_cv, pk.size / (n / fs),
-        ac[lag], near(2), near(3), lag / fs,
-    ])
+    lag = lo + np.argmax(ac[:, lo:hi], axis=1)
+    out = np.empty((rows, 11))  # the last 11 of NAMES, in their order
+    out[:, 0], out[:, 5], out[:, 7], out[:, 10] = entropy, envelope_cv, ac[np.arange(rows), lag], lag / fs
+    half = int(0.08 * fs)
+    for i in range(rows):
+        pk = np.flatnonzero(is_peak[i])
+        if pk.size:  # a flat top gives neighbouring samples: keep the first
+            pk = pk[np.concatenate([[True], np.diff(pk) > 1])]
+        if pk.size >= 3:
+            iv = np.diff(pk)
+            interval_cv = iv.std() / iv.mean()
+            amplitude_cv = y[i, pk].std() / y[i, pk].mean()
+        else:
+            interval_cv = amplitude_cv = 1.0
+        # Each cycle's segment with its mean removed, once (it pairs with the cycle before and after).
+        cycles = (x[i, k - half : k + half + 1] for k in pk if k - half >= 0 and k + half + 1 <= n)
+        segs = [seg - seg.mean() for seg in cycles]
+        corr = []
+        for a, b in zip(segs, segs[1:]):
+            d = np.sqrt((a @ a) * (b @ b))
+            corr.append(a @ b / d if d > 0 else 0.0)
+        corr_median = median(np.array(corr)) if corr else 0.0
+        corr_min = float(np.min(corr)) if corr else 0.0
+        out[i, 1], out[i, 2], out[i, 3], out[i, 4] = interval_cv, amplitude_cv, corr_median, corr_min
+        out[i, 6] = pk.size / (n / fs)
+        # The autocorrelation near 2L and 3L (0 when the lag leaves no room in the window).
+        for col, k in ((8, 2), (9, 3)):
+            c = k * lag[i]
+            r = max(2, int(0.1 * c))
+            out[i, col] = ac[i, max(0, c - r) : min(n - 1, c + r) + 1].max() if c < n * 0.75 else 0.0
+    return out
 
 
 def _leakage(x: np.ndarray, ax: np.ndarray) -> np.ndarray:

@@ -59,7 +59,9 @@ class AlarmEngine:
         self._shapes: dict[int, tuple[Morphology, np.ndarray]] = {}
         self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
         self._unclassified: dict[int, None] = {}  # R samples detected, class not yet known (in order)
-        self._technical: deque[tuple[float, float]] = deque(maxlen=256)  # spans of technical trouble
+        # Spans of technical trouble (leads off, signal loss, noise, clipping) as found, one per
+        # analysis window: (start, end), the end being the signal time it became known.
+        self._technical: deque[tuple[float, float]] = deque()
         self._last_wall: float | None = None
         self._start_signal(0)
         self._start_beats()
@@ -214,17 +216,26 @@ class AlarmEngine:
         return float("inf")
 
     def _mark_technical(self, a: float, b: float) -> None:
-        if self._technical and a <= self._technical[-1][1]:
-            self._technical[-1] = (self._technical[-1][0], max(b, self._technical[-1][1]))
-        else:
-            self._technical.append((a, b))
+        """Trouble over signal times ``[a, b]``, found at ``b`` (an analysis window's end)."""
+        self._technical.append((a, b))
+        # Kept as long as a beat decision may still ask about them (its class may come up to
+        # UNCLASSIFIED_STALE_S late, and asks within clear_s of its time).
+        while self._technical[0][1] < b - UNCLASSIFIED_STALE_S - MAX_WAIT_S - self.cfg.clear_s:
+            self._technical.popleft()
 
-    def suppressed_at(self, t: float) -> bool:
-        """Did a technical condition hold within ``clear_s`` of signal time ``t``?"""
+    def suppressed_at(self, t: float, known_by: float | None = None) -> bool:
+        """Did a technical condition hold within ``clear_s`` of signal time ``t``, as known at
+        signal time ``known_by`` (default ``t``)? A beat decision is dated when the live
+        pipeline knows the beat's class (``t_known``) and must see only the trouble found by
+        then: trouble found later, while the class was on its way, would make the decision
+        depend on how late the classifier answered (``evaluate`` hands classes back up to 10 s
+        late, the daemon within a fraction of a second, and they suppressed different V-tach
+        alarms; mitdb 118 under electrode motion)."""
         if not self.cfg.suppress:
             return False
         margin = self.cfg.clear_s
-        return any(a - margin <= t <= b + margin for a, b in self._technical)
+        known_by = t if known_by is None else known_by
+        return any(a - margin <= t <= b + margin and b <= known_by for a, b in self._technical)
 
     def _apply(self, obs: list[Observation]) -> list[AlarmMessage]:
         out: list[AlarmMessage] = []
@@ -275,7 +286,7 @@ class AlarmEngine:
         rr = t - self._prev_beat_t if self._prev_beat_t is not None else None
         # The template learns from normal beats of a regular rhythm.
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
-        if current and shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t):
+        if current and shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t, t_known):
             self._morph.learn(shape[1])
         self._prev_beat_t, self._prev_rr = t, rr
         self._unclassified.pop(msg.sample, None)

@@ -23,6 +23,17 @@ def data_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def beat_model() -> dict:
+    """The shipped beat model alone, loaded as the daemon loads it (``{"beat": LoadedModel}``)."""
+    from ecgmon.config import Config
+    from ecgmon.monitor.model_set import load_models
+
+    loaded, errors = load_models(Config().models.model_copy(update={"segment": "", "pcg": "", "pcg_cycles": ""}))
+    assert errors == []
+    return loaded
+
+
 @pytest.fixture(autouse=True)
 def _ecgmon_data_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Every test (and every subprocess it starts) finds the recordings the same way, and a

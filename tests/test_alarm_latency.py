@@ -8,25 +8,15 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 from ecgmon.config import Config, DataConfig
 from ecgmon.evaluate.record_run import LAG_S, run_record
 from ecgmon.monitor.model_loader import LoadedModel
-from ecgmon.monitor.model_set import load_models
 from ecgmon.replay.records import load_record
 from ecgmon.schema import AlarmMessage
 
 
-@pytest.fixture(scope="module")
-def models() -> dict[str, LoadedModel]:
-    loaded, errors = load_models(Config().models.model_copy(update={"segment": "", "pcg": "", "pcg_cycles": ""}))
-    assert errors == []
-    return loaded
-
-
 def test_vtach_suppression_is_the_same_however_late_the_classes_come(
-    data_dir: Path, models: dict[str, LoadedModel]
+    data_dir: Path, beat_model: dict[str, LoadedModel]
 ) -> None:
     """CUDB cu13 400-460 s: a V-tach run at 46 s, with the noise alarm raised a few seconds later
     (within clear_s). Live timing (0.1 s chunks, classes 0.2 s late) and evaluate's timing
@@ -37,7 +27,7 @@ def test_vtach_suppression_is_the_same_however_late_the_classes_come(
     config = Config()
 
     def vtach(chunk_s: float, lag_s: float) -> list[dict]:
-        msgs = run_record("cudb:cu13", config, models, chunk_s=chunk_s, record=part, lag_s=lag_s)
+        msgs = run_record("cudb:cu13", config, beat_model, chunk_s=chunk_s, record=part, lag_s=lag_s)
         return [
             m.model_dump(exclude={"pub", "seq", "wall", "raised_wall", "id"})
             for m in msgs if isinstance(m, AlarmMessage) and m.alarm == "vtach"

@@ -18,7 +18,6 @@ from ecgmon.monitor.alarms import fibrillation
 from ecgmon.monitor.alarms.engine import SIGNAL_KINDS
 from ecgmon.monitor.daemon import Daemon
 from ecgmon.monitor.model_loader import LoadedModel
-from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.publisher import Publisher
 from ecgmon.monitor.sources.record import RecordSource
 from ecgmon.replay.records import Record, load_record
@@ -27,15 +26,6 @@ from ecgmon.schema import AlarmMessage, EventMessage, Message
 # VF and flutter onsets at two sample rates: CUDB cu01 (250 Hz, VF from 214.2 s), MIT-BIH 207
 # (360 Hz, V-tach at 38.5 s, flutter from 40.7 s) and CUDB cu13 (VF from 427.3 s).
 SEGMENTS = {"bed1": ("cudb:cu01", 180, 260), "bed2": ("mitdb:207", 0, 80), "bed3": ("cudb:cu13", 400, 460)}
-
-
-@pytest.fixture(scope="module")
-def models() -> dict[str, LoadedModel]:
-    """The shipped beat model: with it a stream's alarms do not depend on its chunking, so the
-    daemon's live 0.1 s chunks and ``run_record``'s 2 s ones must give the same alarms."""
-    loaded, errors = load_models(Config().models.model_copy(update={"segment": "", "pcg": "", "pcg_cycles": ""}))
-    assert errors == []
-    return loaded
 
 
 def _config() -> Config:
@@ -81,7 +71,7 @@ async def _run(
 
 
 async def test_streams_measured_together_keep_the_alarms_each_gets_alone(
-    data_dir: Path, models: dict[str, LoadedModel], endpoint: str, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, beat_model: dict[str, LoadedModel], endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config()
     records = {bed: (spec, _segment(spec, a, b, data_dir)) for bed, (spec, a, b) in SEGMENTS.items()}
@@ -93,16 +83,18 @@ async def test_streams_measured_together_keep_the_alarms_each_gets_alone(
         return measure(windows)
 
     monkeypatch.setattr(fibrillation, "measure", counted)
-    msgs = await _run(config, records, models, endpoint)
+    msgs = await _run(config, records, beat_model, endpoint)
     assert max(batches) == len(SEGMENTS)  # the streams' windows were measured together
     for bed, (spec, rec) in records.items():
-        alone = _alarms(run_record(spec, config, models, record=rec))
+        # With the beat model a stream's alarms do not depend on its chunking, so the daemon's live
+        # 0.1 s chunks and run_record's 2 s ones must give the same.
+        alone = _alarms(run_record(spec, config, beat_model, record=rec))
         assert any(a["state"] == "raised" for a in alone.get("vfib", [])), bed  # the test has VF to lose
         assert _alarms(msgs, bed) == alone, bed
 
 
 async def test_a_window_that_trips_a_bug_fails_its_own_stream_only(
-    data_dir: Path, models: dict[str, LoadedModel], endpoint: str, monkeypatch: pytest.MonkeyPatch
+    data_dir: Path, beat_model: dict[str, LoadedModel], endpoint: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bed2's signal is scaled far beyond any ECG, and measuring such a window raises (an
     injected bug): bed2 restarts, and then stops, while bed1, measured in the same batches,
@@ -119,10 +111,10 @@ async def test_a_window_that_trips_a_bug_fails_its_own_stream_only(
         return measure(windows)
 
     monkeypatch.setattr(fibrillation, "measure", buggy)
-    msgs = await _run(config, {"bed1": (spec, bed1), "bed2": (spec, bed2)}, models, endpoint)
+    msgs = await _run(config, {"bed1": (spec, bed1), "bed2": (spec, bed2)}, beat_model, endpoint)
     faults = [m for m in msgs if isinstance(m, EventMessage) and m.code in ("stream_reset", "stream_failed")]
     assert {m.stream for m in faults} == {"bed2"}
     assert "measuring a VF window: RuntimeError: injected bug" in faults[0].text
     monkeypatch.setattr(fibrillation, "measure", measure)
-    alone = _alarms(run_record(spec, config, models, record=bed1))
+    alone = _alarms(run_record(spec, config, beat_model, record=bed1))
     assert "vfib" in alone and _alarms(msgs, "bed1") == alone

@@ -232,6 +232,14 @@ class Daemon:
             return
         try:
             msgs = st.pipeline.feed(chunk)
+        except Exception as err:
+            self._pipeline_failed(st, err, "processing a chunk")
+            return
+        self._fed(st, msgs)
+
+    def _fed(self, st: _Stream, msgs: list[Message]) -> None:
+        """A chunk went through the stream's pipeline: its messages out, its model jobs in."""
+        try:
             jobs = st.pipeline.take_jobs()
         except Exception as err:
             self._pipeline_failed(st, err, "processing a chunk")
@@ -248,14 +256,7 @@ class Daemon:
             window = next(steps) if measured is None else steps.send(measured)
         except StopIteration as done:
             st.steps = None
-            try:
-                jobs = st.pipeline.take_jobs()
-            except Exception as err:
-                self._pipeline_failed(st, err, "processing a chunk")
-                return
-            for msg in done.value:
-                self.publish(msg)
-            self._submit(st, jobs)
+            self._fed(st, done.value)
             return
         except Exception as err:
             self._pipeline_failed(st, err, "processing a chunk")
@@ -294,7 +295,7 @@ class Daemon:
         out: list[Measured | None] = []
         for st, _, window in group:
             try:
-                out.append(fibrillation.measure(window[None, :])[0])
+                out.append(fibrillation.measure_one(window))
             except Exception as err:
                 self._pipeline_failed(st, err, "measuring a VF window")
                 out.append(None)

@@ -361,6 +361,11 @@ def measure(windows: np.ndarray) -> list[Measured]:
     return [Measured(feats[i : i + 1], float(p[i]), float(veto[i])) for i in range(len(feats))]
 
 
+def measure_one(window: np.ndarray) -> Measured:
+    """One analysis window measured alone (``measure`` of a one-row batch)."""
+    return measure(window[None, :])[0]
+
+
 T = TypeVar("T")
 # A feed run as steps: it yields each analysis window it needs measured (``measure``) and is
 # sent back the window's ``Measured``; its return value is the feed's result.
@@ -372,7 +377,7 @@ def measured_alone(steps: WindowSteps[T]) -> T:
     try:
         window = next(steps)
         while True:
-            window = steps.send(measure(window[None, :])[0])
+            window = steps.send(measure_one(window))
     except StopIteration as done:
         return done.value
 
@@ -429,7 +434,7 @@ class VFDetector:
 
     def window(self, filtered: np.ndarray) -> tuple[float, bool, bool]:
         """One window of the filtered ECG, measured alone: see ``decide``."""
-        return self.decide(measure(analysis_window(filtered, self.fs)[None, :])[0])
+        return self.decide(measure_one(analysis_window(filtered, self.fs)))
 
     def decide(self, measured: Measured) -> tuple[float, bool, bool]:
         """The next window, measured (``measure``): its P(VF), whether it is exempt from the

@@ -23,6 +23,7 @@ from ecgmon.monitor.dsp.qrs import LEARN_S
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import Record, load_record
 from ecgmon.schema import AlarmMessage, BeatMessage
+from pipeline_helpers import feed_unmodelled
 
 FS = 360.0
 
@@ -48,7 +49,7 @@ def _feed(x: np.ndarray, config: Config, start: int = 0, step: int = 360) -> lis
     p = StreamPipeline("s", FS, "MLII", config)
     out = []
     for i in range(0, x.size, step):
-        out += p.feed(Chunk("s", FS, ("MLII",), start + i, x[i : i + step, None].astype(np.float32)))
+        out += feed_unmodelled(p, Chunk("s", FS, ("MLII",), start + i, x[i : i + step, None].astype(np.float32)))
     return [m for m in out if isinstance(m, AlarmMessage)]
 
 
@@ -191,7 +192,7 @@ def test_vfib_is_latched_by_default_until_acknowledged(rec207: Record) -> None:
     p = StreamPipeline("s", FS, "MLII", Config())
     msgs: list = []
     for i in range(0, x.size, 360):
-        msgs += p.feed(Chunk("s", FS, ("MLII",), i, x[i : i + 360, None].astype(np.float32)))
+        msgs += feed_unmodelled(p, Chunk("s", FS, ("MLII",), i, x[i : i + 360, None].astype(np.float32)))
     vf = [m for m in msgs if isinstance(m, AlarmMessage) and m.alarm == "vfib"]
     assert vf[0].state == "raised" and vf[0].latched and "cleared" not in [m.state for m in vf]
     assert vf[-1].state == "updated" and "latched" in vf[-1].text

@@ -59,6 +59,7 @@ async def _replay_beats(source: RecordSource, config: Config) -> list[BeatMessag
     beats = []
     async for chunk in source.chunks():
         beats.extend(m for m in pipeline.feed(chunk) if isinstance(m, BeatMessage))
+        pipeline.take_jobs()  # the alarms' beats: not scored here
     return beats
 
 

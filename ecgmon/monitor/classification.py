@@ -157,6 +157,31 @@ class BeatClassification:
         return self._done(msg)
 
 
+class UnclassifiedBeats:
+    """Without a beat model: each beat goes to ``done`` (the alarm engine) when a model's
+    class would have come back, once the beat after it has been detected or ``MAX_WAIT_S``
+    passed, as a job with nothing to compute. Handing it over at its own detection made the
+    rhythm alarms depend on how the stream was chunked (the beat's complex, the next beat,
+    may or may not have arrived in the same chunk). Its message is published at detection:
+    there is no class to wait for."""
+
+    def __init__(self, fs: float, done: Callable[[BeatMessage], list[Message]]) -> None:
+        self._wait = round(MAX_WAIT_S * fs)
+        self._done = done
+        self._pending: deque[tuple[int, BeatMessage]] = deque()
+
+    def add(self, r: int, msg: BeatMessage, received: float) -> None:
+        self._pending.append((r, msg))
+
+    def jobs(self, end: int, flush: bool = False) -> list[InferenceJob]:
+        """Jobs for the beats due once samples up to ``end`` have arrived; all of them with ``flush``."""
+        out: list[InferenceJob] = []
+        while self._pending and (flush or len(self._pending) > 1 or end >= self._pending[0][0] + self._wait):
+            _, msg = self._pending.popleft()
+            out.append(InferenceJob("beat", None, lambda _output, msg=msg: self._done(msg)))
+        return out
+
+
 class SegmentClassification:
     """A job for every model window of the stream, hopping by half a window (50 % overlap,
     as the training segments), from the stream's first sample."""

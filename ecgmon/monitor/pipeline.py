@@ -1,7 +1,8 @@
 """The per-stream pipeline: fed Chunks, it filters, detects beats, measures heart rate and
-cuts display frames, returning the messages to publish; with models, it also hands out
-inference jobs (``take_jobs``) whose results become classified beats and segments. It never
-blocks and never sleeps.
+cuts display frames, returning the messages to publish; it also hands out inference jobs
+(``take_jobs``) whose results become classified beats and segments, and which hand the beats
+to the alarm engine (without a beat model, jobs with nothing to compute). It never blocks and
+never sleeps.
 
 Every output is placed on the signal clock (sample indices), so the messages do not depend
 on how the stream was chunked.
@@ -16,7 +17,7 @@ import numpy as np
 
 from ecgmon.chunk import Chunk
 from ecgmon.config import Config
-from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification
+from ecgmon.monitor.classification import MAX_WAIT_S, BeatClassification, SegmentClassification, UnclassifiedBeats
 from ecgmon.monitor.alarms import AlarmEngine
 from ecgmon.monitor.alarms.fibrillation import WindowSteps, measured_alone
 from ecgmon.monitor.dsp.beat_features import LEAD2_FEATURES
@@ -112,12 +113,14 @@ class StreamPipeline:
         self._last_beat_sample: int | None = None
         self._ring = RingBuffer(self._ring_span) if self._ring_span else None
         self._ring2 = RingBuffer(self._ring_span) if self._wants_lead2 else None
-        self._beat_jobs: BeatClassification | None = None
+        self._beat_jobs: BeatClassification | UnclassifiedBeats
         self._segment_jobs: SegmentClassification | None = None
         if self._beat_model is not None:
             self._beat_jobs = BeatClassification(
                 self._beat_model, self.fs, self._ring, self.beat_done, self._ring2, self.config.models.vote
             )
+        else:
+            self._beat_jobs = UnclassifiedBeats(self.fs, lambda msg: self.alarms.beat_done(msg))
         if self._segment_model is not None:
             self._segment_jobs = SegmentClassification(
                 self._segment_model, self.stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done
@@ -183,16 +186,15 @@ class StreamPipeline:
         beats = self._detector.process(x)  # the detector filters raw samples itself
         self.samples = end
 
-        # The alarm engine takes the samples and detections first: without a beat model the
-        # beats are done at once, and their morphology must be measured by then.
+        # The alarm engine takes the samples and detections first: a beat's complex and the
+        # next beat's detection must be known to it before the beat is done.
         detected = [(b.sample + self._offset, b.detected_at + self._offset) for b in beats]
         alarms = yield from self.alarms.feed_steps(start + self._offset, x, filtered, detected, chunk.received)
         timed.extend((end, 3, m) for m in alarms)
         timed.extend(self._beats_and_vitals(beats, end, chunk.received))
         timed.extend(self._wave_frames(filtered, start))
         timed.sort(key=lambda t: (t[0], t[1]))
-        if self._beat_jobs is not None:
-            self._jobs.extend(self._beat_jobs.jobs(end))
+        self._jobs.extend(self._beat_jobs.jobs(end))
         if self._segment_jobs is not None:
             self._jobs.extend(self._segment_jobs.jobs(end))
         return head + [m for _, _, m in timed]
@@ -207,8 +209,7 @@ class StreamPipeline:
         out.append(self._gap_event(
             chunk, "spliced: the gap is too long to bridge; detection, heart rate and rhythm start afresh"
         ))
-        if self._beat_jobs is not None:
-            self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
+        self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
         self._offset = chunk.start
         self._start()
         return out
@@ -221,8 +222,7 @@ class StreamPipeline:
     def finish(self) -> list[InferenceJob]:
         """Jobs for every beat still waiting for a successor, classified without it: at the
         stream's end, or when its samples stopped coming (a live source gone quiet)."""
-        if self._beat_jobs is not None:
-            self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
+        self._jobs.extend(self._beat_jobs.jobs(self.samples, flush=True))
         return self.take_jobs()
 
     def beat_done(self, msg: BeatMessage) -> list[Message]:
@@ -245,10 +245,9 @@ class StreamPipeline:
             # A beat is known once sample `detected_at` has arrived, i.e. at index detected_at + 1.
             while i < len(beats) and (due is None or beats[i].detected_at + 1 <= due):
                 msg = self._beat(beats[i], received)
-                if self._beat_jobs is not None:  # published once classified
-                    self._beat_jobs.add(beats[i].sample, msg, received)
-                else:
-                    out.extend((beats[i].detected_at + 1, 1, m) for m in self.beat_done(msg))
+                self._beat_jobs.add(beats[i].sample, msg, received)
+                if self._beat_model is None:  # no class to wait for: published at once
+                    out.append((beats[i].detected_at + 1, 1, msg))
                 i += 1
             if due is None:
                 return out

@@ -91,20 +91,23 @@ class AlarmBook:
             if cond is not None and cond.alarm is None:
                 del self._conds[kind]  # a pending condition must be unbroken
             return self._expire(kind, t, clear_s)
+        # Unseen for clear_s before this: it ended then, whether or not a tick came in between
+        # (how often time is let pass must not decide if this is the same alarm or a new one).
+        out = self._expire(kind, t, clear_s)
+        cond = self._conds.get(kind)
         if cond is None or cond.ended:
             if cond is not None and cond.ended:
                 # The condition came back while its latched alarm waits: the same alarm goes on.
                 cond.ended = False
                 cond.last_s = t
-                return [self._update(cond, text, value, t)]
+                return out + [self._update(cond, text, value, t)]
             cond = self._conds[kind] = _Condition(onset_s if onset_s is not None else t, t, text, value)
         cond.last_s = t
         if cond.alarm is None:
             cond.text, cond.value = text, value
             if t - cond.since_s >= hold_s:
-                return [self._raise(kind, cond, t, suppressed)]
-            return []
-        out = []
+                return out + [self._raise(kind, cond, t, suppressed)]
+            return out
         if cond.alarm.suppressed and not suppressed:
             cond.alarm.suppressed = False
             cond.alarm.annunciated_s = round(t, 3)
@@ -172,10 +175,12 @@ class AlarmBook:
         if cond.alarm is None:
             del self._conds[kind]
             return []
+        # It ended clear_s after it was last seen, however late time was let pass.
+        end = cond.last_s + wait
         if kind in self.latch and cond.alarm.acknowledged_by is None:
             cond.ended = True
-            return [self._update(cond, f"{KINDS[kind].title} ended (latched)", cond.value, t)]
-        return [self._clear(kind, cond, t)]
+            return [self._update(cond, f"{KINDS[kind].title} ended (latched)", cond.value, end)]
+        return [self._clear(kind, cond, end)]
 
     def _raise(self, kind: str, cond: _Condition, t: float, suppressed: bool) -> AlarmMessage:
         k = KINDS[kind]

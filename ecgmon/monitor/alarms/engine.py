@@ -21,7 +21,7 @@ from ecgmon.monitor.alarms.book import AlarmBook
 from ecgmon.monitor.alarms.kinds import KINDS, TECHNICAL
 from ecgmon.monitor.alarms.observation import Observation
 from ecgmon.monitor.alarms.quality import NOISE_AGREEMENT, BeatAgreement
-from ecgmon.monitor.dsp.beat_template import BeatTemplate, Morphology
+from ecgmon.monitor.dsp.beat_template import BeatTemplate
 from ecgmon.monitor.dsp.qrs import LEARN_S
 from ecgmon.monitor.alarms.technical import TechnicalMonitor
 # A beat is classified once the next beat is detected or this long after its R peak: the
@@ -56,7 +56,10 @@ class AlarmEngine:
         self._win = round(fibrillation.WINDOW_S * self.fs)
         self._buf_n = max(self._win, round(BUFFER_S * self.fs))
         self._end = 0  # stream index after the last sample fed
-        self._shapes: dict[int, tuple[Morphology, np.ndarray]] = {}
+        # Detected beats' complexes (with the alignment margin), compared with the template
+        # when their class comes back: in beat order, so a beat meets the template its
+        # predecessors made however late the classifier answered.
+        self._complexes: dict[int, np.ndarray] = {}
         self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
         self._unclassified: dict[int, None] = {}  # R samples detected, class not yet known (in order)
         # Spans of technical trouble (leads off, signal loss, noise, clipping) as found, one per
@@ -136,7 +139,7 @@ class AlarmEngine:
         for r, _ in beats:
             t_r = r / self.fs
             self._last_beat_s = t_r if self._last_beat_s is None else max(self._last_beat_s, t_r)
-        self._measure_beats()
+        self._keep_complexes()
         self._trim()
         return out
 
@@ -247,16 +250,16 @@ class AlarmEngine:
             )
         return out
 
-    def _measure_beats(self) -> None:
-        """Morphology of detected beats once their complex is in the buffer."""
-        _, after = self._morph.span
+    def _keep_complexes(self) -> None:
+        """Keep detected beats' complexes once they are in the buffer."""
+        before, after = self._morph.span
         while self._undone and self._undone[0][0] + after <= self._end:
             r, _ = self._undone.popleft()
-            got = self._morph.measure(self._filt, r - self._buf_start)
-            if got is not None:
-                self._shapes[r] = got
-        while len(self._shapes) > MAX_PENDING:
-            self._shapes.pop(next(iter(self._shapes)))
+            i = r - self._buf_start
+            if i - before >= 0:
+                self._complexes[r] = self._filt[i - before : i + after].copy()
+        while len(self._complexes) > MAX_PENDING:
+            self._complexes.pop(next(iter(self._complexes)))
         while len(self._detected) > MAX_PENDING:
             self._detected.pop(next(iter(self._detected)))
 
@@ -272,9 +275,11 @@ class AlarmEngine:
         """A beat whose class is known (label None without a beat model)."""
         if not self.cfg.enabled:
             return []
-        shape = self._shapes.pop(msg.sample, None)
-        morph = shape[0] if shape else None
+        complex_ = self._complexes.pop(msg.sample, None)
         current = msg.sample >= self._since  # not a late beat from before a splice
+        # A late beat from before a splice is not compared with the template made after it.
+        shape = self._morph.measure(complex_, self._morph.span[0]) if current and complex_ is not None else None
+        morph = shape[0] if shape else None
         if current and self._beats_since != self._since:
             self._start_beats()  # the first beat after a splice
         t = msg.time_s

@@ -174,6 +174,8 @@ def _complex(kind: str) -> np.ndarray:
     t = np.arange(-0.2, 0.2, 1 / FS)
     if kind == "N":
         return 1.5 * np.exp(-0.5 * (t / 0.012) ** 2)
+    if kind == "W":  # wide too, but another shape: a slurred monophasic complex
+        return -1.5 * np.exp(-0.5 * (t / 0.04) ** 2) + 0.8 * np.exp(-0.5 * ((t - 0.08) / 0.02) ** 2)
     return -2.0 * t / 0.05 * np.exp(-0.5 * (t / 0.05) ** 2)
 
 
@@ -221,6 +223,26 @@ def test_wide_unlike_beats_the_model_calls_normal_make_vtach() -> None:
     assert raised and raised[0].onset_s == pytest.approx(30.6, abs=0.01)
     # The same rate with normal complexes is a sinus tachycardia, not V-tach.
     assert not [m for m in _drive(times, ["N"] * len(times), labels, 1.0) if m.alarm == "vtach"]
+
+
+def test_an_irregular_run_of_unlike_beats_is_not_vtach() -> None:
+    """Electrode motion makes fast "beats" that come irregularly and look unlike each other,
+    and the model may call them V: not V-tach. A run that is regular, or whose beats repeat one
+    shape, still is (the alternating complexes of mitdb 223's V-tach come at a steady rate)."""
+    normal = list(np.arange(1, 30, 0.8))
+    irregular = list(30.6 + np.cumsum([0, 0.3, 0.5, 0.35, 0.6, 0.3, 0.55, 0.4]))  # 140 bpm, RR cv 0.26
+    regular = list(30.6 + np.arange(8) * 0.43)
+    after = [40.0 + 0.8 * i for i in range(10)]
+
+    def vtach(run: list[float], shapes: list[str]) -> bool:
+        times = normal + run + after
+        kinds = ["N"] * len(normal) + shapes + ["N"] * len(after)
+        labels = ["N"] * len(normal) + ["V"] * len(run) + ["N"] * len(after)
+        return any(m.alarm == "vtach" and m.state == "raised" for m in _drive(times, kinds, labels, 1.0))
+
+    assert not vtach(irregular, ["V", "W"] * 4)
+    assert vtach(irregular, ["V"] * 8)
+    assert vtach(regular, ["V", "W"] * 4)
 
 
 # -- issue 12, reproduction 6: alarm identity

@@ -54,6 +54,17 @@ DOUBTFUL_V_SHARE = 0.8
 # models, such calls on the normal beats of noisy stretches of 203 made 2 of the 6 false
 # V-tach alarms, and no true run needed them (see the README's alarm table).
 CONFIDENT_P = 0.5
+# V-tach repeats one shape at a steady rate; electrode motion and muscle noise make "beats"
+# that come irregularly and look unlike each other, and so does AF with wide complexes. A
+# fast run whose RR intervals vary beyond IRREGULAR_RUN (std over mean) and whose successive
+# complexes correlate below UNALIKE_RUN (median) is not V-tach, unless the model is sure
+# (P >= SURE_P) that every beat of it is ventricular: a double detection in a true run
+# (mitdb 205 at 1462 s) makes it irregular and unalike too. Chosen on MIT-BIH (the 9 V-tach
+# runs by the fold models, electrode-motion noise on 17 records): the true runs stay below
+# 0.16 or correlate above 0.6, the false ones mostly do neither.
+IRREGULAR_RUN = 0.2
+UNALIKE_RUN = 0.5
+SURE_P = 0.9
 # Beats for the user HR limits (the displayed HR's span).
 HR_BEATS = 9
 # Atrial fibrillation: irregularity of the RR intervals not touching a ventricular beat.
@@ -75,6 +86,7 @@ class BeatInfo:
     strong: bool = False  # confidently V to the model, or wide and unlike the template (not merely a different shape)
     quality: float | None = None  # bSQI of the signal up to the beat (None: not known yet)
     probability: float | None = None  # the model's probability of ``label`` (None: not given)
+    likeness: float | None = None  # correlation of its complex with the previous beat's (None: not known)
 
 
 def model_calls(label: str | None, probability: float | None, classes: tuple[str, ...]) -> bool:
@@ -136,7 +148,7 @@ class BeatRhythm:
         run = self._run
         n = len(run)
         rate = _rate(run)
-        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and _ventricular_enough(run):
+        if n >= cfg.vtach_beats and rate > cfg.vtach_bpm and _ventricular_enough(run) and not _noise_like(run):
             self._run_was_vtach = True
             return [Observation("vtach", t, True, run[0].t, f"V-tach {rate:.0f} bpm, {n} beats", round(rate, 1))]
         return []
@@ -217,6 +229,18 @@ def _ventricular_enough(run: list[BeatInfo]) -> bool:
     if quality is not None and quality < CLEAN_AGREEMENT:
         return sum(model_calls(b.label, b.probability, ("V", "F")) for b in run) / len(run) >= DOUBTFUL_V_SHARE
     return sum(b.strong for b in run) / len(run) >= VTACH_STRONG_SHARE
+
+
+def _noise_like(run: list[BeatInfo]) -> bool:
+    """Whether a fast run is irregular and its beats unlike each other, with beats the model
+    is not sure of: noise or a wide-complex irregular rhythm rather than V-tach."""
+    if all(b.label in ("V", "F") and b.probability is not None and b.probability >= SURE_P for b in run):
+        return False
+    likes = [b.likeness for b in run[1:] if b.likeness is not None]
+    if not likes:
+        return False
+    rr = np.diff(np.fromiter((b.t for b in run), float))
+    return float(rr.std() / rr.mean()) > IRREGULAR_RUN and median(np.asarray(likes)) < UNALIKE_RUN
 
 
 def _rate(run: list[BeatInfo]) -> float:

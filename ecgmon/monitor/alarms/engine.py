@@ -93,6 +93,7 @@ class AlarmEngine:
         self._rhythm = BeatRhythm(self.cfg)
         self._prev_beat_t: float | None = None
         self._prev_rr: float | None = None
+        self._prev_complex: np.ndarray | None = None
         self._beats_since = self._since
 
     # -- signal ----------------------------------------------------------------------
@@ -293,9 +294,13 @@ class AlarmEngine:
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
         if current and shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t, t_known):
             self._morph.learn(shape[1])
+        likeness = None
+        if current and complex_ is not None and self._prev_complex is not None:
+            likeness = self._morph.likeness(self._prev_complex, complex_)
         self._prev_beat_t, self._prev_rr = t, rr
+        self._prev_complex = complex_ if current else None
         self._unclassified.pop(msg.sample, None)
-        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong, quality, msg.probability), t_known)
+        obs = self._rhythm.add(BeatInfo(t, msg.label, ventricular, strong, quality, msg.probability, likeness), t_known)
         # Beat conditions end on the beats' own clock, however late the classes came.
         return self._apply(obs) + self.book.tick(t_known - MAX_WAIT_S, BEAT_KINDS)
 

@@ -68,6 +68,19 @@ def difference(w: np.ndarray, template: np.ndarray) -> float | None:
     return float(np.sqrt(max(0.0, 1.0 - cos * cos)))
 
 
+def aligned_correlation(segment: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
+    """The best Pearson correlation of ``reference`` with the windows of its length in
+    ``segment`` (all small shifts at once, as a strided view), and the shift that gives it."""
+    views = np.lib.stride_tricks.sliding_window_view(segment, reference.size)
+    v = views - views.mean(axis=1, keepdims=True)
+    t = reference - reference.mean()
+    denom = np.sqrt((v * v).sum(axis=1) * (t * t).sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.where(denom > 0, (v @ t) / denom, 0.0)
+    best = int(np.argmax(corr))
+    return float(corr[best]), best
+
+
 def learning_weight(learnt: int) -> float:
     """The weight of the next beat folded into a template of ``learnt`` beats: a running mean
     at first, then an exponential one that follows slow changes."""
@@ -121,20 +134,19 @@ class BeatTemplate:
         width = qrs_width(centre, self.fs)
         if self._template is None or self._normals < MIN_LEARNT:
             return Morphology(None, width, None, None), centre
-        # Best Pearson correlation over small shifts, all shifts at once as a strided view.
-        views = np.lib.stride_tricks.sliding_window_view(seg, n)
-        v = views - views.mean(axis=1, keepdims=True)
-        t = self._template - self._template.mean()
-        denom = np.sqrt((v * v).sum(axis=1) * (t * t).sum())
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corr = np.where(denom > 0, (v @ t) / denom, 0.0)
-        best = int(np.argmax(corr))
+        corr, best = aligned_correlation(seg, self._template)
+        aligned = seg[best : best + n]
         ratio = width / self._template_width if self._template_width > 0 else None
-        amp = float(np.ptp(views[best])) / self._template_ptp if self._template_ptp > 0 else None
-        return (
-            Morphology(float(corr[best]), width, ratio, difference(views[best], self._template), amp),
-            views[best],
-        )
+        amp = float(np.ptp(aligned)) / self._template_ptp if self._template_ptp > 0 else None
+        return Morphology(corr, width, ratio, difference(aligned, self._template), amp), aligned
+
+    def likeness(self, earlier: np.ndarray, later: np.ndarray) -> float | None:
+        """How alike two beats' complexes are, as ``measure`` cuts them (with the alignment
+        margin): the best correlation of the earlier one's centre with the later one; None
+        if either is missing or not finite."""
+        if earlier.size != later.size or not (np.isfinite(earlier).all() and np.isfinite(later).all()):
+            return None
+        return aligned_correlation(later, earlier[self.shift : earlier.size - self.shift])[0]
 
     def learn(self, complex_: np.ndarray) -> None:
         """Fold a chosen beat's complex into the template."""

@@ -120,7 +120,7 @@ class StreamPipeline:
                 self._beat_model, self.fs, self._ring, self.beat_done, self._ring2, self.config.models.vote
             )
         else:
-            self._beat_jobs = UnclassifiedBeats(self.fs, lambda msg: self.alarms.beat_done(msg))
+            self._beat_jobs = UnclassifiedBeats(self.fs, self.alarms.beat_done)
         if self._segment_model is not None:
             self._segment_jobs = SegmentClassification(
                 self._segment_model, self.stream, self.fs, self._ring, lambda: self._offset or 0, self.segment_done

@@ -252,13 +252,15 @@ class AlarmEngine:
         return out
 
     def _keep_complexes(self) -> None:
-        """Keep detected beats' complexes once they are in the buffer."""
+        """Keep detected beats' complexes once they are in the buffer (whole and finite: one
+        cut short or across a gap is not compared with anything)."""
         before, after = self._morph.span
         while self._undone and self._undone[0][0] + after <= self._end:
             r, _ = self._undone.popleft()
-            i = r - self._buf_start
-            if i - before >= 0:
-                self._complexes[r] = self._filt[i - before : i + after].copy()
+            i = r - self._buf_start - before
+            complex_ = self._filt[i : i + before + after] if i >= 0 else None
+            if complex_ is not None and np.isfinite(complex_).all():
+                self._complexes[r] = complex_.copy()
         while len(self._complexes) > MAX_PENDING:
             self._complexes.pop(next(iter(self._complexes)))
         while len(self._detected) > MAX_PENDING:

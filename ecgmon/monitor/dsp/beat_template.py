@@ -140,12 +140,10 @@ class BeatTemplate:
         amp = float(np.ptp(aligned)) / self._template_ptp if self._template_ptp > 0 else None
         return Morphology(corr, width, ratio, difference(aligned, self._template), amp), aligned
 
-    def likeness(self, earlier: np.ndarray, later: np.ndarray) -> float | None:
-        """How alike two beats' complexes are, as ``measure`` cuts them (with the alignment
-        margin): the best correlation of the earlier one's centre with the later one; None
-        if either is missing or not finite."""
-        if earlier.size != later.size or not (np.isfinite(earlier).all() and np.isfinite(later).all()):
-            return None
+    def likeness(self, earlier: np.ndarray, later: np.ndarray) -> float:
+        """How alike two beats' complexes are, each whole and finite as ``measure`` cuts
+        them (with the alignment margin): the best correlation of the earlier one's centre
+        with the later one."""
         return aligned_correlation(later, earlier[self.shift : earlier.size - self.shift])[0]
 
     def learn(self, complex_: np.ndarray) -> None:

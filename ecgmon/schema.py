@@ -103,7 +103,8 @@ class AlarmMessage(Message):
     silenced_until_wall: float | None = Field(None, description="audible alarm silenced until then")
     silenced_by: str | None = Field(None, description="who silenced it last (silence is not an acknowledgement)")
     suppressed: bool = Field(
-        False, description="a technical condition suppresses this physiological alarm"
+        False, description="a technical condition suppresses this physiological alarm, or (a beat alarm) "
+        "V-fib found within clear_s of it, whose alarm it is part of"
     )
     annunciated_s: float | None = Field(
         None, description="signal time the alarm was first annunciated: raised_s, or for one raised suppressed "

@@ -13,6 +13,7 @@ from ecgmon.chunk import Chunk
 from ecgmon.config import AlarmsConfig, Config, ConfigError, parse_config
 from ecgmon.monitor.alarms import AlarmEngine
 from ecgmon.monitor.alarms.book import AlarmBook, AlarmRefused
+from ecgmon.monitor.alarms.engine import BEAT_KINDS
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import load_record
 from ecgmon.schema import AlarmMessage, BeatMessage
@@ -110,7 +111,7 @@ def test_extreme_brady_and_tachy() -> None:
 def _feed(p: StreamPipeline, x: np.ndarray, start: int = 0, step: int = 360) -> list:
     out = []
     for i in range(0, x.size, step):
-        out += feed_unmodelled(p, Chunk("s", FS, ("MLII",), start + i, x[i : i + step, None].astype(np.float32)))
+        out += feed_unmodelled(p, Chunk("s", p.fs, ("MLII",), start + i, x[i : i + step, None].astype(np.float32)))
     return out
 
 
@@ -145,6 +146,29 @@ def test_ventricular_flutter_in_record_207() -> None:
     p = StreamPipeline("s", FS, "MLII", Config())
     vf = [m for m in _feed(p, x) if isinstance(m, AlarmMessage) and m.alarm == "vfib" and m.state == "raised"]
     assert vf and 40.8 <= vf[0].raised_s <= 52.0 and not vf[0].suppressed
+
+
+def test_beat_alarms_inside_vf_are_part_of_the_vf_alarm() -> None:
+    """CUDB cu07 from 120 s (VF from 182 s to the end), without a beat model: the detector
+    counts fibrillation waves as beats, and before the chaining the 5 min of VF raised 27
+    couplets, PVC runs, V-tach and extreme tachycardia alarms besides the V-fib alarm. Now
+    a beat alarm with VF found within clear_s of it is published suppressed: the V-fib alarm is
+    announced, and the beat alarms raised before VF was found are not touched."""
+    rec = load_record("cudb:cu07", Config().data)
+    fs = rec.fs
+    x = rec.signal[round(120 * fs) : round(420 * fs), 0].astype(np.float64)
+    p = StreamPipeline("s", fs, "MLII", Config())
+    msgs = _feed(p, x, step=round(fs))
+    for job in p.finish():
+        msgs += job.finish(None)
+    raised = [m for m in msgs if isinstance(m, AlarmMessage) and m.state == "raised"]
+    vf = [m for m in raised if m.alarm == "vfib"]
+    assert vf and 62.0 <= vf[0].raised_s <= 72.0 and not vf[0].suppressed  # VF from 62 s of the part
+    during = [m for m in raised if m.alarm in BEAT_KINDS and m.raised_s > vf[0].raised_s]
+    assert len(during) >= 20
+    assert sum(not m.suppressed for m in during) <= 2
+    before = [m for m in raised if m.alarm in BEAT_KINDS and m.raised_s < vf[0].raised_s - 5.0]
+    assert before and not any(m.suppressed for m in before)
 
 
 def test_beat_alarms_without_a_beat_model_do_not_depend_on_chunking() -> None:

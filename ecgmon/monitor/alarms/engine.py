@@ -62,9 +62,11 @@ class AlarmEngine:
         self._complexes: dict[int, np.ndarray] = {}
         self._detected: dict[int, int] = {}  # R sample -> sample of the next beat's detection
         self._unclassified: dict[int, None] = {}  # R samples detected, class not yet known (in order)
-        # Spans of technical trouble (leads off, signal loss, noise, clipping) as found, one per
-        # analysis window: (start, end), the end being the signal time it became known.
+        # Spans of technical trouble (leads off, signal loss, noise, clipping), and of VF, as
+        # found, one per analysis window: (start, end), the end being the signal time it became
+        # known.
         self._technical: deque[tuple[float, float]] = deque()
+        self._fibrillation: deque[tuple[float, float]] = deque()
         self._last_wall: float | None = None
         self._start_signal(0)
         self._start_beats()
@@ -190,6 +192,8 @@ class AlarmEngine:
         # the alarm waits until that run spans vfib_s (the run itself already spans at least
         # WINDOW_S, one flutter-rule window: the default vfib_s of 4 s is met at once).
         run_start = t - fibrillation.WINDOW_S - (self._vf.run_windows - 1) * STEP_S
+        if vf:
+            self._mark(self._fibrillation, run_start, t)
         obs.append(Observation("vfib", t, vf, run_start, "V-fib/flutter", None, self.cfg.vfib_s))
         if self._last_beat_s is not None:
             pause_from, limit = self._last_beat_s, self.cfg.asystole_s
@@ -221,11 +225,19 @@ class AlarmEngine:
 
     def _mark_technical(self, a: float, b: float) -> None:
         """Trouble over signal times ``[a, b]``, found at ``b`` (an analysis window's end)."""
-        self._technical.append((a, b))
+        self._mark(self._technical, a, b)
+
+    def _mark(self, spans: deque[tuple[float, float]], a: float, b: float) -> None:
+        spans.append((a, b))
         # Kept as long as a beat decision may still ask about them (its class may come up to
         # UNCLASSIFIED_STALE_S late, and asks within clear_s of its time).
-        while self._technical[0][1] < b - UNCLASSIFIED_STALE_S - MAX_WAIT_S - self.cfg.clear_s:
-            self._technical.popleft()
+        while spans[0][1] < b - UNCLASSIFIED_STALE_S - MAX_WAIT_S - self.cfg.clear_s:
+            spans.popleft()
+
+    def _near(self, spans: deque[tuple[float, float]], t: float, known_by: float) -> bool:
+        """Did a span known by ``known_by`` come within ``clear_s`` of signal time ``t``?"""
+        margin = self.cfg.clear_s
+        return any(a - margin <= t <= b + margin and b <= known_by for a, b in spans)
 
     def suppressed_at(self, t: float, known_by: float | None = None) -> bool:
         """Did a technical condition hold within ``clear_s`` of signal time ``t``, as known at
@@ -237,15 +249,25 @@ class AlarmEngine:
         alarms; mitdb 118 under electrode motion)."""
         if not self.cfg.suppress:
             return False
-        margin = self.cfg.clear_s
-        known_by = t if known_by is None else known_by
-        return any(a - margin <= t <= b + margin and b <= known_by for a, b in self._technical)
+        return self._near(self._technical, t, t if known_by is None else known_by)
+
+    def superseded_at(self, t: float) -> bool:
+        """Was VF found within ``clear_s`` of signal time ``t`` (as known at ``t``)? A beat
+        alarm there is part of the VF alarm, not news of its own: the "beats" of fibrillation
+        waves make extreme tachycardia, V-tach, A-fib and the rest, and raised alongside the
+        V-fib alarm they only add alarms to silence (cudb cu07's 5 min of VF: 8 extreme
+        tachycardia alarms with the shipped beat model, 27 beat alarms in all without one). As
+        monitors chain arrhythmia alarms, the V-fib alarm is announced and they are published
+        suppressed; one whose condition outlives the VF is announced then."""
+        return self.cfg.suppress and self._near(self._fibrillation, t, t)
 
     def _apply(self, obs: list[Observation]) -> list[AlarmMessage]:
         out: list[AlarmMessage] = []
         for o in obs:
             physiological = KINDS[o.kind].category == "physiological"
-            sup = physiological and o.present and self.suppressed_at(o.t)
+            sup = physiological and o.present and (
+                self.suppressed_at(o.t) or (o.kind in BEAT_KINDS and self.superseded_at(o.t))
+            )
             out += self.book.observe(
                 o.kind, o.t, o.present, onset_s=o.onset_s, text=o.text, value=o.value, hold_s=o.hold_s, suppressed=sup
             )

@@ -36,17 +36,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ecgmon.config import Config  # noqa: E402
-from ecgmon.evaluate.beats import confusion_of, detection_stats  # noqa: E402
+from ecgmon.evaluate.beats import classify_record, confusion_of, detection_stats  # noqa: E402
 from ecgmon.evaluate.fold_models import load_fold_models  # noqa: E402
-from ecgmon.evaluate.record_run import run_record  # noqa: E402
-from ecgmon.models.aami import CLASSES, DS1, aami_class  # noqa: E402
+from ecgmon.models.aami import CLASSES, DS1  # noqa: E402
 from ecgmon.monitor import classification  # noqa: E402
 from ecgmon.monitor.dsp import beat_clusters  # noqa: E402
 from ecgmon.monitor.model_loader import load_model  # noqa: E402
 from ecgmon.monitor.model_set import model_path  # noqa: E402
-from ecgmon.replay.records import load_record  # noqa: E402
-from ecgmon.replay.reference import reference_beats  # noqa: E402
-from ecgmon.schema import BeatMessage  # noqa: E402
 
 V = CLASSES.index("V")
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
@@ -98,6 +94,7 @@ def _capture_hooks() -> None:
         cur = log.get("current")
         x1 = self._qrs(window)
         if cur is not None and x1 is not None and self._count.size:
+            # The group the vote is about to match, found as MorphologyVote.__call__ finds it.
             x2 = self._qrs(window2)
             x = np.concatenate([x1, x2 if x2 is not None else np.zeros_like(x1)])
             x = x / np.sqrt(2.0) if x2 is not None else x
@@ -124,19 +121,12 @@ def capture(spec: str) -> dict:
     _capture_hooks()
     log = _LOG
     log.update(inputs={}, beats={})
-    record = load_record(spec, config.data)
-    ref = reference_beats(record.ann_samples, record.ann_symbols, record.n_samples)
-    labels = [aami_class(s) for s in ref.symbols]
-    keep = np.array([c is not None for c in labels], dtype=bool)
-    msgs = run_record(spec, config, {"beat": model}, chunk_s=10.0, record=record, lag_s=300.0)
-    beats = [m for m in msgs if isinstance(m, BeatMessage)]
-    beats = [b for b, k in zip(beats, ref.keep(np.array([b.sample for b in beats], dtype=np.int64))) if k]
+    r = classify_record(spec, config, model)
     out = []
-    for b in beats:
+    for b in r.beats:
         c = log["beats"].get(b.sample, {})
         out.append(Beat(b.sample, b.label or "", c.get("p"), c.get("p_vote"), c.get("inputs"), c.get("group", {})))
-    return {"fold": model.name, "fs": record.fs, "ref_samples": ref.samples[keep],
-            "ref_labels": [c for c in labels if c is not None], "beats": out}
+    return {"fold": model.name, "fs": r.fs, "ref_samples": r.ref_samples, "ref_labels": r.ref_labels, "beats": out}
 
 
 def scored(data: dict, label) -> dict:

@@ -59,11 +59,21 @@ def confusion_of(ref_samples: np.ndarray, ref_labels: list[str], beats: list[Bea
     return m
 
 
-def evaluate_record(spec: str, config: Config, model: LoadedModel) -> RecordBeats:
-    """Replay ``spec`` through the pipeline with ``model`` and count its beats' classes.
+@dataclass
+class ClassifiedRecord:
+    """A record's classified beats beside the reference beats they are scored against."""
 
-    Reference beats inside ventricular flutter/fibrillation episodes are left out, as EC57
-    leaves them out; beats whose symbol has no AAMI class (flutter waves) too.
+    fs: float
+    ref_samples: np.ndarray
+    ref_labels: list[str]
+    beats: list[BeatMessage]
+
+
+def classify_record(spec: str, config: Config, model: LoadedModel) -> ClassifiedRecord:
+    """Replay ``spec`` through the pipeline with ``model``: its classified beats and the
+    reference. Reference beats inside ventricular flutter/fibrillation episodes are left out, as
+    EC57 leaves them out (and the beats detected there); beats whose symbol has no AAMI class
+    (flutter waves) too.
     """
     try:
         record = load_record(spec, config.data)
@@ -78,7 +88,14 @@ def evaluate_record(spec: str, config: Config, model: LoadedModel) -> RecordBeat
     msgs = run_record(spec, config, {"beat": model}, chunk_s=10.0, record=record, lag_s=300.0)
     beats = [m for m in msgs if isinstance(m, BeatMessage)]
     beats = [b for b, k in zip(beats, ref.keep(np.array([b.sample for b in beats], dtype=np.int64))) if k]
-    confusion = confusion_of(ref.samples[keep], [c for c in labels if c is not None], beats, record.fs)
+    return ClassifiedRecord(record.fs, ref.samples[keep], [c for c in labels if c is not None], beats)
+
+
+def evaluate_record(spec: str, config: Config, model: LoadedModel) -> RecordBeats:
+    """Replay ``spec`` through the pipeline with ``model`` and count its beats' classes
+    (``classify_record``)."""
+    r = classify_record(spec, config, model)
+    confusion = confusion_of(r.ref_samples, r.ref_labels, r.beats, r.fs)
     return RecordBeats(spec, confusion, model.trained_on(spec), model.name)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ecgmon.config import Config  # noqa: E402
-from ecgmon.evaluate.beats import classify_record, confusion_of, detection_stats  # noqa: E402
+from ecgmon.evaluate.beats import classify_record, confusion_of, detection_stats, match_reference  # noqa: E402
 from ecgmon.evaluate.fold_models import load_fold_models  # noqa: E402
 from ecgmon.models.aami import CLASSES, DS1  # noqa: E402
 from ecgmon.monitor import classification  # noqa: E402
@@ -187,18 +187,8 @@ def second_stage(data: dict) -> dict[str, np.ndarray]:
 
 def reference_of(d: dict) -> list[str]:
     """Each detected beat's matched reference class ("X" unmatched), as ``confusion_of`` matches."""
-    from wfdb.processing import compare_annotations
-
-    from ecgmon.evaluate.matching import MATCH_WINDOW_S
-
-    ref = ["X"] * len(d["beats"])
     test = np.array([b.sample for b in d["beats"]], dtype=np.int64)
-    if d["ref_samples"].size and test.size:
-        cmp = compare_annotations(d["ref_samples"], test, int(round(MATCH_WINDOW_S * d["fs"])))
-        for i, j in enumerate(cmp.matching_sample_nums):
-            if j >= 0:
-                ref[j] = d["ref_labels"][i]
-    return ref
+    return [ref or "X" for ref in match_reference(d["ref_samples"], d["ref_labels"], test, d["fs"])[0]]
 
 
 def per_record(data: dict) -> None:

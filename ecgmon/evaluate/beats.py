@@ -37,25 +37,32 @@ class RecordBeats:
     model: str = ""  # the name of the model that classified it (a fold model in cross-validation)
 
 
+def match_reference(
+    ref_samples: np.ndarray, ref_labels: list[str], samples: np.ndarray, fs: float,
+) -> tuple[list[str | None], list[str]]:
+    """Each detection's matched reference class within 150 ms (None: no reference beat), and
+    the classes of the reference beats no detection matched."""
+    matched: list[str | None] = [None] * samples.size
+    if not (ref_samples.size and samples.size):
+        return matched, list(ref_labels)
+    missed = []
+    cmp = compare_annotations(ref_samples, samples, int(round(MATCH_WINDOW_S * fs)))
+    for i, j in enumerate(cmp.matching_sample_nums):
+        if j >= 0:
+            matched[j] = ref_labels[i]
+        else:
+            missed.append(ref_labels[i])
+    return matched, missed
+
+
 def confusion_of(ref_samples: np.ndarray, ref_labels: list[str], beats: list[BeatMessage], fs: float) -> np.ndarray:
     """Counts of (reference class, assigned class) over beats matched within 150 ms."""
     m = np.zeros((len(ROWS), len(COLUMNS)), dtype=np.int64)
-    test = np.array([b.sample for b in beats], dtype=np.int64)
-    matched_test = np.zeros(test.size, dtype=bool)
-    if ref_samples.size and test.size:
-        cmp = compare_annotations(ref_samples, test, int(round(MATCH_WINDOW_S * fs)))
-        for i, j in enumerate(cmp.matching_sample_nums):
-            if j >= 0:
-                matched_test[j] = True
-                m[_ROW[ref_labels[i]], _COL[beats[j].label or "-"]] += 1
-            else:
-                m[_ROW[ref_labels[i]], _COL["O"]] += 1
-    else:
-        for label in ref_labels:
-            m[_ROW[label], _COL["O"]] += 1
-    for b, matched in zip(beats, matched_test):
-        if not matched:
-            m[_ROW["X"], _COL[b.label or "-"]] += 1
+    matched, missed = match_reference(ref_samples, ref_labels, np.array([b.sample for b in beats], dtype=np.int64), fs)
+    for label in missed:
+        m[_ROW[label], _COL["O"]] += 1
+    for b, ref in zip(beats, matched):
+        m[_ROW[ref or "X"], _COL[b.label or "-"]] += 1
     return m
 
 

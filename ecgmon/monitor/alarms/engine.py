@@ -318,8 +318,9 @@ class AlarmEngine:
         regular = rr is not None and self._prev_rr is not None and abs(rr - self._prev_rr) < REGULAR_RR * self._prev_rr
         if current and shape is not None and regular and msg.label in ("N", None) and not ventricular and not self.suppressed_at(t, t_known):
             self._morph.learn(shape[1])
+        # Only a ventricular beat's likeness is ever read (within a run of them, ``_noise_like``).
         likeness = None
-        if current and complex_ is not None and self._prev_complex is not None:
+        if ventricular and current and complex_ is not None and self._prev_complex is not None:
             likeness = self._morph.likeness(self._prev_complex, complex_)
         self._prev_beat_t, self._prev_rr = t, rr
         self._prev_complex = complex_ if current else None

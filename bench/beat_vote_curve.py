@@ -12,10 +12,14 @@ Printed, all EC57-scored by ``evaluate/beats.py`` (pooled over the records):
   * a second stage learnt on those per-beat data (gradient boosting on the model's
     probabilities, the vote's state and the inputs), leave-records-out by the beat model's own
     folds (a record's beats are scored by a second stage that never saw its patient);
-  * the records holding the most missed V beats and V false positives.
+  * the records holding the most missed V beats and V false positives;
+  * with --self-train, a per-patient stage: each record's own earlier beats, labelled by the
+    vote's confident calls (pooled P(V) >= 0.8 V, <= 0.1 not), fit a logistic regression on the
+    22 inputs every 200 beats (once 10 of each are there), and its P(V) is averaged with the
+    vote's (causal, no reference label read).
 
     ECGMON_DATA=../shared/data OMP_NUM_THREADS=1 nice -n 10 python bench/beat_vote_curve.py
-        [--cache beats.pkl] [--jobs 2] [records ...]
+        [--cache beats.pkl] [--jobs 2] [--self-train] [records ...]
 
 The per-beat capture (about 8 minutes for the 100 records on two cores) goes to --cache and is
 read from it next time. Needs the bench extra (scikit-learn).
@@ -185,6 +189,31 @@ def second_stage(data: dict) -> dict[str, np.ndarray]:
     return out
 
 
+def self_trained(d: dict, refit: int = 200, least: int = 10) -> np.ndarray:
+    """P(V) of each beat by a logistic regression fitted on the record's own earlier beats,
+    pseudo-labelled by the vote's confident calls (NaN until it has ``least`` of each)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    beats = d["beats"]
+    X = np.array([np.zeros(22) if b.inputs is None else np.nan_to_num(b.inputs) for b in beats])
+    pv = np.array([np.nan if b.p_vote is None else b.p_vote[V] for b in beats])
+    q = np.full(len(beats), np.nan)
+    model = None
+    for i in range(len(beats)):
+        if i and i % refit == 0:
+            pos, neg = pv[:i] >= 0.8, pv[:i] <= 0.1
+            model = None
+            if pos.sum() >= least and neg.sum() >= least:
+                rows = np.flatnonzero(pos | neg)
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, class_weight="balanced"))
+                model.fit(X[rows], pos[rows])
+        if model is not None and not np.isnan(pv[i]):
+            q[i] = model.predict_proba(X[i : i + 1])[0, 1]
+    return q
+
+
 def reference_of(d: dict) -> list[str]:
     """Each detected beat's matched reference class ("X" unmatched), as ``confusion_of`` matches."""
     test = np.array([b.sample for b in d["beats"]], dtype=np.int64)
@@ -207,6 +236,7 @@ def main() -> None:
     ap.add_argument("records", nargs="*", help="default: the 22 DS1 records and every SVDB record")
     ap.add_argument("--cache", type=Path, help="pickle of the captured beats (made if missing)")
     ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--self-train", action="store_true", help="also the per-patient self-trained stage")
     args = ap.parse_args()
     if args.cache and args.cache.exists():
         data = pickle.loads(args.cache.read_bytes())
@@ -232,6 +262,16 @@ def main() -> None:
                 return b.label
             return at_threshold(np.where(np.arange(len(CLASSES)) == V, q[s][i], b.p_vote), t)
         print(line(f"second stage (held out by fold), V at >= {t}", scored(data, stage)))
+    if args.self_train:
+        mine = {s: self_trained(d) for s, d in data.items()}
+        for t in THRESHOLDS:
+            def mixed(s, i, b, t=t):
+                if b.p_vote is None or np.isnan(mine[s][i]):
+                    return b.label if b.p_vote is None else at_threshold(b.p_vote, t)
+                p = b.p_vote.copy()
+                p[V] = (p[V] + mine[s][i]) / 2
+                return at_threshold(p, t)
+            print(line(f"vote and self-trained stage, V at >= {t}", scored(data, mixed)))
     per_record(data)
 
 

@@ -3,7 +3,8 @@ engine, wave frames, beat and segment windows) fed a record in live-sized chunks
 shipped beat and segment models run on its windows; how many live streams one core serves.
 
 Per record: CPU seconds per hour of signal for the pipeline alone and split into its alarm
-engine and the rest, for the models (batches of up to 512 windows, as ``record_run`` does;
+engine and the rest (and, of the rest, the per-beat work of cutting the beats' windows and
+computing their RR and patient-adaptive inputs, also per beat), for the models (batches of up to 512 windows, as ``record_run`` does;
 the daemon's batcher is measured by bench/inference.py), per-chunk latency percentiles of
 ``StreamPipeline.feed``, and, as a peer measured in the same run, wfdb's XQRS detecting the
 same record offline. One process, one thread (torch too): figures are per core.
@@ -58,12 +59,29 @@ def _timed(obj: Any, name: str, spent: list[float]) -> None:
     setattr(obj, name, wrapper)
 
 
+def _timed_steps(obj: Any, name: str, spent: list[float]) -> None:
+    """``_timed`` for a generator method (the alarm engine's ``feed_steps``), counting the time
+    it waits at each yield: its caller measures the yielded VF windows there."""
+    f: Callable = getattr(obj, name)
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t = time.process_time()
+        try:
+            return (yield from f(*args, **kwargs))
+        finally:
+            spent[0] += time.process_time() - t
+
+    setattr(obj, name, wrapper)
+
+
 def run(spec: str, config: Config, data: DataConfig, models: dict, chunk_s: float) -> dict:
     rec = load_record(f"mitdb:{spec}", data)
     x = rec.signal[:, :1]
     pipe = StreamPipeline(spec, rec.fs, rec.channels[0], config, models.get("beat"), models.get("segment"))
-    alarms = [0.0]
-    _timed(pipe.alarms, "feed", alarms)
+    alarms, inputs = [0.0], [0.0]
+    _timed_steps(pipe.alarms, "feed_steps", alarms)  # what the pipeline's feed runs, VF measures included
+    # Per beat, not per chunk: cutting the beat windows and computing the RR and patient-adaptive inputs.
+    _timed(pipe._beat_jobs, "jobs", inputs)
     _timed(pipe.alarms, "beat_done", alarms)
     step = max(1, round(chunk_s * rec.fs))
     every = max(1, round(MODEL_EVERY_S / chunk_s))
@@ -101,10 +119,11 @@ def run(spec: str, config: Config, data: DataConfig, models: dict, chunk_s: floa
     xqrs_cpu = time.process_time() - c
     lat = np.array(latency) * 1e3
     return {
-        "record": spec, "hours": round(hours, 4), "chunks": len(latency),
+        "record": spec, "hours": round(hours, 4), "chunks": len(latency), "beats": pipe.beats,
         "cpu_s_per_h": {"all": round(total / hours, 2), "alarms": round(alarms[0] / hours, 2),
                         "models": round(model_cpu / hours, 2),
                         "rest_of_pipeline": round((total - alarms[0] - model_cpu) / hours, 2),
+                        "beat_inputs": round(inputs[0] / hours, 2),
                         "xqrs_offline": round(xqrs_cpu / hours, 2)},
         "times_real_time": round(hours * 3600 / total, 1),
         "feed_ms": {"p50": round(float(np.percentile(lat, 50)), 3), "p99": round(float(np.percentile(lat, 99)), 3),
@@ -158,6 +177,10 @@ def main() -> int:
           f"{per_h['models']:.1f}, rest {per_h['rest_of_pipeline']:.1f}); one core serves about "
           f"{summary['streams_per_core']} live streams; XQRS alone offline costs "
           f"{summary['xqrs_cpu_over_pipeline_cpu']:.2f}× the whole pipeline; peak RSS {summary['peak_rss_mb']} MB")
+    beats = sum(r["beats"] for r in rows)
+    print(f"of the rest, the beats' model inputs (windows, RR and patient-adaptive inputs): "
+          f"{per_h['beat_inputs']:.1f} CPU s per hour, {1e6 * per_h['beat_inputs'] * hours / beats:.0f} µs a beat "
+          f"({beats / hours / 3600:.2f} beats/s)")
     print(f"wrote {args.out / 'pipeline.json'}")
     return 0
 

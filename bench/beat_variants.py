@@ -16,9 +16,10 @@ threshold curve (EC57: F called V not a V false positive), on which variants com
 then, per variant, the records with the most missed V beats and V false positives.
 
     ECGMON_DATA=../shared/data OMP_NUM_THREADS=2 nice -n 10 python bench/beat_variants.py \
-        --cache beats2.npz --seeds 1 2 3 --blend one1+mlp one1+two+mlp one1+one2+one3+mlp
+        --cache beats2.npz --seeds 1 2 3 --blend one1+mlp one1+two+mlp one1+one2+one3+mlp+mlp+mlp
 
-About 90 s to cut the beats (then cached), 40 s per CNN fold and 13 s per MLP fold on two cores.
+(A member named twice in a blend weighs twice: the last blend is the three seeds' mean averaged
+with the MLP, as the shipped file averages its two members.) About 90 s to cut the beats (then cached), 40 s per CNN fold and 13 s per MLP fold on two cores.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ecgmon.config import DataConfig  # noqa: E402
 from ecgmon.models import datasets  # noqa: E402
 from ecgmon.models.aami import CLASSES  # noqa: E402
-from ecgmon.models.augment import centre_crop  # noqa: E402
+from ecgmon.models.augment import BeatAugment, centre_crop  # noqa: E402
 from ecgmon.models.networks import BeatCNNBiLSTM, BeatFeatureMLP, _conv1d_block, _standardise  # noqa: E402
 from ecgmon.models.trainer import MLP_SETTINGS  # noqa: E402
 from ecgmon.models.training import TrainSettings, fit, predict, set_seed  # noqa: E402
@@ -90,24 +90,6 @@ class TwoLeadCNNBiLSTM(BeatCNNBiLSTM):
         return self.head(torch.cat([pooled, self.rr(rr)], dim=1))
 
 
-class Augment:
-    """The shipped augmentation (``models/augment.BeatAugment``) for windows of ``leads`` leads
-    side by side: one random R shift for all leads, white noise scaled per lead."""
-
-    def __init__(self, leads: int) -> None:
-        self.leads = leads
-
-    def __call__(self, batch: list[torch.Tensor], generator: torch.Generator) -> list[torch.Tensor]:
-        w, *rest = batch
-        n = w.shape[0]
-        w = w.reshape(n, self.leads, -1)
-        width = w.shape[2] - 2 * MARGIN
-        shift = torch.randint(0, 2 * MARGIN + 1, (n, 1, 1), generator=generator)
-        w = torch.gather(w, 2, (shift + torch.arange(width)).expand(n, self.leads, width))
-        w = w + NOISE * w.std(dim=2, keepdim=True) * torch.randn(w.shape, generator=generator)
-        return [w.reshape(n, -1), *rest]
-
-
 def held_out(variant: str, seed: int, data: dict[str, np.ndarray], advance: Callable[[], None],
              epochs: int | None = None) -> np.ndarray:
     """Every beat's class probabilities by the ``variant`` model of the fold that held its record out."""
@@ -142,7 +124,8 @@ def held_out(variant: str, seed: int, data: dict[str, np.ndarray], advance: Call
             model, x, x_te = network(rr_features=len(RR), n_classes=len(CLASSES)), data["w1"][tr], w1_te
         model.rr.set_stats(np.nanmean(rr, axis=0), np.nanstd(rr, axis=0))
         fit(model, (x, rr), data["y"][tr], None, None, len(CLASSES),
-            replace(settings, **MLP_SETTINGS) if variant == "mlp" else settings, Augment(2 if variant == "two" else 1))
+            replace(settings, **MLP_SETTINGS) if variant == "mlp" else settings,
+            BeatAugment(MARGIN, NOISE, leads=2 if variant == "two" else 1))
         p[te] = predict(model, (x_te, rr_all[te]))
         advance()
     return p

@@ -26,20 +26,25 @@ class BeatAugment:
     """Random R shift of up to ``margin`` samples each way, plus white noise of ``noise``
     times the window's own standard deviation.
 
+    ``leads`` windows of equal width may lie side by side in a row (``[n, leads * wide]``):
+    they share the beat's shift, and each lead's noise follows its own deviation.
+
     No amplitude scaling: the networks standardise every window, so a gain is invisible to them.
     """
 
     margin: int = 0
     noise: float = 0.0
+    leads: int = 1
 
     def __call__(self, batch: list[Tensor], generator: torch.Generator) -> list[Tensor]:
         windows, *rest = batch
-        n, wide = windows.shape
-        width = wide - 2 * self.margin
+        n = windows.shape[0]
+        windows = windows.reshape(n, self.leads, -1)
+        width = windows.shape[2] - 2 * self.margin
         if self.margin:
-            shift = torch.randint(0, 2 * self.margin + 1, (n, 1), generator=generator)
-            windows = torch.gather(windows, 1, shift + torch.arange(width))
+            shift = torch.randint(0, 2 * self.margin + 1, (n, 1, 1), generator=generator)
+            windows = torch.gather(windows, 2, (shift + torch.arange(width)).expand(n, self.leads, width))
         if self.noise:
-            scale = self.noise * windows.std(dim=1, keepdim=True)
+            scale = self.noise * windows.std(dim=2, keepdim=True)
             windows = windows + scale * torch.randn(windows.shape, generator=generator)
-        return [windows, *rest]
+        return [windows.reshape(n, -1), *rest]

@@ -77,8 +77,8 @@ def _capture_hooks() -> None:
         return
     _LOG["hooked"] = True
     log = _LOG
-    jobs, finish, vote = (classification.BeatClassification.jobs, classification.BeatClassification._finish,
-                          beat_clusters.MorphologyVote.__call__)
+    jobs, finish = classification.BeatClassification.jobs, classification.BeatClassification._finish
+    vote, group = beat_clusters.MorphologyVote.__call__, beat_clusters.MorphologyVote._group
 
     def hooked_jobs(self, end, flush=False):
         out = jobs(self, end, flush)
@@ -94,20 +94,20 @@ def _capture_hooks() -> None:
         log["beats"][msg.sample] = log.pop("current")
         return res
 
-    def hooked_vote(self, window, p, window2=None):
+    def hooked_group(self, x):
         cur = log.get("current")
-        x1 = self._qrs(window)
-        if cur is not None and x1 is not None and self._count.size:
-            # The group the vote is about to match, found as MorphologyVote.__call__ finds it.
-            x2 = self._qrs(window2)
-            x = np.concatenate([x1, x2 if x2 is not None else np.zeros_like(x1)])
-            x = x / np.sqrt(2.0) if x2 is not None else x
+        if cur is not None and self._count.size:
+            # The group the vote is about to match, and how well, before it joins or starts one.
             r = self._templates @ x
             k = int(r.argmax())
             cur["group"] = {"g_r": float(r[k]), "g_count": float(np.log1p(self._count[k])),
                             "g_mean_v": float(self._mean_v[k]), "g_share": float(self._count[k] / self._count.sum()),
                             "g_groups": float(self._count.size)}
+        return group(self, x)
+
+    def hooked_vote(self, window, p, window2=None):
         out = vote(self, window, p, window2)
+        cur = log.get("current")
         if cur is not None:
             cur["p_vote"] = np.asarray(out, dtype=np.float64)
         return out
@@ -115,6 +115,7 @@ def _capture_hooks() -> None:
     classification.BeatClassification.jobs = hooked_jobs
     classification.BeatClassification._finish = hooked_finish
     beat_clusters.MorphologyVote.__call__ = hooked_vote
+    beat_clusters.MorphologyVote._group = hooked_group
 
 
 def capture(spec: str) -> dict:

@@ -198,7 +198,8 @@ def self_trained(d: dict, refit: int = 200, least: int = 10) -> np.ndarray:
     from sklearn.preprocessing import StandardScaler
 
     beats = d["beats"]
-    X = np.array([np.zeros(22) if b.inputs is None else np.nan_to_num(b.inputs) for b in beats])
+    width = max((b.inputs.size for b in beats if b.inputs is not None), default=0)  # the model's inputs
+    X = np.array([np.zeros(width) if b.inputs is None else np.nan_to_num(b.inputs) for b in beats])
     pv = np.array([np.nan if b.p_vote is None else b.p_vote[V] for b in beats])
     q = np.full(len(beats), np.nan)
     model = None

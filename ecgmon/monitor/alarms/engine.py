@@ -187,7 +187,7 @@ class AlarmEngine:
             ),
         ]
         if state.leads_off or state.signal_loss or noisy or (state.clipping and not agreed):
-            self._mark_technical(start, t)
+            self._mark(self._technical, start, t)
         # VF holds over the detector's run of windows, which began at the first one's start;
         # the alarm waits until that run spans vfib_s (the run itself already spans at least
         # WINDOW_S, one flutter-rule window: the default vfib_s of 4 s is met at once).
@@ -223,11 +223,8 @@ class AlarmEngine:
             del self._unclassified[r]
         return float("inf")
 
-    def _mark_technical(self, a: float, b: float) -> None:
-        """Trouble over signal times ``[a, b]``, found at ``b`` (an analysis window's end)."""
-        self._mark(self._technical, a, b)
-
     def _mark(self, spans: deque[tuple[float, float]], a: float, b: float) -> None:
+        """Trouble or VF over signal times ``[a, b]``, found at ``b`` (an analysis window's end)."""
         spans.append((a, b))
         # Kept as long as a beat decision may still ask about them (its class may come up to
         # UNCLASSIFIED_STALE_S late, and asks within clear_s of its time).
@@ -339,7 +336,7 @@ class AlarmEngine:
         silent = now - self._last_wall
         t = self._end / self.fs
         if silent >= self.cfg.signal_loss_s:
-            self._mark_technical(t, t)
+            self._mark(self._technical, t, t)
             return self.book.observe("signal_loss", t, True, onset_s=t, text="Signal loss: no samples", value=round(silent, 1))
         return []
 

@@ -25,8 +25,10 @@ from ecgmon.monitor.dsp.beat_features import (
     AdaptiveFeatures,
     adaptive_features,
     beat_rr_features,
+    beat_rr_row,
     lead2_features,
 )
+from ecgmon.monitor.dsp.beat_template import aligned_correlation
 from ecgmon.monitor.model_set import load_models
 from ecgmon.monitor.pipeline import StreamPipeline
 from ecgmon.replay.records import load_record
@@ -129,3 +131,39 @@ def test_short_and_malformed_input():
         adaptive_features(signal, r, rr[:3])  # one RR row per beat
     with pytest.raises(ValueError):
         adaptive_features(signal, r.reshape(2, 4), rr)
+
+
+@pytest.mark.parametrize("spec", ["mitdb:203", "svdb:800"])
+def test_one_rr_row_is_the_table_row_bit_for_bit(spec, data_dir):
+    # The live pipeline computes one row per beat (beat_rr_row); training the whole table
+    # (beat_rr_features). Real beats (203: ectopy and AF; svdb 800 at 128 Hz), a history cut
+    # short as the live one is, the first beats, windows so short that beats leave them, and
+    # too few beats: the same float32 values, NaN included.
+    record = load_record(spec, DataConfig(folder=str(data_dir)))
+    r, fs = np.unique(record.ann_samples)[:700], record.fs
+    for beats, window_s in ((r, 300.0), (r[137:420], 300.0), (r[:40], 3.0), (r[:1], 300.0)):
+        table = beat_rr_features(beats, fs, record_window_s=window_s)
+        for i in range(beats.size):
+            row = beat_rr_row(beats, fs, i, record_window_s=window_s)
+            assert row.dtype == table.dtype and np.array_equal(row, table[i], equal_nan=True), (spec, i)
+    with pytest.raises(ValueError):
+        beat_rr_row(np.array([10, 10, 20]), fs, 1)
+
+
+def test_aligned_correlation_is_numpys_strided_formulation():
+    # The template comparison cuts its shifted windows by index; the same floats as numpy's
+    # own sliding-window view and means, on real-looking and degenerate (flat) stretches.
+    rng = np.random.default_rng(0)
+    for segment, reference in (
+        (rng.normal(size=112), rng.normal(size=90)),
+        (np.sin(np.arange(40) / 3.0), np.sin(np.arange(30) / 3.0 + 0.4)),
+        (np.r_[np.zeros(50), rng.normal(size=62)], rng.normal(size=90)),
+        (np.ones(112), rng.normal(size=90)),
+    ):
+        views = np.lib.stride_tricks.sliding_window_view(segment, reference.size)
+        v = views - views.mean(axis=1, keepdims=True)
+        t = reference - reference.mean()
+        denom = np.sqrt((v * v).sum(axis=1) * (t * t).sum())
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(denom > 0, (v @ t) / denom, 0.0)
+        assert aligned_correlation(segment, reference) == (float(corr.max()), int(np.argmax(corr)))

@@ -14,7 +14,7 @@ import numpy as np
 
 from ecgmon.monitor.dsp.beat_features import (
     BEAT_FEATURES, FIRST_LEAD2, LEAD2_FEATURES, LOCAL_N, RECORD_WINDOW_S, RR_FEATURES, TEMPLATE_COLUMNS,
-    AdaptiveFeatures, beat_rr_features,
+    AdaptiveFeatures, beat_rr_row,
 )
 from ecgmon.monitor.dsp.beat_clusters import MorphologyVote
 from ecgmon.monitor.dsp.ring_buffer import ModelRateWindows, RingBuffer
@@ -114,7 +114,7 @@ class BeatClassification:
                 break
             self._pending.popleft()
             i = len(self._history) - len(self._pending) - 1  # the beat's place in the history
-            rr = beat_rr_features(np.fromiter(self._history, np.int64)[: i + 1 + has_next], self.fs)[i]
+            rr = beat_rr_row(np.fromiter(self._history, np.int64)[: i + 1 + has_next], self.fs, i)
             window = self._windows.cut(self._ring, k0, self._n)
             window2 = self._window2(k0)
             if self._adaptive is not None:

@@ -11,6 +11,7 @@ seen this patient in training.
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 
 import numpy as np
 
@@ -58,9 +59,11 @@ def qrs_width(w: np.ndarray, fs: float) -> float:
     return float(above[-1] - above[0] + 1) / fs
 
 
-def difference(w: np.ndarray, template: np.ndarray) -> float | None:
-    """sqrt(1 - cos²) of the median-removed complexes; None if either is flat."""
-    a, b = w - median(w), template - median(template)
+def difference(w: np.ndarray, template: np.ndarray, template_median: float | None = None) -> float | None:
+    """sqrt(1 - cos²) of the median-removed complexes; None if either is flat.
+    ``template_median``: ``median(template)`` when the caller already has it."""
+    a = w - median(w)
+    b = template - (median(template) if template_median is None else template_median)
     den = float(np.sqrt((a @ a) * (b @ b)))
     if den <= 0:
         return None
@@ -71,14 +74,22 @@ def difference(w: np.ndarray, template: np.ndarray) -> float | None:
 def aligned_correlation(segment: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
     """The best Pearson correlation of ``reference`` with the windows of its length in
     ``segment`` (all small shifts at once, as a strided view), and the shift that gives it."""
-    views = np.lib.stride_tricks.sliding_window_view(segment, reference.size)
-    v = views - views.mean(axis=1, keepdims=True)
-    t = reference - reference.mean()
+    m = reference.size
+    views = segment[_shifts(segment.size - m + 1, m)]
+    # Sums over sizes rather than .mean(): the same floats (mean is that sum over the count)
+    # without numpy's Python-level wrapper, as this runs for every beat of every stream.
+    v = views - views.sum(axis=1, keepdims=True) / m
+    t = reference - reference.sum() / m
     denom = np.sqrt((v * v).sum(axis=1) * (t * t).sum())
-    with np.errstate(invalid="ignore", divide="ignore"):
-        corr = np.where(denom > 0, (v @ t) / denom, 0.0)
+    corr = np.divide(v @ t, denom, out=np.zeros(denom.size), where=denom > 0)
     best = int(np.argmax(corr))
     return float(corr[best]), best
+
+
+@functools.cache
+def _shifts(k: int, m: int) -> np.ndarray:
+    """Indices of the ``k`` windows of ``m`` samples that start at 0, 1, ... ``k - 1``."""
+    return np.arange(k)[:, None] + np.arange(m)
 
 
 def learning_weight(learnt: int) -> float:
@@ -103,6 +114,7 @@ class BeatTemplate:
         self._template: np.ndarray | None = None
         self._template_width = 0.0
         self._template_ptp = 0.0
+        self._template_median = 0.0
         self._normals = 0
 
     @property
@@ -118,7 +130,7 @@ class BeatTemplate:
     def reset(self) -> None:
         """Forget the template (the patient's dominant beat has changed)."""
         self._template = None
-        self._template_width = self._template_ptp = 0.0
+        self._template_width = self._template_ptp = self._template_median = 0.0
         self._normals = 0
 
     def measure(self, x: np.ndarray, r: int) -> tuple[Morphology, np.ndarray] | None:
@@ -137,8 +149,9 @@ class BeatTemplate:
         corr, best = aligned_correlation(seg, self._template)
         aligned = seg[best : best + n]
         ratio = width / self._template_width if self._template_width > 0 else None
-        amp = float(np.ptp(aligned)) / self._template_ptp if self._template_ptp > 0 else None
-        return Morphology(corr, width, ratio, difference(aligned, self._template), amp), aligned
+        amp = float(aligned.max() - aligned.min()) / self._template_ptp if self._template_ptp > 0 else None
+        diff = difference(aligned, self._template, self._template_median)
+        return Morphology(corr, width, ratio, diff, amp), aligned
 
     def likeness(self, earlier: np.ndarray, later: np.ndarray) -> float:
         """How alike two beats' complexes are, each whole and finite as ``measure`` cuts
@@ -154,4 +167,5 @@ class BeatTemplate:
             self._template += learning_weight(self._normals) * (complex_ - self._template)
         self._template_width = qrs_width(self._template, self.fs)
         self._template_ptp = float(np.ptp(self._template))
+        self._template_median = median(self._template)
         self._normals += 1

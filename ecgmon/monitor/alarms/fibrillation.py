@@ -103,9 +103,15 @@ def analysis_window(x: np.ndarray, fs: float) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if fs == ANALYSIS_FS:
         return x
-    ratio = Fraction(ANALYSIS_FS / fs).limit_denominator(1000)
-    up, down = ratio.numerator, ratio.denominator
+    up, down = _resample_ratio(fs)
     return resample_poly(x, up, down, window=_resample_taps(up, down))
+
+
+@lru_cache(maxsize=16)
+def _resample_ratio(fs: float) -> tuple[int, int]:
+    """``ANALYSIS_FS / fs`` as up/down integers (found once per rate: ``Fraction`` is slow)."""
+    ratio = Fraction(ANALYSIS_FS / fs).limit_denominator(1000)
+    return ratio.numerator, ratio.denominator
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ it falls back to ``sosfilt``.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import signal
 
@@ -50,44 +52,42 @@ class StatefulSOS:
         self._last = np.zeros(channels)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
         squeeze = x.ndim == 1
-        if squeeze:
-            x = x[:, None]
-        if x.shape[0] == 0:
-            return x[:, 0] if squeeze else x
-        x = self._hold_finite(x)
+        # What sosfilt does after its checks: filter a C-contiguous (channels, n) float64 copy
+        # and the state in place. The copy is made first and everything else works on it.
+        rows = np.array(x[None, :] if squeeze else x.T, dtype=np.float64, order="C")
+        if rows.shape[1] == 0:
+            return rows[0] if squeeze else rows.T
+        self._hold_finite(rows)
         if not self._primed:
             # Start from the steady state for the first sample's level so that a DC
             # offset does not ring through the first seconds.
-            zi = signal.sosfilt_zi(self.sos)[:, :, None] * x[0][None, None, :]
+            zi = signal.sosfilt_zi(self.sos)[:, :, None] * rows[None, None, :, 0]
             self._zi = np.ascontiguousarray(np.moveaxis(zi, 2, 0))
             self._primed = True
         if _sosfilt_kernel is None:
-            y, zi = signal.sosfilt(self.sos, x, axis=0, zi=np.moveaxis(self._zi, 0, 2))
-            self._zi = np.ascontiguousarray(np.moveaxis(zi, 2, 0))
-            return y[:, 0] if squeeze else y
-        # What sosfilt does after its checks: filter a C-contiguous (channels, n) copy and
-        # the state in place.
-        rows = np.array(x.T, dtype=np.float64, order="C")
+            y, zi = signal.sosfilt(self.sos, rows, axis=1, zi=np.moveaxis(self._zi, 0, 1))
+            self._zi = np.ascontiguousarray(np.moveaxis(zi, 1, 0))
+            return y[0] if squeeze else y.T
         _sosfilt_kernel(self.sos, rows, self._zi)
         return rows[0] if squeeze else rows.T
 
-    def _hold_finite(self, x: np.ndarray) -> np.ndarray:
-        """Replace NaN/inf by the last finite input: one NaN would poison the state for good."""
-        bad = ~np.isfinite(x)
-        if bad.any():
-            x = x.copy()
-            for ch in np.flatnonzero(bad.any(axis=0)):
-                col = x[:, ch]
-                idx = np.where(bad[:, ch], 0, np.arange(col.size))
+    def _hold_finite(self, rows: np.ndarray) -> None:
+        """Replace NaN/inf in ``rows`` (channels, n) by the channel's last finite input, in
+        place: one NaN would poison the state for good."""
+        # A finite sum means every sample is finite (a NaN or an infinity makes the sum NaN or
+        # infinite): one reduction instead of a mask, for the chunks that have nothing to hold.
+        if not math.isfinite(np.add.reduce(rows, axis=None)):
+            bad = ~np.isfinite(rows)
+            for ch in np.flatnonzero(bad.any(axis=1)):
+                idx = np.where(bad[ch], 0, np.arange(rows.shape[1]))
                 np.maximum.accumulate(idx, out=idx)
-                filled = col[idx]
+                filled = rows[ch, idx]
                 # Samples before the first finite one in this chunk take the last finite input.
                 filled[~np.isfinite(filled)] = self._last[ch]
-                x[:, ch] = filled
-        self._last = x[-1].copy()
-        return x
+                rows[ch] = filled
+        self._last = rows[:, -1].copy()
 
 
 class ECGFilter:

@@ -59,11 +59,10 @@ def qrs_width(w: np.ndarray, fs: float) -> float:
     return float(above[-1] - above[0] + 1) / fs
 
 
-def difference(w: np.ndarray, template: np.ndarray, template_median: float | None = None) -> float | None:
+def difference(w: np.ndarray, template: np.ndarray, template_median: float) -> float | None:
     """sqrt(1 - cos²) of the median-removed complexes; None if either is flat.
-    ``template_median``: ``median(template)`` when the caller already has it."""
-    a = w - median(w)
-    b = template - (median(template) if template_median is None else template_median)
+    ``template_median`` is ``median(template)``, which the template keeps as it learns."""
+    a, b = w - median(w), template - template_median
     den = float(np.sqrt((a @ a) * (b @ b)))
     if den <= 0:
         return None
@@ -73,7 +72,7 @@ def difference(w: np.ndarray, template: np.ndarray, template_median: float | Non
 
 def aligned_correlation(segment: np.ndarray, reference: np.ndarray) -> tuple[float, int]:
     """The best Pearson correlation of ``reference`` with the windows of its length in
-    ``segment`` (all small shifts at once, as a strided view), and the shift that gives it."""
+    ``segment`` (all small shifts at once, cut by one index array), and the shift that gives it."""
     m = reference.size
     views = segment[_shifts(segment.size - m + 1, m)]
     # Sums over sizes rather than .mean(): the same floats (mean is that sum over the count)
@@ -88,8 +87,11 @@ def aligned_correlation(segment: np.ndarray, reference: np.ndarray) -> tuple[flo
 
 @functools.cache
 def _shifts(k: int, m: int) -> np.ndarray:
-    """Indices of the ``k`` windows of ``m`` samples that start at 0, 1, ... ``k - 1``."""
-    return np.arange(k)[:, None] + np.arange(m)
+    """Indices of the ``k`` windows of ``m`` samples that start at 0, 1, ... ``k - 1``
+    (read-only: every call shares the cached array)."""
+    idx = np.arange(k)[:, None] + np.arange(m)
+    idx.setflags(write=False)
+    return idx
 
 
 def learning_weight(learnt: int) -> float:
